@@ -1,0 +1,273 @@
+# -*- test-case-name: tests.test_component -*-
+"""
+The XEP-0114 link to the c2s server.
+
+The gateway is a client of the c2s server's component port.  The link
+keeps itself up: network failures reconnect with capped exponential
+backoff and jitter; a rejected secret or component name is a configuration
+problem, reported clearly and retried slowly.  Stanzas for the c2s server
+wait in a bounded buffer while the link is down; what overflows or waits too
+long is bounced to its (remote) sender, never dropped silently.
+"""
+
+import collections
+import hashlib
+import random
+
+from twisted.application import service
+from twisted.internet import defer, error as ierror
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from s2sgate.stanzas import errorReply, setNamespace, shouldBounce
+from s2sgate.stream import NS_COMPONENT, NS_SERVER, XmlStream
+
+# Stream errors by which a c2s server refuses our credentials.
+AUTH_CONDITIONS = frozenset(("not-authorized", "host-unknown", "conflict", "improper-addressing",
+                             "invalid-from", "host-gone"))
+
+
+def handshakeDigest(streamId, secret):
+    """XEP-0114 §3: hex SHA-1 of the stream id followed by the secret."""
+    return hashlib.sha1((streamId + secret).encode("utf-8")).hexdigest()
+
+
+class ComponentStream(XmlStream):
+    """One connection of the component link; the state lives here."""
+
+    namespace = NS_COMPONENT
+
+    def __init__(self, link, clock):
+        cfg = link.config
+        XmlStream.__init__(self, clock, maxStanzaBytes=link.maxStanzaBytes,
+                           keepalive=cfg.keepalive)
+        self.link = link
+        self.state = "connecting"
+        self.failure = None
+
+    def describe(self):
+        return f"component {self.link.config.jid}"
+
+    def connectionMade(self):
+        XmlStream.connectionMade(self)
+        self.state = "header"
+        self.sendHeader({"to": self.link.config.jid})
+
+    def errorHeaderAttrs(self):
+        return {"to": self.link.config.jid}
+
+    def streamStarted(self, header):
+        streamId = header.getAttribute("id")
+        if not streamId:
+            self.failure = ("network", "the c2s server sent no stream id")
+            self.streamError("invalid-xml", "stream header without id")
+            return
+        self.state = "handshake"
+        self.send(f"<handshake>{handshakeDigest(streamId, self.link.config.secret)}</handshake>")
+
+    def elementReceived(self, element):
+        if self.state == "handshake":
+            if element.name == "handshake":
+                self.state = "ready"
+                self.link._linkUp(self)
+            else:
+                self.streamError("not-authorized", "expected a handshake")
+            return
+        if self.state == "ready" and element.name in ("message", "presence", "iq"):
+            self.link.stanzaReceived(element)
+
+    def streamErrorReceived(self, condition, text):
+        if condition in AUTH_CONDITIONS and self.state != "ready":
+            self.failure = ("auth", f"{condition}" + (f" ({text})" if text else ""))
+        else:
+            self.failure = ("network", f"stream error {condition}" + (f" ({text})" if text else ""))
+
+    def streamClosed(self, reason):
+        self.link._linkDown(self, reason)
+
+
+class ComponentLink(service.Service):
+    """
+    Keeps the component connection up and buffers while it is down.
+
+    @param connect: a callable taking a protocol factory and returning a
+        Deferred that fires when connected (an endpoint's C{connect}).
+    @param onStanza: called with each stanza the c2s server sends us.
+    @param onBounce: called with each error reply for a stanza that could
+        not be handed to the c2s server (it goes back to its remote sender).
+    """
+
+    log = Logger()
+    initialDelay = 1.0
+
+    def __init__(self, config, clock, connect, onStanza, onBounce,
+                 maxStanzaBytes=524288, rng=None):
+        self.config = config
+        self.clock = clock
+        self.connectTo = connect
+        self.onStanza = onStanza
+        self.onBounce = onBounce
+        self.maxStanzaBytes = maxStanzaBytes
+        self.random = rng or random.Random()
+        self.stream = None
+        self.state = "down"
+        self.lastProblem = None
+        self.delay = self.initialDelay
+        self.buffer = collections.deque()   # (deadline, element)
+        self._retryCall = None
+        self._expiryCall = None
+        self._connecting = None
+        self.waiters = []
+
+    # service
+
+    def startService(self):
+        service.Service.startService(self)
+        self._connect()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        for name in ("_retryCall", "_expiryCall"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+        if self._connecting is not None:
+            self._connecting.cancel()
+        while self.buffer:
+            _, element = self.buffer.popleft()
+            self._bounce(element, "recipient-unavailable", "the gateway is shutting down")
+        if self.stream is not None:
+            self.stream.closeStream(wait=1)
+            if self.stream.transport is not None:
+                self.stream.transport.loseConnection()
+
+    # connection management
+
+    def _connect(self):
+        self._retryCall = None
+        if not self.running:
+            return
+        self.state = "connecting"
+        factory = Factory.forProtocol(lambda: ComponentStream(self, self.clock))
+        d = self._connecting = defer.maybeDeferred(self.connectTo, factory)
+
+        def failed(f):
+            self._connecting = None
+            if f.check(defer.CancelledError):
+                return
+            self._scheduleRetry("network", _describeConnectError(f))
+
+        def connected(_):
+            self._connecting = None
+
+        d.addCallbacks(connected, failed)
+
+    def _linkUp(self, stream):
+        self.stream = stream
+        self.state = "up"
+        self.delay = self.initialDelay
+        c = self.config
+        self.log.info("component link up: {jid} at {host}:{port}", jid=c.jid, host=c.host,
+                      port=c.port, event="component.up")
+        self.lastProblem = None
+        pending, self.buffer = self.buffer, collections.deque()
+        for _, element in pending:
+            stream.send(element)
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def _linkDown(self, stream, reason):
+        wasUp = self.stream is stream
+        if wasUp:
+            self.stream = None
+        kind, text = stream.failure or ("network", reason.getErrorMessage()
+                                         if reason is not None else "connection lost")
+        if wasUp:
+            self.log.warn("component link down: {text}", text=text, event="component.down")
+            self.lastProblem = None
+        if self.running:
+            self._scheduleRetry(kind, text)
+
+    def _scheduleRetry(self, kind, text):
+        self.state = "down"
+        c = self.config
+        if kind == "auth":
+            delay = c.auth_retry_delay
+            problem = ("auth", text)
+            message = ("component link: the c2s server at {host}:{port} refused component "
+                       "{jid}: {text}; check [component] jid and secret against the c2s "
+                       "server's component section; retrying in {delay:.0f} s")
+        else:
+            delay = self.delay * (0.5 + self.random.random() / 2)
+            self.delay = min(self.delay * 2, c.max_retry_delay)
+            problem = ("network", text)
+            message = ("component link: cannot reach the c2s server at {host}:{port}: {text}; "
+                       "retrying with backoff (next in {delay:.1f} s)")
+        if problem != self.lastProblem:
+            # Log each change of state once, not every retry.
+            log = self.log.error if kind == "auth" else self.log.warn
+            log(message, host=c.host, port=c.port, jid=c.jid, text=text, delay=delay,
+                event=f"component.{kind}_failure")
+            self.lastProblem = problem
+        self._retryCall = self.clock.callLater(delay, self._connect)
+
+    # stanzas
+
+    def send(self, element):
+        """Hand a stanza (in C{jabber:server}) to the c2s server, or buffer it."""
+        setNamespace(element, NS_SERVER, NS_COMPONENT)
+        if self.stream is not None:
+            self.stream.send(element)
+            return
+        if len(self.buffer) >= self.config.buffer_limit:
+            self._bounce(element, "resource-constraint",
+                         "the recipient's server is unreachable and the gateway's buffer is full")
+            return
+        self.buffer.append((self.clock.seconds() + self.config.buffer_timeout, element))
+        self._scheduleExpiry()
+
+    def stanzaReceived(self, element):
+        setNamespace(element, NS_COMPONENT, NS_SERVER)
+        self.onStanza(element)
+
+    def whenUp(self):
+        """A Deferred that fires once the link is up."""
+        if self.stream is not None:
+            return defer.succeed(self)
+        d = defer.Deferred()
+        self.waiters.append(d)
+        return d
+
+    def _scheduleExpiry(self):
+        if self._expiryCall is None and self.buffer:
+            delay = max(0, self.buffer[0][0] - self.clock.seconds())
+            self._expiryCall = self.clock.callLater(delay, self._expire)
+
+    def _expire(self):
+        self._expiryCall = None
+        now = self.clock.seconds()
+        while self.buffer and self.buffer[0][0] <= now:
+            _, element = self.buffer.popleft()
+            self._bounce(element, "recipient-unavailable",
+                         "the recipient's server did not come back in time")
+        self._scheduleExpiry()
+
+    def _bounce(self, element, condition, text):
+        setNamespace(element, NS_COMPONENT, NS_SERVER)
+        if shouldBounce(element):
+            self.onBounce(errorReply(element, condition, text))
+        else:
+            self.log.debug("dropped undeliverable {name} ({condition})", name=element.name,
+                           condition=condition)
+
+
+def _describeConnectError(f):
+    if f.check(ierror.ConnectionRefusedError):
+        return "connection refused"
+    if f.check(ierror.TimeoutError, defer.TimeoutError):
+        return "connection timed out"
+    if f.check(ierror.DNSLookupError):
+        return "cannot resolve the host name"
+    return f.getErrorMessage()

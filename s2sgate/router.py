@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.test_router -*-
+"""
+Where each stanza goes.
+
+From the c2s server (over the component link) a stanza must come from a
+local domain and go to a remote one: it is handed to the outbound side for
+that (local, remote) pair.  From remote servers (inbound streams, already
+checked against the stream's authenticated pairs) it goes to the c2s
+server.  Anything that cannot be delivered is bounced to its sender.
+"""
+
+from twisted.logger import Logger
+
+from s2sgate.domain import InvalidDomain, domainOf
+from s2sgate.stanzas import STANZA_NAMES, errorReply, shouldBounce
+
+NS_PING = "urn:xmpp:ping"
+
+
+class NoFederation:
+    """
+    Stand-in for the outbound side when s2s is not available: every
+    remote-bound stanza is bounced with C{remote-server-not-found}.
+    """
+
+    def __init__(self, router):
+        self.router = router
+
+    def send(self, local, remote, element):
+        self.router.bounce(element, "remote-server-not-found",
+                           f"federation with {remote} is not available")
+
+
+class Router:
+    """
+    Classify and route stanzas.
+
+    @ivar toLocal: callable handing a stanza to the c2s server (the
+        component link's C{send}); set by the service.
+    @ivar outbound: object with C{send(local, remote, element)}.
+    @ivar policy: object with C{check(local, remote) -> (ok, condition, text)},
+        or None to allow everything.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, toLocal=None, outbound=None, policy=None):
+        self.config = config
+        self.localDomains = frozenset(config.local_domains)
+        self.componentJid = config.component.jid
+        self.toLocal = toLocal
+        self.outbound = outbound if outbound is not None else NoFederation(self)
+        self.policy = policy
+        self.bounced = 0
+
+    def isLocal(self, domain):
+        return domain in self.localDomains
+
+    # from the c2s server
+
+    def fromLocal(self, element):
+        """Route a stanza the c2s server handed us."""
+        if element.name not in STANZA_NAMES:
+            self.log.debug("ignored non-stanza <{name}/> from the c2s server", name=element.name)
+            return
+        sender = element.getAttribute("from")
+        recipient = element.getAttribute("to")
+        if not sender:
+            self.log.warn("dropped a {name} without from: the c2s server must set it",
+                          name=element.name)
+            return
+        try:
+            local = domainOf(sender)
+        except InvalidDomain as e:
+            self.log.warn("dropped a {name} with a malformed from: {error}", name=element.name,
+                          error=str(e))
+            return
+        if not self.isLocal(local):
+            self.bounce(element, "not-allowed",
+                        f"{local} is not one of this gateway's local_domains")
+            return
+        if not recipient:
+            self.forGateway(element)
+            return
+        try:
+            remote = domainOf(recipient)
+        except InvalidDomain as e:
+            self.bounce(element, "jid-malformed", str(e))
+            return
+        if remote == self.componentJid:
+            self.forGateway(element)
+            return
+        if self.isLocal(remote):
+            self.bounce(element, "service-unavailable",
+                        f"{remote} is a local domain; the c2s server delivers it itself")
+            return
+        if self.policy is not None:
+            ok, condition, text = self.policy.check(local, remote)
+            if not ok:
+                self.bounce(element, condition, text)
+                return
+        self.outbound.send(local, remote, element)
+
+    def forGateway(self, element):
+        """Stanzas addressed to the gateway itself: answer pings, refuse other iqs."""
+        if element.name != "iq" or element.getAttribute("type") not in ("get", "set"):
+            return
+        child = element.firstChildElement()
+        if child is not None and (child.uri, child.name) == (NS_PING, "ping"):
+            reply = element.__class__((element.uri, "iq"), element.defaultUri)
+            reply["type"] = "result"
+            reply["id"] = element.getAttribute("id", "")
+            reply["from"] = element.getAttribute("to") or self.componentJid
+            reply["to"] = element["from"]
+            self.deliverLocal(reply)
+            return
+        self.bounce(element, "service-unavailable")
+
+    # towards the c2s server
+
+    def fromRemote(self, element):
+        """Deliver an authenticated inbound stanza to the c2s server."""
+        self.deliverLocal(element)
+
+    def deliverLocal(self, element):
+        self.toLocal(element)
+
+    def bounce(self, element, condition, text=None):
+        """Send the error reply for a local sender's stanza back to the c2s server."""
+        if not shouldBounce(element):
+            self.log.debug("undeliverable {name} not bounced ({condition})", name=element.name,
+                           condition=condition)
+            return
+        self.bounced += 1
+        self.deliverLocal(errorReply(element, condition, text))
+
+    def bounceFromLocalSide(self, reply):
+        """
+        An error reply generated for a remote sender (its stanza could not
+        reach the c2s server): send it back out to the remote server.
+        """
+        self.fromLocal(reply)

@@ -1,0 +1,239 @@
+# -*- test-case-name: tests.test_stream -*-
+"""
+The byte-level half of every XMPP stream the gateway speaks: component
+link, inbound and outbound s2s.
+
+L{XmlStream} owns the parser, the header, stream errors, the closing tag,
+whitespace keepalives and the timers.  Subclasses hold the protocol state of
+their one stream and react to L{streamStarted}, L{elementReceived} and
+L{streamEnded}.
+"""
+
+import secrets
+from xml.sax.saxutils import escape, quoteattr
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from s2sgate.xmlparser import NS_STREAMS, StreamError, StreamParser
+
+NS_STANZAS_STREAM = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_SERVER = "jabber:server"
+NS_COMPONENT = "jabber:component:accept"
+NS_DIALBACK = "jabber:server:dialback"
+
+
+def newStreamId():
+    """An unguessable stream id (RFC 6120 §4.7.3 asks for 128 bits)."""
+    return secrets.token_urlsafe(18)
+
+
+def streamHeader(ns, attrs, extraNs=()):
+    """Serialise an opening C{<stream:stream>} tag."""
+    parts = [f"<stream:stream xmlns={quoteattr(ns)} xmlns:stream='{NS_STREAMS}'"]
+    for prefix, uri in extraNs:
+        parts.append(f" xmlns:{prefix}={quoteattr(uri)}")
+    for k, v in attrs.items():
+        if v is not None:
+            parts.append(f" {k}={quoteattr(v)}")
+    parts.append(">")
+    return "".join(parts).encode("utf-8")
+
+
+def streamErrorXml(condition, text=None):
+    body = f"<{condition} xmlns='{NS_STANZAS_STREAM}'/>"
+    if text:
+        body += f"<text xmlns='{NS_STANZAS_STREAM}' xml:lang='en'>{escape(text)}</text>"
+    return f"<stream:error>{body}</stream:error>".encode("utf-8")
+
+
+def parseStreamError(element):
+    """Return C{(condition, text)} of a received C{<stream:error/>}."""
+    condition, text = "undefined-condition", None
+    for child in element.elements():
+        if child.uri != NS_STANZAS_STREAM:
+            continue
+        if child.name == "text":
+            text = str(child)
+        else:
+            condition = child.name
+    return condition, text
+
+
+class XmlStream(Protocol):
+    """
+    Framing and limits shared by all streams.
+
+    @ivar namespace: the stream's default namespace.
+    @ivar clock: an L{IReactorTime}, so tests can drive timers.
+    """
+
+    log = Logger()
+    namespace = NS_SERVER
+    extraNamespaces = ()
+
+    def __init__(self, clock, maxStanzaBytes=524288, idleTimeout=None, keepalive=None):
+        self.clock = clock
+        self.maxStanzaBytes = maxStanzaBytes
+        self.idleTimeout = idleTimeout
+        self.keepaliveInterval = keepalive
+        self.parser = StreamParser(self._onHeader, self._onElement, self._onEnd, maxStanzaBytes)
+        self.closing = False
+        self.closed = False
+        self.headerSent = False
+        self._idleCall = None
+        self._keepaliveCall = None
+        self._closeCall = None
+        self.bytesIn = 0
+        self.bytesOut = 0
+
+    # transport events
+
+    def connectionMade(self):
+        self._touch()
+        if self.keepaliveInterval:
+            self._keepaliveCall = self.clock.callLater(self.keepaliveInterval, self._keepalive)
+
+    def dataReceived(self, data):
+        if self.closed:
+            return
+        self.bytesIn += len(data)
+        self._touch()
+        try:
+            self.parser.feed(data)
+        except StreamError as e:
+            self.streamError(e.condition, e.text)
+
+    def connectionLost(self, reason):
+        self.closed = True
+        for name in ("_idleCall", "_keepaliveCall", "_closeCall"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+        self.streamClosed(reason)
+
+    # parser events
+
+    def _onHeader(self, header):
+        if (header.uri, header.name) != (NS_STREAMS, "stream"):
+            if header.name == "stream":
+                raise StreamError("invalid-namespace", "the stream element is in the wrong namespace")
+            raise StreamError("not-well-formed" if not self.headerSent else "invalid-xml",
+                              "expected a stream header")
+        if header.defaultUri != self.namespace:
+            raise StreamError("invalid-namespace",
+                              f"the stream's default namespace must be {self.namespace}")
+        self.streamStarted(header)
+
+    def _onElement(self, element):
+        if (element.uri, element.name) == (NS_STREAMS, "error"):
+            condition, text = parseStreamError(element)
+            self.streamErrorReceived(condition, text)
+            self.closeStream()
+            return
+        self.elementReceived(element)
+
+    def _onEnd(self):
+        self.streamEnded()
+
+    # sending
+
+    def sendHeader(self, attrs):
+        self.headerSent = True
+        self.send(streamHeader(self.namespace, attrs, self.extraNamespaces))
+
+    def send(self, data):
+        """Send an element, a string or bytes."""
+        if self.closed or self.transport is None:
+            return False
+        if isinstance(data, domish.Element):
+            data = data.toXml().encode("utf-8")
+        elif isinstance(data, str):
+            data = data.encode("utf-8")
+        self.bytesOut += len(data)
+        self.transport.write(data)
+        return True
+
+    def streamError(self, condition, text=None):
+        """Send a stream error, close the stream and the connection."""
+        if self.closing or self.closed:
+            return
+        self.log.info("stream error {condition} sent: {text}", condition=condition,
+                      text=text, stream=self.describe())
+        if not self.headerSent:
+            self.sendHeader(self.errorHeaderAttrs())
+        self.send(streamErrorXml(condition, text))
+        self.streamErrorSent(condition, text)
+        self.closeStream()
+
+    def closeStream(self, wait=5):
+        """Send the closing tag; drop the connection if the peer does not answer."""
+        if self.closing or self.closed:
+            return
+        self.closing = True
+        if not self.headerSent:
+            self.sendHeader(self.errorHeaderAttrs())
+        self.send(b"</stream:stream>")
+        if self.transport is not None:
+            self._closeCall = self.clock.callLater(wait, self._abort)
+
+    def _abort(self):
+        self._closeCall = None
+        if self.transport is not None and not self.closed:
+            self.transport.loseConnection()
+
+    # timers
+
+    def _touch(self):
+        if not self.idleTimeout:
+            return
+        if self._idleCall is None:
+            self._idleCall = self.clock.callLater(self.idleTimeout, self._idle)
+        else:
+            self._idleCall.reset(self.idleTimeout)
+
+    def _idle(self):
+        self._idleCall = None
+        self.idleTimedOut()
+
+    def _keepalive(self):
+        self._keepaliveCall = None
+        if self.closed or self.closing:
+            return
+        self.send(b" ")
+        self._keepaliveCall = self.clock.callLater(self.keepaliveInterval, self._keepalive)
+
+    # for subclasses
+
+    def errorHeaderAttrs(self):
+        """Attributes of a header sent only to carry a stream error."""
+        return {"version": "1.0"}
+
+    def describe(self):
+        return self.__class__.__name__
+
+    def streamStarted(self, header):
+        pass
+
+    def elementReceived(self, element):
+        pass
+
+    def streamEnded(self):
+        self.closeStream()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def streamErrorReceived(self, condition, text):
+        self.log.info("stream error {condition} received: {text}", condition=condition,
+                      text=text, stream=self.describe())
+
+    def streamErrorSent(self, condition, text):
+        pass
+
+    def idleTimedOut(self):
+        self.closeStream()
+
+    def streamClosed(self, reason):
+        pass

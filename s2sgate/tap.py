@@ -1,0 +1,36 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd s2sgate}: options and service maker.
+
+A bad config stops start-up with the one line L{ConfigError} gives (file,
+key, what is allowed), not a traceback.
+"""
+
+import sys
+
+from twisted.python import usage
+
+from s2sgate.config import ConfigError, load_config
+
+DEFAULT_CONFIG = "/etc/s2sgate/s2sgate.toml"
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = ("Run the s2sgate XMPP federation gateway: all server-to-server work for a "
+                "c2s server, attached to it as an XEP-0114 component.")
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "The TOML configuration file."],
+    ]
+
+    def postOptions(self):
+        try:
+            self["parsed"] = load_config(self["config"])
+        except ConfigError as e:
+            sys.stderr.write(f"s2sgate: {e}\n")
+            raise SystemExit(2)
+
+
+def makeService(options):
+    from s2sgate.service import GatewayService
+    return GatewayService(options["parsed"])

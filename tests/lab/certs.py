@@ -1,0 +1,123 @@
+"""A small test CA built with ``cryptography``."""
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+OID_SRV_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.7")   # id-on-dnsSRV (RFC 4985)
+OID_XMPP_ADDR = ObjectIdentifier("1.3.6.1.5.5.7.8.5")  # id-on-xmppAddr (RFC 6120)
+
+_EKU = {"serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
+        "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH}
+
+
+def _der_string(tag: int, data: bytes) -> bytes:
+    n = len(data)
+    if n < 0x80:
+        length = bytes([n])
+    else:
+        b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        length = bytes([0x80 | len(b)]) + b
+    return bytes([tag]) + length + data
+
+
+def _ia5(s: str) -> bytes:
+    return _der_string(0x16, s.encode("ascii"))
+
+
+def _utf8(s: str) -> bytes:
+    return _der_string(0x0C, s.encode("utf-8"))
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _pem_cert(cert) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class _CA:
+    def __init__(self, cn: str):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = _dt.datetime.now(_dt.timezone.utc)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        self.name = name
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _dt.timedelta(days=1))
+            .not_valid_after(now + _dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                           critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
+                           critical=False)
+            .sign(self.key, hashes.SHA256()))
+
+
+class TestCA:
+    """``TestCA(workdir)``: ``.cafile`` (trusted CA PEM); ``.issue(...)`` leaves."""
+
+    __test__ = False
+
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._ca = _CA("s2sgate test CA")
+        self._rogue = None  # untrusted CA, made on demand
+        self.cafile = self.workdir / "ca.pem"
+        self.cafile.write_bytes(_pem_cert(self._ca.cert))
+        self._seq = itertools.count()
+
+    def issue(self, name, *, dns=(), srv=(), xmpp=(), expired=False,
+              eku=("serverAuth", "clientAuth"), untrusted=False):
+        """Issue a leaf for CN ``name``. ``dns``: dNSName SANs; ``srv``: domains for
+        SRV-ID ``_xmpp-server.<domain>``; ``xmpp``: XmppAddr values. Returns
+        ``(certfile, keyfile)``; certfile holds cert + CA chain + key in one PEM."""
+        if untrusted:
+            if self._rogue is None:
+                self._rogue = _CA("untrusted test CA")
+            ca = self._rogue
+        else:
+            ca = self._ca
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _dt.datetime.now(_dt.timezone.utc)
+        if expired:
+            nb, na = now - _dt.timedelta(days=30), now - _dt.timedelta(days=1)
+        else:
+            nb, na = now - _dt.timedelta(days=1), now + _dt.timedelta(days=365)
+        sans = [x509.DNSName(d) for d in dns]
+        sans += [x509.OtherName(OID_SRV_NAME, _ia5("_xmpp-server." + d)) for d in srv]
+        sans += [x509.OtherName(OID_XMPP_ADDR, _utf8(a)) for a in xmpp]
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(ca.name)
+             .public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(nb).not_valid_after(na)
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+                            critical=False))
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        if eku:
+            b = b.add_extension(x509.ExtendedKeyUsage([_EKU[e] for e in eku]), critical=False)
+        cert = b.sign(ca.key, hashes.SHA256())
+        stem = f"{name.replace('*', '_')}-{next(self._seq)}"
+        certfile = self.workdir / f"{stem}.pem"
+        keyfile = self.workdir / f"{stem}.key"
+        keyfile.write_bytes(_pem_key(key))
+        certfile.write_bytes(_pem_cert(cert) + _pem_cert(ca.cert) + _pem_key(key))
+        for f in (certfile, keyfile):
+            f.chmod(0o644)  # servers running as other users (ejabberd, prosody) must read them
+        return certfile, keyfile

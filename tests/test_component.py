@@ -1,0 +1,181 @@
+"""The component link's state machine, driven with task.Clock and in-memory transports."""
+
+import random
+from types import SimpleNamespace
+
+from twisted.internet import defer, error, task
+from twisted.internet.testing import StringTransport
+from twisted.words.xish import domish
+
+from s2sgate.component import ComponentLink, handshakeDigest
+
+HEADER = ("<stream:stream xmlns='jabber:component:accept' "
+          "xmlns:stream='http://etherx.jabber.org/streams' from='s2s.home.test' id='{id}'>")
+
+
+def linkConfig(**kw):
+    values = dict(jid="s2s.home.test", host="127.0.0.1", port=5347, secret="sekrit",
+                  keepalive=60, max_retry_delay=60, auth_retry_delay=300,
+                  buffer_limit=3, buffer_timeout=30)
+    values.update(kw)
+    return SimpleNamespace(**values)
+
+
+class Harness:
+    """A link whose connection attempts the test answers by hand."""
+
+    def __init__(self, **kw):
+        self.clock = task.Clock()
+        self.attempts = []
+        self.received = []
+        self.bounces = []
+        self.link = ComponentLink(linkConfig(**kw), self.clock, self.connect,
+                                  onStanza=self.received.append, onBounce=self.bounces.append,
+                                  rng=random.Random(1))
+
+    def connect(self, factory):
+        d = defer.Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+    def accept(self, streamId="abc"):
+        """Answer the latest attempt: connect and complete the handshake."""
+        proto, transport = self.open()
+        proto.dataReceived(HEADER.format(id=streamId).encode())
+        proto.dataReceived(b"<handshake/>")
+        return proto, transport
+
+    def open(self):
+        factory, d = self.attempts[-1]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        d.callback(proto)
+        return proto, transport
+
+    def refuse(self):
+        self.attempts[-1][1].errback(error.ConnectionRefusedError())
+
+
+def message(sender="bob@remote.test/x", to="alice@home.test", kind=None):
+    m = domish.Element(("jabber:server", "message"))
+    m["from"], m["to"] = sender, to
+    if kind:
+        m["type"] = kind
+    m.addElement("body", content="hi")
+    return m
+
+
+def test_handshake_sends_the_sha1_of_stream_id_and_secret():
+    h = Harness()
+    h.link.startService()
+    proto, transport = h.open()
+    assert b'to="s2s.home.test"' in transport.value()
+    proto.dataReceived(HEADER.format(id="xyz").encode())
+    expected = handshakeDigest("xyz", "sekrit")
+    assert f"<handshake>{expected}</handshake>".encode() in transport.value()
+    assert h.link.state != "up"
+    proto.dataReceived(b"<handshake/>")
+    assert h.link.state == "up"
+
+
+def test_network_failure_retries_with_growing_capped_delay():
+    h = Harness(max_retry_delay=8)
+    h.link.startService()
+    delays = []
+    for _ in range(7):
+        h.refuse()
+        call = h.clock.getDelayedCalls()[0]
+        delays.append(call.getTime() - h.clock.seconds())
+        h.clock.advance(call.getTime() - h.clock.seconds())
+    assert len(h.attempts) == 8
+    assert delays[1] > delays[0] * 1.0 or delays[2] > delays[0]
+    assert max(delays) <= 8
+    assert delays[-1] >= 4   # jitter keeps at least half of the capped delay
+
+
+def test_rejected_secret_waits_the_auth_retry_delay():
+    h = Harness(auth_retry_delay=300)
+    h.link.startService()
+    proto, transport = h.open()
+    proto.dataReceived(HEADER.format(id="x").encode())
+    proto.dataReceived(b"<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                       b"</stream:error>")
+    proto.connectionLost(None)
+    call = h.clock.getDelayedCalls()
+    retry = [c for c in call if c.func == h.link._connect]
+    assert retry and retry[0].getTime() - h.clock.seconds() == 300
+
+
+def test_stanzas_wait_while_the_link_is_down_and_flow_after_reconnect():
+    h = Harness()
+    h.link.startService()
+    h.refuse()
+    h.link.send(message())
+    assert h.bounces == []
+    h.clock.advance(2)
+    proto, transport = h.accept()
+    out = transport.value()
+    assert b"<body>hi</body>" in out
+    assert b"jabber:component:accept" in out.split(b"<handshake")[0] or b"<message" in out
+
+
+def test_buffer_overflow_bounces_resource_constraint_to_the_remote_sender():
+    h = Harness(buffer_limit=2)
+    h.link.startService()
+    h.refuse()
+    for _ in range(3):
+        h.link.send(message())
+    assert len(h.bounces) == 1
+    bounce = h.bounces[0]
+    assert bounce["type"] == "error"
+    assert bounce["to"] == "bob@remote.test/x"
+    assert bounce["from"] == "alice@home.test"
+    assert bounce.error.firstChildElement().name == "resource-constraint"
+
+
+def test_stanza_waiting_too_long_is_bounced():
+    h = Harness(buffer_timeout=30)
+    h.link.startService()
+    h.refuse()
+    h.link.send(message())
+    h.clock.advance(29)
+    assert h.bounces == []
+    h.clock.advance(2)
+    assert [b.error.firstChildElement().name for b in h.bounces] == ["recipient-unavailable"]
+
+
+def test_error_stanza_is_never_bounced():
+    h = Harness(buffer_limit=0)
+    h.link.startService()
+    h.refuse()
+    h.link.send(message(kind="error"))
+    assert h.bounces == []
+
+
+def test_stanzas_from_the_c2s_server_arrive_in_the_server_namespace():
+    h = Harness()
+    h.link.startService()
+    proto, _ = h.accept()
+    proto.dataReceived(b"<message from='alice@home.test' to='bob@remote.test'><body>x</body></message>")
+    assert h.received[0].uri == "jabber:server"
+    assert h.received[0].body.uri == "jabber:server"
+
+
+def test_whitespace_keepalive_is_sent():
+    h = Harness(keepalive=60)
+    h.link.startService()
+    proto, transport = h.accept()
+    transport.clear()
+    h.clock.advance(61)
+    assert transport.value() == b" "
+
+
+def test_link_reconnects_after_losing_an_established_connection():
+    h = Harness()
+    h.link.startService()
+    proto, _ = h.accept()
+    proto.connectionLost(None)
+    assert h.link.state == "down"
+    h.clock.advance(2)
+    assert len(h.attempts) == 2

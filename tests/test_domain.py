@@ -1,0 +1,44 @@
+import pytest
+from hypothesis import given, strategies as st
+
+from s2sgate.domain import InvalidDomain, domainOf, normalize
+
+
+def test_normalize_lowercases_ascii():
+    assert normalize("Example.COM") == "example.com"
+
+
+def test_normalize_uses_idna2008_not_2003():
+    # IDNA 2003 maps ß to ss, which is another domain under IDNA 2008.
+    assert normalize("faß.de") == "xn--fa-hia.de"
+
+
+def test_normalize_refuses_trailing_dot():
+    with pytest.raises(InvalidDomain):
+        normalize("example.com.")
+
+
+def test_normalize_refuses_garbage():
+    with pytest.raises(InvalidDomain):
+        normalize("bad domain!")
+
+
+def test_domainOf_full_jid():
+    assert domainOf("Alice@Example.COM/phone") == "example.com"
+
+
+def test_domainOf_domain_only_with_resource():
+    assert domainOf("example.com/res@x") == "example.com"
+
+
+def test_domainOf_refuses_empty_localpart():
+    with pytest.raises(InvalidDomain):
+        domainOf("@example.com")
+
+
+@given(st.text(max_size=40))
+def test_domainOf_never_raises_anything_but_InvalidDomain(text):
+    try:
+        domainOf(text)
+    except InvalidDomain:
+        pass
