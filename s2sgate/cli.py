@@ -24,10 +24,11 @@ EXIT_CONFIG = 2
 
 def _configCheck(args: argparse.Namespace) -> int:
     """Load the config file; print a summary, or the one-line error."""
-    from s2sgate.config import ConfigError, load_config
+    from s2sgate.config import ConfigError, check_runnable, load_config
 
     try:
         config = load_config(args.file)
+        check_runnable(config)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return EXIT_CONFIG

@@ -292,6 +292,27 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(data, filename)
 
 
+def check_runnable(config: Config) -> None:
+    """
+    Refuse settings that this version of the gateway cannot honour yet, so
+    that nobody believes streams are encrypted when they are not.
+    """
+    s = config.s2s
+    missing = (
+        ("s2s.use_starttls", s.use_starttls != "false", repr(s.use_starttls), '"false"'),
+        ("s2s.direct_tls_listen", bool(s.direct_tls_listen), "listeners", "[] (empty)"),
+        ("s2s.secure_auth", s.secure_auth, "true", "false"),
+        ("s2s.secure_domains", bool(s.secure_domains), "domains", "[] (empty)"),
+    )
+    for key, bad, got, allowed in missing:
+        if bad:
+            raise ConfigError(
+                config.path, key,
+                f"got {got}, but this version of s2sgate has no TLS support yet",
+                f"{allowed} until TLS support lands",
+            )
+
+
 def parse_config(data: Any, filename: str) -> Config:
     """
     Check C{data} (what C{tomllib} returned) and build the L{Config}.
@@ -878,6 +899,8 @@ def _show(v: Any) -> str:
         return "a table"
     if isinstance(v, list) and any(isinstance(x, (list, dict)) for x in v):
         return "an array"
+    if hasattr(v, "isoformat"):  # TOML dates and times
+        return v.isoformat()
     text = repr(v)
     if len(text) > 60:
         text = text[:57] + "..."

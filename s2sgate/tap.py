@@ -10,7 +10,7 @@ import sys
 
 from twisted.python import usage
 
-from s2sgate.config import ConfigError, load_config
+from s2sgate.config import ConfigError, check_runnable, load_config
 
 DEFAULT_CONFIG = "/etc/s2sgate/s2sgate.toml"
 
@@ -26,6 +26,7 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self["parsed"] = load_config(self["config"])
+            check_runnable(self["parsed"])
         except ConfigError as e:
             sys.stderr.write(f"s2sgate: {e}\n")
             raise SystemExit(2)

@@ -79,23 +79,44 @@ class Proc:
             time.sleep(0.05)
 
     def stop(self, timeout=10):
-        """SIGTERM the process group, wait, then SIGKILL. Idempotent."""
+        """SIGTERM the process group, wait for the whole group to go, then SIGKILL.
+        Idempotent."""
         p = self.popen
         if p is None:
             return
         pgid = p.pid  # start_new_session: pgid == pid
-        if p.poll() is None:
-            _killpg(pgid, signal.SIGTERM)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # Kill stragglers of the group even if the leader already exited.
+        _killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            p.poll()
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.05)
         _killpg(pgid, signal.SIGKILL)
         try:
             p.wait(5)
         except subprocess.TimeoutExpired:
             pass
+        deadline = time.monotonic() + 5
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _group_alive(pgid) -> bool:
+    """True while a non-zombie process of group ``pgid`` exists."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        # fields[0] = state, fields[2] = pgrp
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def _killpg(pgid, sig):

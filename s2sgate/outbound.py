@@ -1,0 +1,335 @@
+# -*- test-case-name: tests.test_outbound -*-
+"""
+Outbound s2s: one authenticated stream per (local domain, remote domain).
+
+L{OutboundLink} owns the queue and the retry state of one pair;
+L{OutboundStream} owns the protocol state of one connection.  A stream is
+negotiated as a list of steps (today: dialback; STARTTLS and SASL EXTERNAL
+slot in before it) and reports back through a Deferred that fires with the
+authenticated stream or fails with a L{ConnectFailed} that carries the
+condition and text for the bounces.
+"""
+
+import collections
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from s2sgate.connector import Attempt, ConnectFailed, connect
+from s2sgate.dialback import NS_DB, NS_DB_FEATURE, dbElement, dbErrorReason
+from s2sgate.stream import NS_SERVER, XmlStream
+from s2sgate.xmlparser import NS_STREAMS
+
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+
+
+class OutboundStream(XmlStream):
+    """
+    One connection we opened to a remote server, either to carry stanzas
+    for one domain pair (C{mode='result'}) or to ask the remote server's
+    authoritative side to check a dialback key (C{mode='verify'}).
+    """
+
+    extraNamespaces = (("db", NS_DB),)
+
+    def __init__(self, pool, local, remote, mode="result", verify=None):
+        s = pool.config.s2s
+        XmlStream.__init__(self, pool.clock, maxStanzaBytes=s.stanza_size_limit,
+                           idleTimeout=s.idle_timeout)
+        self.pool = pool
+        self.local = local
+        self.remote = remote
+        self.mode = mode
+        self.verifyRequest = verify   # (streamId, key)
+        self.streamId = None
+        self.state = "connecting"
+        self.authMethod = None
+        self.secure = False
+        self.ready = defer.Deferred()
+        self.failure = None
+        self._negotiationCall = None
+
+    def describe(self):
+        return f"outbound {self.local} -> {self.remote}"
+
+    def connectionMade(self):
+        XmlStream.connectionMade(self)
+        self._negotiationCall = self.clock.callLater(
+            self.pool.config.s2s.negotiation_timeout, self._negotiationTimedOut)
+        self.state = "header"
+        self.sendHeader({"from": self.local, "to": self.remote, "version": "1.0"})
+
+    def errorHeaderAttrs(self):
+        return {"from": self.local, "to": self.remote, "version": "1.0"}
+
+    def streamStarted(self, header):
+        self.streamId = header.getAttribute("id")
+        if not self.streamId:
+            self._fail("remote-server-not-found", "the remote server sent no stream id")
+            self.streamError("invalid-xml", "a stream header needs an id")
+            return
+        if header.getAttribute("version", "0.0") >= "1.0":
+            self.state = "features"
+        else:
+            # Pre-1.0 servers send no features: dialback right away.
+            self._dialback()
+
+    def elementReceived(self, element):
+        key = (element.uri, element.name)
+        if self.state == "features" and key == (NS_STREAMS, "features"):
+            self._features(element)
+        elif key == (NS_DB, "result") and self.state == "dialback":
+            self._dialbackResult(element)
+        elif key == (NS_DB, "verify") and self.state == "verifying":
+            self._verifyResult(element)
+        else:
+            self.log.debug("{stream}: ignored <{name}/> in state {state}",
+                           stream=self.describe(), name=element.name, state=self.state)
+
+    def _features(self, features):
+        starttls = required = False
+        dialback = False
+        for f in features.elements():
+            if (f.uri, f.name) == (NS_TLS, "starttls"):
+                starttls = True
+                required = any(c.name == "required" for c in f.elements())
+            elif (f.uri, f.name) == (NS_DB_FEATURE, "dialback"):
+                dialback = True
+        if required and not starttls:
+            pass
+        if starttls and required and self.pool.config.s2s.use_starttls == "false":
+            self._fail("remote-server-not-found",
+                       f"{self.remote} requires STARTTLS, which use_starttls = \"false\" forbids")
+            self.closeStream()
+            return
+        if not dialback:
+            # Many servers omit the feature but support dialback anyway
+            # (the db namespace in their header); try it.
+            self.log.debug("{stream}: no dialback feature advertised; trying dialback",
+                           stream=self.describe())
+        self._dialback()
+
+    def _dialback(self):
+        if self.mode == "verify":
+            streamId, key = self.verifyRequest
+            self.state = "verifying"
+            self.send(dbElement("verify", self.local, self.remote, key=key, streamId=streamId))
+            return
+        self.state = "dialback"
+        key = self.pool.keys.generate(self.remote, self.local, self.streamId)
+        self.send(dbElement("result", self.local, self.remote, key=key))
+
+    def _dialbackResult(self, element):
+        if element.getAttribute("from") != self.remote or element.getAttribute("to") != self.local:
+            return
+        kind = element.getAttribute("type")
+        if kind == "valid":
+            self.state = "ready"
+            self.authMethod = "dialback"
+            self._cancelNegotiationTimer()
+            self.log.info("outbound stream {local} -> {remote} authenticated ({method}, {tls})",
+                          local=self.local, remote=self.remote, method=self.authMethod,
+                          tls="TLS" if self.secure else "no TLS", event="outbound.established")
+            d, self.ready = self.ready, None
+            d.callback(self)
+        elif kind == "error":
+            self._fail("remote-server-not-found",
+                       f"{self.remote} refused dialback: {dbErrorReason(element)}")
+            self.closeStream()
+        else:
+            self._fail("remote-server-not-found",
+                       f"{self.remote} could not verify our dialback key (type={kind})")
+            self.closeStream()
+
+    def _verifyResult(self, element):
+        kind = element.getAttribute("type")
+        if kind == "error":
+            kind = "error:" + dbErrorReason(element)
+        self._cancelNegotiationTimer()
+        d, self.ready = self.ready, None
+        if d is not None:
+            d.callback(kind)
+        self.closeStream()
+
+    def _negotiationTimedOut(self):
+        self._negotiationCall = None
+        self._fail("remote-server-timeout",
+                   f"{self.remote} did not complete stream negotiation in time")
+        self.streamError("connection-timeout", "negotiation took too long")
+
+    def _cancelNegotiationTimer(self):
+        if self._negotiationCall is not None and self._negotiationCall.active():
+            self._negotiationCall.cancel()
+        self._negotiationCall = None
+
+    def _fail(self, condition, text):
+        if self.ready is not None:
+            d, self.ready = self.ready, None
+            d.errback(ConnectFailed(condition, text, [Attempt("negotiate", self.remote, text)]))
+
+    def streamErrorReceived(self, condition, text):
+        XmlStream.streamErrorReceived(self, condition, text)
+        self._fail("remote-server-not-found",
+                   f"{self.remote} closed the stream: {condition}" + (f" ({text})" if text else ""))
+
+    def streamClosed(self, reason):
+        self._cancelNegotiationTimer()
+        self._fail("remote-server-not-found", f"{self.remote} closed the connection during negotiation")
+        self.pool.streamClosed(self)
+
+
+class OutboundLink:
+    """Queue, connection attempt and backoff of one (local, remote) pair."""
+
+    log = Logger()
+
+    def __init__(self, pool, local, remote):
+        self.pool = pool
+        self.local = local
+        self.remote = remote
+        self.queue = collections.deque()
+        self.stream = None
+        self.attempt = None
+        self.delay = 0
+        self.retryAt = 0
+        self._retryCall = None
+        self.lastFailure = None
+        self.failures = 0
+
+    def send(self, element):
+        if self.stream is not None:
+            self.stream.send(element)
+            self.pool.sent += 1
+            return
+        if len(self.queue) >= self.pool.config.s2s.queue_limit:
+            self.pool.router.bounce(element, "resource-constraint",
+                                    f"too many stanzas waiting for {self.remote}")
+            return
+        self.queue.append(element)
+        self._maybeConnect()
+
+    def _maybeConnect(self):
+        if self.attempt is not None or self._retryCall is not None:
+            return
+        wait = self.retryAt - self.pool.clock.seconds()
+        if wait > 0:
+            # A failure happened recently: try again once the delay has
+            # passed, rather than bouncing everything meanwhile.
+            self._retryCall = self.pool.clock.callLater(wait, self._retry)
+            return
+        self._start()
+
+    def _retry(self):
+        self._retryCall = None
+        if self.queue and self.stream is None and self.attempt is None:
+            self._start()
+
+    def _start(self):
+        self.log.info("connecting {local} -> {remote}", local=self.local, remote=self.remote,
+                      event="outbound.connecting")
+        self.attempt = defer.ensureDeferred(self.pool.open(self.local, self.remote))
+        self.attempt.addCallbacks(self._established, self._failed)
+
+    def _established(self, stream):
+        self.attempt = None
+        self.stream = stream
+        self.delay = 0
+        self.retryAt = 0
+        self.failures = 0
+        self.lastFailure = None
+        stream.link = self
+        while self.queue and self.stream is not None:
+            self.stream.send(self.queue.popleft())
+            self.pool.sent += 1
+
+    def _failed(self, failure):
+        self.attempt = None
+        if failure.check(ConnectFailed):
+            condition, text = failure.value.condition, failure.value.text
+            attempts = failure.value.attempts
+        else:
+            condition, text, attempts = "remote-server-not-found", failure.getErrorMessage(), []
+            self.log.failure("unexpected error connecting to {remote}", failure, remote=self.remote)
+        self.failures += 1
+        self.delay = min(max(self.delay * 2, 1), self.pool.config.s2s.max_retry_delay)
+        self.retryAt = self.pool.clock.seconds() + self.delay
+        self.lastFailure = (condition, text, attempts)
+        self.log.warn("cannot reach {remote} for {local}: {text}; bouncing {count} stanza(s), "
+                      "next attempt allowed in {delay} s", remote=self.remote, local=self.local,
+                      text=text, count=len(self.queue), delay=self.delay, condition=condition,
+                      attempts=[f"{a.step} {a.target}: {a.error}" for a in attempts],
+                      event="outbound.failed")
+        queued, self.queue = self.queue, collections.deque()
+        for element in queued:
+            self.pool.router.bounce(element, condition, text)
+
+    def streamClosed(self, stream):
+        if self.stream is stream:
+            self.stream = None
+            if self.queue:
+                self._maybeConnect()
+
+    def close(self):
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        self._retryCall = None
+        if self.attempt is not None:
+            self.attempt.cancel()
+        if self.stream is not None:
+            self.stream.closeStream(wait=1)
+
+
+class OutboundPool:
+    """All outbound links, and dialback verify requests (receiving role)."""
+
+    log = Logger()
+
+    def __init__(self, config, clock, resolver, router, keys, connectFn=connect):
+        self.config = config
+        self.clock = clock
+        self.resolver = resolver
+        self.router = router
+        self.keys = keys
+        self.connectFn = connectFn
+        self.links = {}
+        self.verifying = set()
+        self.sent = 0
+
+    def send(self, local, remote, element):
+        link = self.links.get((local, remote))
+        if link is None:
+            link = self.links[(local, remote)] = OutboundLink(self, local, remote)
+        link.send(element)
+
+    async def open(self, local, remote, mode="result", verify=None):
+        """Connect and negotiate; return the authenticated stream (or verify answer)."""
+        holder = {}
+
+        def build():
+            stream = OutboundStream(self, local, remote, mode=mode, verify=verify)
+            holder["stream"] = stream
+            return stream
+
+        factory = Factory.forProtocol(build)
+        await self.connectFn(self.clock, self.resolver, remote, factory,
+                             timeout=self.config.s2s.outgoing.connection_timeout)
+        stream = holder["stream"]
+        return await stream.ready
+
+    async def verify(self, local, remote, streamId, key):
+        """
+        Ask C{remote}'s authoritative server whether C{key} is right for
+        the stream C{streamId} it opened to C{local}: returns the answer's
+        type ("valid", "invalid" or "error:…").
+        """
+        return await self.open(local, remote, mode="verify", verify=(streamId, key))
+
+    def streamClosed(self, stream):
+        link = getattr(stream, "link", None)
+        if link is not None:
+            link.streamClosed(stream)
+
+    def closeAll(self):
+        for link in list(self.links.values()):
+            link.close()

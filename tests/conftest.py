@@ -1,0 +1,48 @@
+"""Shared pytest setup.
+
+Tests marked ``@pytest.mark.servers`` run real Prosody / ejabberd / dnsmasq processes
+(see tests/lab/). Without those programs they skip with one line; with
+``S2SGATE_REQUIRE_SERVERS=1`` (CI) they fail instead.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+_SERVER_TOOLS = {
+    "prosody": "prosody",
+    "prosodyctl": "prosody",
+    "ejabberdctl": "ejabberd",
+    "dnsmasq": "dnsmasq-base",
+    "unshare": "util-linux",
+    "setpriv": "util-linux",
+}
+_APT = "apt-get install prosody lua-sec lua-unbound ejabberd dnsmasq-base"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "servers: needs real prosody, ejabberd and dnsmasq (tests/lab); "
+        "skipped when missing unless S2SGATE_REQUIRE_SERVERS=1")
+
+
+def _servers_problem():
+    missing = sorted({pkg for tool, pkg in _SERVER_TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        return f"{', '.join(missing)} not installed: {_APT}"
+    if os.geteuid() != 0:
+        return "server tests need root (mount namespaces for the test DNS, setpriv for ejabberd)"
+    return None
+
+
+_PROBLEM = _servers_problem()
+
+
+def pytest_runtest_setup(item):
+    if _PROBLEM and item.get_closest_marker("servers") is not None:
+        if os.environ.get("S2SGATE_REQUIRE_SERVERS") == "1":
+            pytest.fail(f"S2SGATE_REQUIRE_SERVERS=1 but {_PROBLEM}", pytrace=False)
+        pytest.skip(_PROBLEM)

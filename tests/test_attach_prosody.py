@@ -1,0 +1,106 @@
+"""
+The component link against a real Prosody (issue: foundation).
+
+A real Prosody from Debian's packages is the c2s server, with the
+project's routing module loaded; the gateway runs in this process; a real
+c2s client is logged in as a local user.
+"""
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+
+from s2sgate.config import parse_config
+from s2sgate.service import GatewayService
+from tests.lab.client import connect_client, parse_xml
+from tests.lab.dns import TestDNS, pick_dns_ip
+from tests.lab.prosody import Prosody
+
+pytestmark = pytest.mark.servers
+
+HOME_IP = "127.0.0.10"
+SECRET = "component-secret-for-tests"
+
+
+@pytest.fixture(scope="module")
+def dns(tmp_path_factory):
+    d = TestDNS(tmp_path_factory.mktemp("dns"), ip=pick_dns_ip())
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def prosody(tmp_path_factory):
+    p = Prosody(tmp_path_factory.mktemp("attach"), "home", HOME_IP, hosts=["home.test"],
+                users=[("alice@home.test", "alicepw")],
+                components={"s2s.home.test": SECRET}, route_to="s2s.home.test")
+    p.start()
+    yield p
+    p.stop()
+
+
+def gatewayConfig(dns):
+    return parse_config({
+        "local_domains": ["home.test"],
+        "component": {"jid": "s2s.home.test", "host": HOME_IP, "port": 5347,
+                      "secret": SECRET, "max_retry_delay": 2},
+        "s2s": {"listen": [], "use_starttls": "false",
+                "dns": {"nameservers": [f"{ip}:{port}" for ip, port in dns.nameservers],
+                        "timeout": 2, "retries": 0}},
+    }, "test-attach.toml")
+
+
+@pytest.fixture(scope="module")
+def gateway(prosody, dns):
+    gw = GatewayService(gatewayConfig(dns), reactor)
+    gw.startService()
+    pytest_twisted.blockon(gw.link.whenUp())
+    yield gw
+    pytest_twisted.blockon(gw.stopService())
+
+
+async def loginAlice():
+    alice = await connect_client(reactor, "alice@home.test/test", "alicepw", HOME_IP)
+    # Prosody delivers to the bare JID only to available resources.
+    alice.send_presence()
+    return alice
+
+
+async def checkBounceAndInjection(gateway):
+    alice = await loginAlice()
+    try:
+        alice.send("<message xmlns='jabber:client' to='bob@nowhere.test' type='chat' id='m1'><body>hello</body></message>")
+        bounce = await alice.wait_for(lambda e: e.name == "message" and e.getAttribute("id") == "m1")
+        assert bounce["type"] == "error"
+        assert bounce["from"] == "bob@nowhere.test"
+        conditions = [c.name for c in bounce.error.elements()]
+        assert "remote-server-not-found" in conditions
+
+        gateway.router.fromRemote(parse_xml(
+            "<message xmlns='jabber:server' from='bob@remote.test/x' to='alice@home.test' "
+            "type='chat' id='in1'><body>from afar</body></message>"))
+        got = await alice.wait_for(lambda e: e.name == "message" and e.getAttribute("id") == "in1")
+        assert got["from"] == "bob@remote.test/x"
+        assert str(got.body) == "from afar"
+    finally:
+        await alice.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_remote_bound_message_comes_back_as_remote_server_not_found(gateway):
+    await checkBounceAndInjection(gateway)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gateway_reconnects_after_prosody_restarts(gateway, prosody):
+    before = gateway.link.stream
+    prosody.restart()
+    # The restart blocked the reactor: let the link notice the drop, then
+    # reconnect by itself.
+    for _ in range(200):
+        if gateway.link.stream is not None and gateway.link.stream is not before:
+            break
+        await task.deferLater(reactor, 0.05)
+    assert gateway.link.state == "up"
+    await checkBounceAndInjection(gateway)
