@@ -149,12 +149,22 @@ class XmlStream(Protocol):
         if self.closed or self.transport is None:
             return False
         if isinstance(data, domish.Element):
-            data = data.toXml().encode("utf-8")
+            # Serialise in the stream's scope: no repeated default namespace,
+            # and prefixes the header declared (some servers, ejabberd among
+            # them, only understand dialback as "db:result").
+            data = data.toXml(prefixes=self._prefixes(), defaultUri=self.namespace,
+                              prefixesInScope=["stream"] + [p for p, _ in self.extraNamespaces]
+                              ).encode("utf-8")
         elif isinstance(data, str):
             data = data.encode("utf-8")
         self.bytesOut += len(data)
         self.transport.write(data)
         return True
+
+    def _prefixes(self):
+        prefixes = {NS_STREAMS: "stream"}
+        prefixes.update((uri, prefix) for prefix, uri in self.extraNamespaces)
+        return prefixes
 
     def streamError(self, condition, text=None):
         """Send a stream error, close the stream and the connection."""

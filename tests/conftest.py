@@ -46,3 +46,11 @@ def pytest_runtest_setup(item):
         if os.environ.get("S2SGATE_REQUIRE_SERVERS") == "1":
             pytest.fail(f"S2SGATE_REQUIRE_SERVERS=1 but {_PROBLEM}", pytrace=False)
         pytest.skip(_PROBLEM)
+
+
+def pytest_sessionstart(session):
+    """With S2SGATE_TEST_LOG=FILE, the gateway's Twisted log goes to FILE."""
+    path = os.environ.get("S2SGATE_TEST_LOG")
+    if path:
+        from twisted.logger import globalLogPublisher, textFileLogObserver
+        globalLogPublisher.addObserver(textFileLogObserver(open(path, "a")))

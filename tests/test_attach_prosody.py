@@ -18,7 +18,7 @@ from tests.lab.prosody import Prosody
 
 pytestmark = pytest.mark.servers
 
-HOME_IP = "127.0.0.10"
+HOME_IP = "127.0.0.40"
 SECRET = "component-secret-for-tests"
 
 

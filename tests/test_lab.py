@@ -9,11 +9,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
 from twisted.names import client as dnsclient, error as dnserror
-from twisted.words.xish import domish, xmlstream as xish
+from twisted.words.xish import xmlstream as xish
 
 from tests.lab.client import connect_client
 from tests.lab.dns import TestDNS
 from tests.lab.ejabberd import Ejabberd
+from tests.lab.procs import with_test_resolver
 from tests.lab.prosody import Prosody
 
 pytestmark = pytest.mark.servers
@@ -47,6 +48,7 @@ def dns(labdir):
     d.add_srv("_xmpp-server._tcp.srvonly.test", "xmpp2.srvonly.test", 5998, priority=20)
     d.add_no_service("_xmpp-server._tcp.nothing.test")
     d.add_host("home.test", HOME_IP)
+    d.add_host("b.test", "127.0.0.23")  # A only, no SRV: the fallback path
     d.start()
     yield d
     d.stop()
@@ -158,6 +160,43 @@ def test_dnsmasq_answers_only_its_records(dns):
         yield r.lookupAddress("nx.test")
     with pytest.raises(dnserror.DNSNameError):
         yield r.lookupService("_xmpp-server._tcp.nx.test")
+
+
+def test_with_test_resolver_uses_only_test_dns(dns):
+    argv = with_test_resolver(["getent", "ahostsv4", "a.test"], dns.resolv_conf, dns.hosts_file)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "127.0.0.21"
+    r = subprocess.run(with_test_resolver(["cat", "/etc/hosts"], dns.resolv_conf,
+                                          dns.hosts_file), capture_output=True, text=True)
+    assert r.stdout == dns.hosts_file.read_text()
+    with open("/etc/resolv.conf") as f:  # the real one is untouched outside
+        assert f.read() != dns.resolv_conf.read_text()
+
+
+@pytest_twisted.inlineCallbacks
+def test_prosody_dialback_peers_federate_through_test_dns(labdir, dns):
+    a = Prosody(labdir, "peer-a", "127.0.0.21", hosts=["a.test"],
+                users=[("dave@a.test", "davepw")], dns=dns)
+    b = Prosody(labdir, "peer-b", "127.0.0.23", hosts=["b.test"],
+                users=[("erin@b.test", "erinpw")], dns=dns)
+    a.start()
+    b.start()
+    try:
+        dave = yield connect_client(reactor, "dave@a.test/lab", "davepw", "127.0.0.21")
+        erin = yield connect_client(reactor, "erin@b.test/lab", "erinpw", "127.0.0.23")
+        erin.send_presence()
+        dave.send("<message to='erin@b.test/lab' id='d1' type='chat'><body>hi</body></message>")
+        m = yield erin.wait_for(lambda e: e.name == "message" and e.getAttribute("id") == "d1",
+                                timeout=15)
+        assert m["from"] == "dave@a.test/lab"
+        show = a.s2s_show()
+        assert "b.test" in show and "dialback" in show.lower(), show
+        yield dave.disconnect()
+        yield erin.disconnect()
+    finally:
+        a.stop()
+        b.stop()
 
 
 @pytest_twisted.inlineCallbacks

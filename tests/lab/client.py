@@ -139,6 +139,8 @@ def connect_client(reactor, jid, password, host, port=5222, timeout=10) -> defer
 
     def on_fail(failure):
         if not d.called:
+            if "connector" in holder:
+                holder["connector"].disconnect()
             d.errback(failure)
 
     factory.addBootstrap(xmlstream.STREAM_CONNECTED_EVENT, on_connected)

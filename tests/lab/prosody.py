@@ -31,7 +31,7 @@ class Prosody:
     """
 
     def __init__(self, workdir, name, ip, *, hosts, users=(), components=None, route_to=None,
-                 s2s="dialback", dns=None, extra=""):
+                 s2s="dialback", dns=None, extra="", s2s_port=5269):
         self.workdir = Path(workdir) / name
         self.name = name
         self.ip = ip
@@ -44,6 +44,7 @@ class Prosody:
             raise ValueError(f"unsupported s2s mode {s2s!r}")
         self.dns = dns
         self.extra = extra
+        self.s2s_port = s2s_port
         self.config = self.workdir / "prosody.cfg.lua"
         self.data = self.workdir / "data"
         self.logfile = self.workdir / "prosody.log"
@@ -55,7 +56,7 @@ class Prosody:
     def _ports(self):
         ports = [5222]
         if self.s2s:
-            ports.append(5269)
+            ports.append(self.s2s_port)
         if self.components:
             ports.append(5347)
         return ports
@@ -83,7 +84,7 @@ class Prosody:
             f"interfaces = {_lua_list([self.ip])}",
             "local_interfaces = { }",
             "c2s_ports = { 5222 }",
-            "s2s_ports = { 5269 }" if self.s2s else "s2s_ports = { }",
+            f"s2s_ports = {{ {self.s2s_port} }}" if self.s2s else "s2s_ports = { }",
             "c2s_direct_tls_ports = { }", "s2s_direct_tls_ports = { }",
             "legacy_ssl_ports = { }", "http_ports = { }", "https_ports = { }",
             "c2s_require_encryption = false",
