@@ -1,0 +1,101 @@
+"""Shared fakes for the stream unit tests: a real Config, a fake gateway, a parser for output."""
+
+from types import SimpleNamespace
+
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+from twisted.words.xish import domish
+
+from s2sgate.config import parse_config
+from s2sgate.dialback import DialbackKeys
+from s2sgate.policy import Policy
+from s2sgate.router import Router
+from s2sgate.xmlparser import StreamParser
+
+LOCAL = "home.test"
+MUC = "conference.home.test"
+REMOTE = "remote.test"
+SECRET = "k"
+
+
+def makeConfig(**s2s):
+    s = {"use_starttls": "false", "shared": SECRET}
+    s.update(s2s)
+    return parse_config({"local_domains": [LOCAL, MUC],
+                         "component": {"jid": "s2s.home.test", "secret": "x"},
+                         "s2s": s}, "t.toml")
+
+
+class FakePool:
+    """pool.verify returns a Deferred the test controls."""
+
+    def __init__(self):
+        self.requests = []   # (local, remote, streamId, key, deferred)
+
+    def verify(self, local, remote, streamId, key):
+        d = defer.Deferred()
+        self.requests.append((local, remote, streamId, key, d))
+        return d
+
+
+def makeGateway(config=None, **s2s):
+    config = config or makeConfig(**s2s)
+    policy = Policy(config)
+    router = Router(config, policy=policy)
+    router.delivered = []
+    router.toLocal = router.delivered.append
+    return SimpleNamespace(config=config, clock=task.Clock(), router=router, policy=policy,
+                           pool=FakePool(), keys=DialbackKeys(config.s2s.shared),
+                           inboundStreams=set())
+
+
+def connect(protocol):
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return transport
+
+
+class Output:
+    """Parse what a protocol wrote to a StringTransport, incrementally."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.header = None
+        self.elements = []
+        self.ended = False
+        self.parser = StreamParser(self._header, self.elements.append, self._end)
+        self._seen = 0
+
+    def _header(self, e):
+        self.header = e
+
+    def _end(self):
+        self.ended = True
+
+    def update(self):
+        data = self.transport.value()
+        self.parser.feed(data[self._seen:])
+        self._seen = len(data)
+        return self
+
+    def named(self, name, uri=None):
+        self.update()
+        return [e for e in self.elements if e.name == name and (uri is None or e.uri == uri)]
+
+    def streamError(self):
+        """The condition of the stream error sent, or None."""
+        [error] = self.named("error", "http://etherx.jabber.org/streams") or [None]
+        if error is None:
+            return None
+        return next(c.name for c in error.elements() if c.name != "text")
+
+
+def stanza(name="message", sender=f"juliet@{REMOTE}/balcony", to=f"romeo@{LOCAL}", body="hi"):
+    e = domish.Element(("jabber:server", name))
+    if sender:
+        e["from"] = sender
+    if to:
+        e["to"] = to
+    if body and name == "message":
+        e.addElement("body", content=body)
+    return e

@@ -1,0 +1,50 @@
+"""`twistd s2sgate` and the `s2sgate` command, run as an operator would: from outside the source tree."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(argv, cwd):
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_twistd_finds_the_plugin_once(tmp_path):
+    result = run(["twistd", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("s2sgate") == 1, result.stdout
+
+
+def test_twistd_s2sgate_help(tmp_path):
+    result = run(["twistd", "s2sgate", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout
+
+
+def test_bad_config_stops_twistd_with_one_line(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('local_domains = ["example.com"]\n[component]\njid = "s2s.example.com"\n'
+                      'secret = "x"\n[s2s]\nuse_starttls = "maybe"\n')
+    result = run(["twistd", "-n", "--pidfile=", "s2sgate", "--config", str(config)], tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(config) in lines[0] and "s2s.use_starttls" in lines[0] and "allowed" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_config_check_of_the_shipped_example(tmp_path):
+    result = run(["s2sgate", "config", "check", str(REPO / "etc" / "s2sgate.toml")], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_version(tmp_path):
+    result = run(["s2sgate", "--version"], tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("s2sgate ")
