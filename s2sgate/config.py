@@ -304,6 +304,10 @@ def check_runnable(config: Config) -> None:
         ("s2s.secure_auth", s.secure_auth, "true", "false"),
         ("s2s.secure_domains", bool(s.secure_domains), "domains", "[] (empty)"),
     )
+    if config.log.format != "text":
+        raise ConfigError(config.path, "log.format",
+                          f"got {config.log.format!r}, but JSON logs are not built yet",
+                          '"text"')
     for key, bad, got, allowed in missing:
         if bad:
             raise ConfigError(

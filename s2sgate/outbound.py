@@ -309,13 +309,15 @@ class OutboundPool:
         def build():
             stream = OutboundStream(self, local, remote, mode=mode, verify=verify)
             holder["stream"] = stream
+            # Keep the Deferred itself: the stream drops its reference once
+            # it fires, which may happen before connectFn returns.
+            holder["ready"] = stream.ready
             return stream
 
         factory = Factory.forProtocol(build)
         await self.connectFn(self.clock, self.resolver, remote, factory,
                              timeout=self.config.s2s.outgoing.connection_timeout)
-        stream = holder["stream"]
-        return await stream.ready
+        return await holder["ready"]
 
     async def verify(self, local, remote, streamId, key):
         """

@@ -97,6 +97,7 @@ class Router:
         if self.policy is not None:
             ok, condition, text = self.policy.check(local, remote)
             if not ok:
+                self.policy.refuse("outbound", local, remote, text)
                 self.bounce(element, condition, text)
                 return
         self.outbound.send(local, remote, element)

@@ -60,8 +60,9 @@ class GatewayService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor=None, resolver=None):
+    def __init__(self, config, reactor=None, resolver=None, applyLogLevel=False):
         service.MultiService.__init__(self)
+        self.applyLogLevel = applyLogLevel
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
@@ -93,6 +94,9 @@ class GatewayService(service.MultiService):
             self.listeners.append(listener)
 
     def startService(self):
+        if self.applyLogLevel:
+            from s2sgate.logsetup import applyLevel
+            applyLevel(self.config.log.level)
         self.log.info("s2sgate starting for {domains} (config {path})",
                       domains=", ".join(self.config.local_domains), path=self.config.path)
         service.MultiService.startService(self)

@@ -34,4 +34,4 @@ class Options(usage.Options):
 
 def makeService(options):
     from s2sgate.service import GatewayService
-    return GatewayService(options["parsed"])
+    return GatewayService(options["parsed"], applyLogLevel=True)

@@ -1,0 +1,393 @@
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.python.failure import Failure
+
+from s2sgate.connector import Attempt, ConnectFailed
+from s2sgate.dialback import NS_DB, NS_DB_FEATURE, DialbackKeys
+from s2sgate.inbound import NS_LIMITS, InboundStream
+from s2sgate.xmlparser import NS_STREAMS
+from tests.s2sfakes import LOCAL, MUC, REMOTE, SECRET, Output, connect, makeGateway, stanza
+
+NS_DB_DECL = f"xmlns:db='{NS_DB}'"
+
+
+def header(to=LOCAL, sender=REMOTE, ns="jabber:server", version="1.0"):
+    attrs = "".join(f" {k}='{v}'" for k, v in (("from", sender), ("to", to), ("version", version)) if v)
+    return (f"<stream:stream xmlns='{ns}' xmlns:stream='{NS_STREAMS}' {NS_DB_DECL}{attrs}>").encode()
+
+
+def dbResult(sender=REMOTE, to=LOCAL, key="abc"):
+    return f"<db:result from='{sender}' to='{to}'>{key}</db:result>".encode()
+
+
+def dbVerify(sender, to, streamId, key):
+    return f"<db:verify from='{sender}' to='{to}' id='{streamId}'>{key}</db:verify>".encode()
+
+
+def opened(**s2s):
+    """An InboundStream with a header from REMOTE to LOCAL already received."""
+    gw = makeGateway(**s2s)
+    stream = InboundStream(gw)
+    out = Output(connect(stream))
+    stream.dataReceived(header())
+    return gw, stream, out
+
+
+def authenticated(remote=REMOTE, local=LOCAL, gw=None):
+    gw, stream, out = opened() if gw is None else gw
+    stream.dataReceived(dbResult(remote, local))
+    gw.pool.requests[-1][-1].callback("valid")
+    return gw, stream, out
+
+
+def dbResults(out):
+    return [e for e in out.named("result", NS_DB)]
+
+
+# header and features
+
+
+def test_header_to_a_non_local_domain_is_host_unknown():
+    gw = makeGateway()
+    stream = InboundStream(gw)
+    out = Output(connect(stream))
+    stream.dataReceived(header(to="elsewhere.test"))
+    assert out.streamError() == "host-unknown"
+    assert out.ended
+
+
+def test_header_without_to_is_host_unknown():
+    gw = makeGateway()
+    stream = InboundStream(gw)
+    out = Output(connect(stream))
+    stream.dataReceived(header(to=None))
+    assert out.streamError() == "host-unknown"
+
+
+def test_header_with_wrong_default_namespace_is_invalid_namespace():
+    gw = makeGateway()
+    stream = InboundStream(gw)
+    out = Output(connect(stream))
+    stream.dataReceived(header(ns="jabber:client"))
+    assert out.streamError() == "invalid-namespace"
+    assert out.ended
+
+
+def test_header_answer_carries_our_stream_id_and_domains():
+    gw, stream, out = opened()
+    out.update()
+    assert out.header["id"] == stream.streamId
+    assert (out.header["from"], out.header["to"], out.header["version"]) == (LOCAL, REMOTE, "1.0")
+
+
+def test_features_advertise_dialback_with_errors():
+    gw, stream, out = opened()
+    [features] = out.named("features", NS_STREAMS)
+    [db] = [e for e in features.elements() if (e.uri, e.name) == (NS_DB_FEATURE, "dialback")]
+    assert [c.name for c in db.elements()] == ["errors"]
+
+
+def test_features_advertise_xep_0478_limits_with_the_stanza_size_limit():
+    gw, stream, out = opened(stanza_size_limit=20000)
+    [features] = out.named("features", NS_STREAMS)
+    [limits] = [e for e in features.elements() if (e.uri, e.name) == (NS_LIMITS, "limits")]
+    values = {c.name: str(c) for c in limits.elements()}
+    assert values["max-bytes"] == "20000"
+    assert values["idle-seconds"] == "600"
+
+
+def test_pre_1_0_header_gets_no_features():
+    gw = makeGateway()
+    stream = InboundStream(gw)
+    out = Output(connect(stream))
+    stream.dataReceived(header(version=None))
+    assert out.named("features", NS_STREAMS) == []
+    assert "version" not in out.update().header.attributes
+
+
+def test_stream_ids_are_unique_and_long():
+    gw = makeGateway()
+    ids = {InboundStream(gw).streamId for _ in range(200)}
+    assert len(ids) == 200
+    assert all(len(i) >= 22 for i in ids)   # >= 128 bits in base64url
+
+
+def test_stream_registers_with_the_gateway_and_leaves_on_close():
+    gw, stream, out = opened()
+    assert stream in gw.inboundStreams
+    stream.connectionLost(Failure(Exception("gone")))
+    assert stream not in gw.inboundStreams
+
+
+# receiving role
+
+
+def test_db_result_asks_the_pool_to_verify_with_stream_id_and_key():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult(key="  thekey "))
+    [(local, remote, streamId, key, _)] = gw.pool.requests
+    assert (local, remote, streamId, key) == (LOCAL, REMOTE, stream.streamId, "thekey")
+
+
+def test_repeated_db_result_while_pending_is_not_verified_twice():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult())
+    stream.dataReceived(dbResult())
+    assert len(gw.pool.requests) == 1
+
+
+def test_valid_verify_answer_sends_db_result_valid():
+    gw, stream, out = authenticated()
+    [result] = dbResults(out)
+    assert (result["from"], result["to"], result["type"]) == (LOCAL, REMOTE, "valid")
+
+
+def test_stanza_after_valid_dialback_is_passed_to_the_router():
+    gw, stream, out = authenticated()
+    stream.dataReceived(stanza().toXml().encode())
+    [delivered] = gw.router.delivered
+    assert delivered["from"] == f"juliet@{REMOTE}/balcony"
+    assert str(delivered.body) == "hi"
+    assert out.streamError() is None
+
+
+def test_invalid_verify_answer_sends_db_result_invalid():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult())
+    gw.pool.requests[0][-1].callback("invalid")
+    [result] = dbResults(out)
+    assert result["type"] == "invalid"
+
+
+def test_stanza_after_invalid_dialback_is_refused():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult())
+    gw.pool.requests[0][-1].callback("invalid")
+    stream.dataReceived(stanza().toXml().encode())
+    assert gw.router.delivered == []
+    assert out.streamError() == "invalid-from"
+
+
+def test_verify_failure_sends_dialback_error_with_the_condition():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult())
+    gw.pool.requests[0][-1].errback(ConnectFailed(
+        "remote-server-timeout", "nobody answered", [Attempt("connect", REMOTE, "timeout")]))
+    [result] = dbResults(out)
+    assert result["type"] == "error"
+    [error] = [e for e in result.elements() if e.name == "error"]
+    names = {c.name: str(c) for c in error.elements()}
+    assert "remote-server-timeout" in names
+    assert names["text"] == "nobody answered"
+
+
+def test_unexpected_verify_failure_sends_remote_server_not_found():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult())
+    gw.pool.requests[0][-1].errback(RuntimeError("boom"))
+    [result] = dbResults(out)
+    [error] = [e for e in result.elements() if e.name == "error"]
+    assert "remote-server-not-found" in [c.name for c in error.elements()]
+
+
+def test_db_result_for_a_non_local_domain_is_item_not_found_without_verify():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult(to="elsewhere.test"))
+    assert gw.pool.requests == []
+    [result] = dbResults(out)
+    assert result["type"] == "error"
+    assert out.streamError() is None
+
+
+def test_db_result_without_from_is_improper_addressing():
+    gw, stream, out = opened()
+    stream.dataReceived(b"<db:result to='home.test'>k</db:result>")
+    assert out.streamError() == "improper-addressing"
+
+
+def test_host_policy_deny_is_a_policy_violation_stream_error():
+    gw, stream, out = opened(host_policy=[{"host": REMOTE, "policy": "deny"}])
+    stream.dataReceived(dbResult())
+    assert gw.pool.requests == []
+    assert out.streamError() == "policy-violation"
+
+
+def test_disabled_local_domain_is_a_policy_violation_stream_error():
+    gw, stream, out = opened(disabled_domains=[LOCAL])
+    stream.dataReceived(dbResult())
+    assert out.streamError() == "policy-violation"
+
+
+def test_verify_answer_after_close_sends_nothing():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult())
+    d = gw.pool.requests[0][-1]
+    stream.connectionLost(Failure(Exception("gone")))
+    # closing cancels the pending verify
+    assert d.called
+    assert dbResults(out) == []
+
+
+# stanza checks
+
+
+def test_stanza_before_authentication_is_invalid_from():
+    gw, stream, out = opened()
+    stream.dataReceived(stanza().toXml().encode())
+    assert out.streamError() == "invalid-from"
+    assert gw.router.delivered == []
+
+
+def test_stanza_without_from_is_improper_addressing():
+    gw, stream, out = authenticated()
+    stream.dataReceived(stanza(sender=None).toXml().encode())
+    assert out.streamError() == "improper-addressing"
+
+
+def test_stanza_without_to_is_improper_addressing():
+    gw, stream, out = authenticated()
+    stream.dataReceived(stanza(to=None).toXml().encode())
+    assert out.streamError() == "improper-addressing"
+
+
+def test_stanza_to_a_non_local_domain_is_host_unknown():
+    gw, stream, out = authenticated()
+    stream.dataReceived(stanza(to="bob@elsewhere.test").toXml().encode())
+    assert out.streamError() == "host-unknown"
+    assert gw.router.delivered == []
+
+
+def test_stanza_from_another_remote_domain_is_invalid_from():
+    gw, stream, out = authenticated()
+    stream.dataReceived(stanza(sender="mallory@evil.test").toXml().encode())
+    assert out.streamError() == "invalid-from"
+
+
+def test_non_stanza_element_is_unsupported_stanza_type():
+    gw, stream, out = authenticated()
+    stream.dataReceived(b"<foo/>")
+    assert out.streamError() == "unsupported-stanza-type"
+
+
+def test_two_pairs_on_one_stream_are_authenticated_separately():
+    state = authenticated()
+    gw, stream, out = state
+    stream.dataReceived(stanza(to=f"room@{MUC}").toXml().encode())
+    assert out.streamError() == "invalid-from"
+    assert gw.router.delivered == []
+
+
+def test_second_pair_on_one_stream_after_its_own_dialback_is_accepted():
+    gw, stream, out = authenticated()
+    stream.dataReceived(dbResult(to=MUC))
+    (local, remote, streamId, key, d) = gw.pool.requests[-1]
+    assert (local, remote, streamId) == (MUC, REMOTE, stream.streamId)
+    d.callback("valid")
+    stream.dataReceived(stanza(to=f"room@{MUC}").toXml().encode())
+    stream.dataReceived(stanza().toXml().encode())
+    assert len(gw.router.delivered) == 2
+    assert stream.pairs == {(REMOTE, LOCAL), (REMOTE, MUC)}
+    assert out.streamError() is None
+
+
+# authoritative role
+
+
+def test_db_verify_with_a_correct_key_is_valid():
+    gw, stream, out = opened()
+    key = DialbackKeys(SECRET).generate(REMOTE, LOCAL, "theirstream")
+    stream.dataReceived(dbVerify(REMOTE, LOCAL, "theirstream", key))
+    [verify] = out.named("verify", NS_DB)
+    assert (verify["from"], verify["to"], verify["id"], verify["type"]) == (
+        LOCAL, REMOTE, "theirstream", "valid")
+
+
+def test_db_verify_with_a_wrong_key_is_invalid():
+    gw, stream, out = opened()
+    key = DialbackKeys("another secret").generate(REMOTE, LOCAL, "theirstream")
+    stream.dataReceived(dbVerify(REMOTE, LOCAL, "theirstream", key))
+    [verify] = out.named("verify", NS_DB)
+    assert verify["type"] == "invalid"
+
+
+def test_db_verify_with_a_key_for_another_stream_id_is_invalid():
+    gw, stream, out = opened()
+    key = DialbackKeys(SECRET).generate(REMOTE, LOCAL, "other")
+    stream.dataReceived(dbVerify(REMOTE, LOCAL, "theirstream", key))
+    [verify] = out.named("verify", NS_DB)
+    assert verify["type"] == "invalid"
+
+
+def test_db_verify_does_not_authenticate_the_stream():
+    gw, stream, out = opened()
+    key = DialbackKeys(SECRET).generate(REMOTE, LOCAL, "theirstream")
+    stream.dataReceived(dbVerify(REMOTE, LOCAL, "theirstream", key))
+    stream.dataReceived(stanza().toXml().encode())
+    assert gw.router.delivered == []
+    assert out.streamError() == "invalid-from"
+
+
+# limits and timers
+
+
+def test_negotiation_timeout_is_connection_timeout():
+    gw, stream, out = opened()
+    gw.clock.advance(gw.config.s2s.negotiation_timeout)
+    assert out.streamError() == "connection-timeout"
+
+
+def test_negotiation_timer_is_cancelled_once_authenticated():
+    gw, stream, out = authenticated()
+    gw.clock.advance(gw.config.s2s.negotiation_timeout)
+    assert out.streamError() is None
+
+
+def test_negotiation_timeout_waits_for_a_pending_verify():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult())
+    gw.clock.advance(gw.config.s2s.negotiation_timeout)
+    assert out.streamError() is None
+
+
+def test_oversized_stanza_is_policy_violation():
+    gw, stream, out = opened(stanza_size_limit=10000)
+    stream.dataReceived(stanza(body="x" * 20000).toXml().encode())
+    assert out.streamError() == "policy-violation"
+    assert gw.router.delivered == []
+
+
+def test_doctype_is_restricted_xml():
+    gw = makeGateway()
+    stream = InboundStream(gw)
+    transport = connect(stream)
+    stream.dataReceived(b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]>" + header())
+    data = transport.value()
+    assert b"restricted-xml" in data
+    assert data.endswith(b"</stream:stream>")
+
+
+def test_processing_instruction_after_header_is_restricted_xml():
+    gw, stream, out = opened()
+    stream.dataReceived(b"<?foo bar?>")
+    assert out.streamError() == "restricted-xml"
+
+
+def test_stream_error_closes_the_connection_after_the_grace_period():
+    gw, stream, out = opened()
+    stream.dataReceived(b"<a></b>")
+    assert out.streamError() == "not-well-formed"
+    assert not out.transport.disconnecting
+    gw.clock.advance(5)
+    assert out.transport.disconnecting
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_random_bytes_after_a_header_never_raise(chunks):
+    gw, stream, out = opened()
+    for chunk in chunks:
+        stream.dataReceived(chunk)
+    data = out.transport.value()
+    if b"<stream:error>" in data:
+        assert data.endswith(b"</stream:stream>")
+    assert gw.router.delivered == []

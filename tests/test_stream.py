@@ -1,0 +1,200 @@
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
+
+from s2sgate.dialback import NS_DB, dbElement
+from s2sgate.stream import NS_SERVER, XmlStream, newStreamId, parseStreamError, streamErrorXml
+from s2sgate.xmlparser import NS_STREAMS
+
+HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
+          f"xmlns:db='{NS_DB}' from='a.test' to='b.test' id='x' version='1.0'>").encode()
+
+
+class Recorder(XmlStream):
+    extraNamespaces = (("db", NS_DB),)
+
+    def __init__(self, *a, **kw):
+        XmlStream.__init__(self, *a, **kw)
+        self.events = []
+
+    def streamStarted(self, header):
+        self.events.append(("started", header["from"]))
+
+    def elementReceived(self, element):
+        self.events.append(("element", element.name))
+
+    def streamErrorReceived(self, condition, text):
+        self.events.append(("error", condition, text))
+
+    def streamClosed(self, reason):
+        self.events.append(("closed",))
+
+
+def make(**kw):
+    clock = task.Clock()
+    s = Recorder(clock, **kw)
+    t = StringTransport()
+    s.makeConnection(t)
+    return clock, s, t
+
+
+def test_whitespace_keepalive_is_sent_every_interval():
+    clock, s, t = make(keepalive=30)
+    clock.advance(29)
+    assert t.value() == b""
+    clock.advance(1)
+    assert t.value() == b" "
+    clock.advance(30)
+    assert t.value() == b"  "
+
+
+def test_no_keepalive_after_closing():
+    clock, s, t = make(keepalive=30)
+    s.closeStream()
+    t.clear()
+    clock.advance(30)
+    assert t.value() == b""
+
+
+def test_idle_timeout_closes_with_the_closing_tag():
+    clock, s, t = make(idleTimeout=60)
+    s.sendHeader({"from": "b.test"})
+    clock.advance(60)
+    assert t.value().endswith(b"</stream:stream>")
+    assert s.closing
+
+
+def test_received_data_resets_the_idle_timer():
+    clock, s, t = make(idleTimeout=60)
+    s.sendHeader({"from": "b.test"})
+    clock.advance(50)
+    s.dataReceived(HEADER)
+    clock.advance(50)
+    assert not s.closing
+    clock.advance(10)
+    assert s.closing
+
+
+def test_closing_drops_the_connection_if_the_peer_does_not_answer():
+    clock, s, t = make()
+    s.closeStream(wait=5)
+    assert not t.disconnecting
+    clock.advance(5)
+    assert t.disconnecting
+
+
+def test_connection_lost_cancels_all_timers():
+    clock, s, t = make(idleTimeout=60, keepalive=30)
+    s.closeStream()
+    s.connectionLost(Failure(Exception("gone")))
+    assert clock.getDelayedCalls() == []
+    assert ("closed",) in s.events
+
+
+def test_received_stream_error_is_reported_and_closes_our_side():
+    clock, s, t = make()
+    s.dataReceived(HEADER)
+    s.dataReceived(b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                   b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>replaced</text></stream:error>")
+    assert ("error", "conflict", "replaced") in s.events
+    assert t.value().endswith(b"</stream:stream>")
+    assert s.closing
+
+
+def test_peer_closing_tag_closes_and_drops_the_connection():
+    clock, s, t = make()
+    s.dataReceived(HEADER + b"</stream:stream>")
+    assert t.value().endswith(b"</stream:stream>")
+    assert t.disconnecting
+
+
+def test_stream_error_sends_header_first_if_none_was_sent():
+    clock, s, t = make()
+    s.streamError("not-authorized", "no")
+    data = t.value()
+    assert data.startswith(b"<stream:stream ")
+    assert b"<stream:error><not-authorized" in data
+    assert data.endswith(b"</stream:stream>")
+
+
+def test_stream_error_is_sent_only_once():
+    clock, s, t = make()
+    s.streamError("not-authorized")
+    s.streamError("conflict")
+    assert t.value().count(b"<stream:error>") == 1
+
+
+def test_not_well_formed_input_is_a_stream_error():
+    clock, s, t = make()
+    s.dataReceived(HEADER + b"<a></b>")
+    assert b"<not-well-formed" in t.value()
+
+
+def test_data_after_close_is_ignored():
+    clock, s, t = make()
+    s.connectionLost(Failure(Exception("gone")))
+    s.dataReceived(HEADER)
+    assert s.events == [("closed",)]
+
+
+def test_send_does_not_repeat_the_default_namespace():
+    clock, s, t = make()
+    e = domish.Element((NS_SERVER, "message"))
+    e["to"] = "x@b.test"
+    e.addElement("body", content="hi")
+    s.send(e)
+    assert t.value() == b"<message to='x@b.test'><body>hi</body></message>"
+
+
+def test_send_uses_the_db_prefix_for_dialback():
+    clock, s, t = make()
+    s.send(dbElement("result", "a.test", "b.test", key="k"))
+    assert t.value() == b"<db:result from='a.test' to='b.test'>k</db:result>"
+
+
+def test_send_uses_the_stream_prefix_for_features():
+    clock, s, t = make()
+    f = domish.Element((NS_STREAMS, "features"))
+    f.addElement(("urn:xmpp:features:dialback", "dialback"))
+    s.send(f)
+    assert t.value() == (b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/>"
+                         b"</stream:features>")
+
+
+def test_send_keeps_payload_namespaces():
+    clock, s, t = make()
+    e = domish.Element((NS_SERVER, "iq"))
+    e.addElement(("urn:xmpp:ping", "ping"))
+    s.send(e)
+    assert t.value() == b"<iq><ping xmlns='urn:xmpp:ping'/></iq>"
+
+
+def test_send_counts_bytes_and_refuses_after_close():
+    clock, s, t = make()
+    assert s.send("abc")
+    assert s.bytesOut == 3
+    s.connectionLost(Failure(Exception("gone")))
+    assert s.send(b"more") is False
+    assert t.value() == b"abc"
+
+
+def test_header_attributes_are_escaped():
+    clock, s, t = make()
+    s.sendHeader({"from": "a'b", "to": None})
+    assert b"from=\"a'b\"" in t.value()
+    assert b"to=" not in t.value()
+
+
+def test_stream_error_xml_round_trips_condition_and_escaped_text():
+    assert b"&lt;x&gt;" in streamErrorXml("conflict", "<x>")
+    e = domish.Element((NS_STREAMS, "error"))
+    e.addElement(("urn:ietf:params:xml:ns:xmpp-streams", "conflict"))
+    assert parseStreamError(e) == ("conflict", None)
+    assert parseStreamError(domish.Element((NS_STREAMS, "error"))) == ("undefined-condition", None)
+
+
+def test_stream_ids_are_unique_and_long():
+    ids = {newStreamId() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert min(len(i) for i in ids) >= 22
