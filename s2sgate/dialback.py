@@ -54,7 +54,8 @@ def dbElement(name, sender, recipient, *, key=None, streamId=None, kind=None):
 def dbError(name, sender, recipient, condition, text=None, streamId=None):
     """A dialback error (XEP-0220 §2.4): C{type='error'} with a stanza error inside."""
     e = dbElement(name, sender, recipient, kind="error", streamId=streamId)
-    error = e.addElement((NS_DB, "error"))
+    # Unprefixed in XEP-0220's examples: the stream's jabber:server.
+    error = e.addElement(("jabber:server", "error"))
     error["type"] = "cancel" if condition != "remote-server-timeout" else "wait"
     error.addElement((NS_STANZA_ERRORS, condition))
     if text:

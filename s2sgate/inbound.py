@@ -106,20 +106,31 @@ class InboundStream(XmlStream):
 
     # receiving role
 
-    def _dialbackResult(self, element):
+    def _dialbackParties(self, element):
+        """
+        The (sender, local recipient) domains of a dialback request, or None
+        after answering a malformed or misaddressed one.
+        """
         sender, to = element.getAttribute("from"), element.getAttribute("to")
+        try:
+            remote, local = normalize(sender), normalize(to)
+        except (InvalidDomain, TypeError):
+            self.streamError("improper-addressing", f"<db:{element.name}/> without valid from/to")
+            return None
+        if not self.gateway.router.isLocal(local):
+            self.send(dbError(element.name, to, sender, "item-not-found",
+                              f"this server does not serve {to}",
+                              streamId=element.getAttribute("id")))
+            return None
+        return remote, local
+
+    def _dialbackResult(self, element):
         if element.getAttribute("type"):
             return
-        try:
-            remote = normalize(sender)
-            local = normalize(to)
-        except (InvalidDomain, TypeError):
-            self.streamError("improper-addressing", "dialback request without valid from/to")
+        parties = self._dialbackParties(element)
+        if parties is None:
             return
-        if not self.gateway.router.isLocal(local):
-            self.send(dbError("result", to, sender, "item-not-found",
-                              f"this server does not serve {to}"))
-            return
+        remote, local = parties
         ok, _, text = self.gateway.policy.check(local, remote)
         if not ok:
             self.gateway.policy.refuse("inbound", local, remote, text)
@@ -161,20 +172,13 @@ class InboundStream(XmlStream):
     # authoritative role
 
     def _dialbackVerify(self, element):
-        sender, to = element.getAttribute("from"), element.getAttribute("to")
-        streamId = element.getAttribute("id")
         if element.getAttribute("type"):
             return
-        try:
-            receiving = normalize(sender)
-            originating = normalize(to)
-        except (InvalidDomain, TypeError):
-            self.streamError("improper-addressing", "dialback verify without valid from/to")
+        parties = self._dialbackParties(element)
+        if parties is None:
             return
-        if not self.gateway.router.isLocal(originating):
-            self.send(dbError("verify", to, sender, "item-not-found",
-                              f"this server does not serve {to}", streamId=streamId))
-            return
+        receiving, originating = parties
+        streamId = element.getAttribute("id")
         valid = streamId and self.gateway.keys.check(receiving, originating, streamId, str(element))
         self.send(dbElement("verify", originating, receiving, streamId=streamId,
                             kind="valid" if valid else "invalid"))

@@ -96,8 +96,6 @@ class OutboundStream(XmlStream):
                 required = any(c.name == "required" for c in f.elements())
             elif (f.uri, f.name) == (NS_DB_FEATURE, "dialback"):
                 dialback = True
-        if required and not starttls:
-            pass
         if starttls and required and self.pool.config.s2s.use_starttls == "false":
             self._fail("remote-server-not-found",
                        f"{self.remote} requires STARTTLS, which use_starttls = \"false\" forbids")
@@ -198,6 +196,9 @@ class OutboundLink:
         self.failures = 0
 
     def send(self, element):
+        if self.stream is not None and self.stream.closing:
+            # Our closing tag is out: anything written now would be lost.
+            self.stream = None
         if self.stream is not None:
             self.stream.send(element)
             self.pool.sent += 1
