@@ -294,27 +294,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 def check_runnable(config: Config) -> None:
     """
-    Refuse settings that this version of the gateway cannot honour yet, so
-    that nobody believes streams are encrypted when they are not.
+    Refuse settings that this version of the gateway cannot honour yet,
+    rather than pretend.
     """
-    s = config.s2s
-    missing = (
-        ("s2s.use_starttls", s.use_starttls != "false", repr(s.use_starttls), '"false"'),
-        ("s2s.direct_tls_listen", bool(s.direct_tls_listen), "listeners", "[] (empty)"),
-        ("s2s.secure_auth", s.secure_auth, "true", "false"),
-        ("s2s.secure_domains", bool(s.secure_domains), "domains", "[] (empty)"),
-    )
     if config.log.format != "text":
         raise ConfigError(config.path, "log.format",
                           f"got {config.log.format!r}, but JSON logs are not built yet",
                           '"text"')
-    for key, bad, got, allowed in missing:
-        if bad:
-            raise ConfigError(
-                config.path, key,
-                f"got {got}, but this version of s2sgate has no TLS support yet",
-                f"{allowed} until TLS support lands",
-            )
 
 
 def parse_config(data: Any, filename: str) -> Config:

@@ -3,41 +3,55 @@
 Inbound s2s: streams remote servers open to us.
 
 One L{InboundStream} holds the state of one connection: the header checks,
-the features, the dialback pairs it has authenticated (receiving role), the
-verify requests it answers (authoritative role), and the check that every
-stanza's C{from}/C{to} domains are one of its authenticated pairs.
+STARTTLS, SASL EXTERNAL, the dialback pairs it has authenticated (receiving
+role), the verify requests it answers (authoritative role), and the check
+that every stanza's C{from}/C{to} domains are one of its authenticated pairs.
 """
 
+import base64
+import binascii
+
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from s2sgate.connector import ConnectFailed
 from s2sgate.dialback import NS_DB, NS_DB_FEATURE, dbElement, dbError
 from s2sgate.domain import InvalidDomain, domainOf, normalize
+from s2sgate.security import NS_SASL, NS_TLS
 from s2sgate.stanzas import STANZA_NAMES
 from s2sgate.stream import XmlStream, newStreamId
+from s2sgate.xmlparser import NS_STREAMS
 
 NS_LIMITS = "urn:xmpp:stream-limits:0"
 
 
+@implementer(IHandshakeListener)
 class InboundStream(XmlStream):
     extraNamespaces = (("db", NS_DB),)
 
-    def __init__(self, gateway):
+    def __init__(self, gateway, directTLS=False):
         s = gateway.config.s2s
         XmlStream.__init__(self, gateway.clock, maxStanzaBytes=s.stanza_size_limit,
                            idleTimeout=s.idle_timeout)
         self.gateway = gateway
-        self.streamId = newStreamId()
+        self.security = gateway.security
+        self.directTLS = directTLS
+        self.streamId = None
         self.local = None          # the domain in the header's 'to'
         self.remoteHeader = None   # the header's 'from', if any
         self.pairs = set()         # authenticated (remote, local)
         self.pending = {}          # (remote, local) -> Deferred of a verify
         self.authMethod = None
         self.secure = False
+        self.tlsInfo = {}
+        self.certificates = {}     # remote domain -> PeerCertificate
         self.stanzasIn = 0
+        self.saslDone = False
+        self.since = gateway.clock.seconds()
         self._negotiationCall = None
 
     def describe(self):
@@ -45,17 +59,26 @@ class InboundStream(XmlStream):
 
     def connectionMade(self):
         XmlStream.connectionMade(self)
+        if self.directTLS or ISSLTransport.providedBy(self.transport):
+            self.secure = True
         self.gateway.inboundStreams.add(self)
         self._negotiationCall = self.clock.callLater(self.gateway.config.s2s.negotiation_timeout,
                                                      self._negotiationTimedOut)
 
+    def handshakeCompleted(self):
+        self.secure = True
+        self.tlsInfo = self.gateway.tls.describe(self.transport.getHandle())
+
     def errorHeaderAttrs(self):
-        attrs = {"id": self.streamId, "version": "1.0"}
+        attrs = {"id": self.streamId or newStreamId(), "version": "1.0"}
         if self.local:
             attrs["from"] = self.local
         return attrs
 
+    # the stream header (again after each restart)
+
     def streamStarted(self, header):
+        self.streamId = newStreamId()
         to = header.getAttribute("to")
         try:
             local = normalize(to) if to else None
@@ -63,6 +86,9 @@ class InboundStream(XmlStream):
             local = None
         if local is None or not self.gateway.router.isLocal(local):
             self.streamError("host-unknown", f"this server does not serve {to!r}")
+            return
+        if self.local is not None and local != self.local:
+            self.streamError("host-unknown", "the stream's 'to' changed on restart")
             return
         self.local = local
         sender = header.getAttribute("from")
@@ -81,11 +107,37 @@ class InboundStream(XmlStream):
         self.sendHeader(attrs)
         if "version" in attrs:
             self.send(self.features())
+        elif self.security.mustEncrypt(self.remoteHeader) and not self.secure:
+            self.streamError("policy-violation", "this server requires TLS (STARTTLS)")
+
+    def offersTLS(self):
+        return (not self.secure and self.security.tlsEnabled
+                and self.gateway.tls is not None and self.gateway.tls.hasCertificateFor(self.local))
+
+    def certificateFor(self, remote):
+        """The verdict on the peer's TLS certificate for C{remote} (cached per stream)."""
+        if not self.secure or remote is None:
+            return None
+        if remote not in self.certificates:
+            self.certificates[remote] = self.gateway.tls.peerVerdict(self.transport.getHandle(),
+                                                                     remote)
+        return self.certificates[remote]
 
     def features(self):
-        f = domish.Element(("http://etherx.jabber.org/streams", "features"))
-        db = f.addElement((NS_DB_FEATURE, "dialback"))
-        db.addElement("errors")
+        f = domish.Element((NS_STREAMS, "features"))
+        if self.offersTLS():
+            tls = f.addElement((NS_TLS, "starttls"))
+            if self.security.mustEncrypt(self.remoteHeader):
+                tls.addElement("required")
+        mayAuthenticate = self.secure or not self.security.mustEncrypt(self.remoteHeader)
+        if mayAuthenticate and not self.saslDone:
+            certificate = self.certificateFor(self.remoteHeader)
+            if certificate is not None and certificate.status == "valid":
+                mechanisms = f.addElement((NS_SASL, "mechanisms"))
+                mechanisms.addElement("mechanism", content="EXTERNAL")
+        if mayAuthenticate:
+            db = f.addElement((NS_DB_FEATURE, "dialback"))
+            db.addElement("errors")
         limits = f.addElement((NS_LIMITS, "limits"))
         limits.addElement("max-bytes", content=str(self.maxStanzaBytes))
         if self.idleTimeout:
@@ -93,18 +145,83 @@ class InboundStream(XmlStream):
         return f
 
     def elementReceived(self, element):
-        if element.uri == NS_DB:
+        uri = element.uri
+        if uri == NS_DB:
+            if not self.secure and self.security.mustEncrypt(element.getAttribute("from")):
+                self.streamError("policy-violation", "this server requires TLS (STARTTLS) first")
+                return
             if element.name == "result":
                 self._dialbackResult(element)
             elif element.name == "verify":
                 self._dialbackVerify(element)
             return
-        if element.name not in STANZA_NAMES or element.uri != "jabber:server":
+        if uri == NS_TLS and element.name == "starttls":
+            self._starttls()
+            return
+        if uri == NS_SASL:
+            self._sasl(element)
+            return
+        if element.name not in STANZA_NAMES or uri != "jabber:server":
             self.streamError("unsupported-stanza-type", f"<{element.name}/> is not a stanza")
             return
         self._stanza(element)
 
-    # receiving role
+    # STARTTLS
+
+    def _starttls(self):
+        if not self.offersTLS():
+            self.send(domish.Element((NS_TLS, "failure")))
+            self.closeStream()
+            return
+        self.send(domish.Element((NS_TLS, "proceed")))
+        self.transport.startTLS(self.gateway.tls.serverCreator(self.local))
+        self.secure = True
+        self.parser.reset()
+
+    # SASL EXTERNAL (XEP-0178)
+
+    def _sasl(self, element):
+        if element.name != "auth" or self.saslDone:
+            self.streamError("policy-violation", "unexpected SASL element")
+            return
+        if element.getAttribute("mechanism") != "EXTERNAL":
+            self._saslFailure("invalid-mechanism", "only EXTERNAL is offered")
+            return
+        text = str(element).strip()
+        remote = self.remoteHeader
+        if text and text != "=":
+            try:
+                remote = normalize(base64.b64decode(text, validate=True).decode("utf-8"))
+            except (binascii.Error, UnicodeDecodeError, InvalidDomain):
+                self._saslFailure("incorrect-encoding", "the authorization identity is not a domain")
+                return
+        if remote is None:
+            self._saslFailure("not-authorized", "no identity: send 'from' in the stream header")
+            return
+        certificate = self.certificateFor(remote)
+        if certificate is None or certificate.status != "valid":
+            reason = certificate.reason if certificate is not None else "no TLS"
+            self._saslFailure("not-authorized", reason)
+            return
+        ok, _, text = self.gateway.policy.check(self.local, remote)
+        if not ok:
+            self.gateway.policy.refuse("inbound", self.local, remote, text)
+            self.streamError("policy-violation", text)
+            return
+        self.send(domish.Element((NS_SASL, "success")))
+        self.saslDone = True
+        self._authenticated(remote, self.local, "sasl-external")
+        self.parser.reset()
+
+    def _saslFailure(self, condition, text):
+        self.log.info("SASL EXTERNAL from {remote} refused: {text}", remote=self.remoteHeader,
+                      text=text, stream=self.streamId, event="inbound.sasl_failed")
+        failure = domish.Element((NS_SASL, "failure"))
+        failure.addElement(condition)
+        failure.addElement("text", content=text)
+        self.send(failure)
+
+    # dialback: receiving role
 
     def _dialbackParties(self, element):
         """
@@ -138,6 +255,19 @@ class InboundStream(XmlStream):
             return
         if (remote, local) in self.pairs or (remote, local) in self.pending:
             return
+        certificate = self.certificateFor(remote)
+        allowed, why = self.security.dialbackAllowed(remote, certificate)
+        if not allowed:
+            self.log.warn("dialback from {remote} for {local} refused: {why}", remote=remote,
+                          local=local, why=why, event="inbound.dialback_refused")
+            self.send(dbError("result", local, remote, "not-authorized", why))
+            return
+        if certificate is not None and certificate.status == "valid":
+            # XEP-0344 "dialback without dialback": the certificate already
+            # proves the domain; no callback needed.
+            self._authenticated(remote, local, "dialback-without-dialback")
+            self.send(dbElement("result", local, remote, kind="valid"))
+            return
         key = str(element).strip()
         d = defer.ensureDeferred(self.gateway.pool.verify(local, remote, self.streamId, key))
         self.pending[(remote, local)] = d
@@ -148,18 +278,15 @@ class InboundStream(XmlStream):
         if self.closed:
             return
         if isinstance(result, str) and result == "valid":
-            self.pairs.add((remote, local))
-            self.authMethod = self.authMethod or "dialback"
-            self._cancelNegotiationTimer()
-            self.log.info("inbound stream {remote} -> {local} authenticated (dialback, {tls})",
-                          remote=remote, local=local, tls="TLS" if self.secure else "no TLS",
-                          stream=self.streamId, event="inbound.established")
+            self._authenticated(remote, local, "dialback")
             self.send(dbElement("result", local, remote, kind="valid"))
             return
         if isinstance(result, str):
             self.log.warn("dialback key from {remote} for {local} not confirmed: {answer}",
                           remote=remote, local=local, answer=result, event="inbound.dialback_failed")
             self.send(dbElement("result", local, remote, kind="invalid"))
+            return
+        if result.check(defer.CancelledError):
             return
         if result.check(ConnectFailed):
             condition, text = result.value.condition, result.value.text
@@ -169,7 +296,26 @@ class InboundStream(XmlStream):
                       local=local, text=text, event="inbound.dialback_failed")
         self.send(dbError("result", local, remote, condition, text))
 
-    # authoritative role
+    def _authenticated(self, remote, local, method):
+        self.pairs.add((remote, local))
+        first = self.authMethod is None
+        self.authMethod = self.authMethod or method
+        self._cancelNegotiationTimer()
+        certificate = self.certificates.get(remote)
+        self.log.info("inbound stream {remote} -> {local} authenticated ({method}; {security})",
+                      remote=remote, local=local, method=method, security=self.securitySummary(remote),
+                      stream=self.streamId, first=first, event="inbound.established")
+
+    def securitySummary(self, remote=None):
+        if not self.secure:
+            return "no TLS"
+        parts = [self.tlsInfo.get("version", "TLS"), self.tlsInfo.get("cipher", "")]
+        certificate = self.certificates.get(remote or self.remoteHeader)
+        if certificate is not None:
+            parts.append(f"certificate {certificate.status}")
+        return " ".join(p for p in parts if p)
+
+    # dialback: authoritative role
 
     def _dialbackVerify(self, element):
         if element.getAttribute("type"):
@@ -230,11 +376,12 @@ class InboundStream(XmlStream):
 
 
 class InboundFactory(Factory):
-    def __init__(self, gateway):
+    def __init__(self, gateway, directTLS=False):
         self.gateway = gateway
+        self.directTLS = directTLS
 
     def buildProtocol(self, addr):
-        p = InboundStream(self.gateway)
+        p = InboundStream(self.gateway, directTLS=self.directTLS)
         p.factory = self
         p.peerAddress = addr
         return p

@@ -13,22 +13,30 @@ condition and text for the bounces.
 import collections
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.words.xish import domish
+from zope.interface import implementer
 
 from s2sgate.connector import Attempt, ConnectFailed, connect
-from s2sgate.dialback import NS_DB, NS_DB_FEATURE, dbElement, dbErrorReason
+from s2sgate.dialback import NS_DB, dbElement, dbErrorReason
+from s2sgate.security import NS_SASL, NS_TLS, SecurityPolicy
 from s2sgate.stream import NS_SERVER, XmlStream
 from s2sgate.xmlparser import NS_STREAMS
 
-NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 
 
+@implementer(IHandshakeListener)
 class OutboundStream(XmlStream):
     """
     One connection we opened to a remote server, either to carry stanzas
     for one domain pair (C{mode='result'}) or to ask the remote server's
     authoritative side to check a dialback key (C{mode='verify'}).
+
+    Negotiation: STARTTLS (unless direct TLS already wraps the stream),
+    then SASL EXTERNAL when offered and our certificate covers the local
+    domain, else dialback; what the policy demands is checked at each step.
     """
 
     extraNamespaces = (("db", NS_DB),)
@@ -38,6 +46,7 @@ class OutboundStream(XmlStream):
         XmlStream.__init__(self, pool.clock, maxStanzaBytes=s.stanza_size_limit,
                            idleTimeout=s.idle_timeout)
         self.pool = pool
+        self.security = pool.security
         self.local = local
         self.remote = remote
         self.mode = mode
@@ -46,6 +55,15 @@ class OutboundStream(XmlStream):
         self.state = "connecting"
         self.authMethod = None
         self.secure = False
+        self.directTLS = False
+        self.tlsInfo = {}
+        self.certificate = None
+        self.saslTried = False
+        self.saslDone = False
+        self.features = None
+        self.since = pool.clock.seconds()
+        self.stanzasOut = 0
+        self.peerAddress = None
         self.ready = defer.Deferred()
         self.failure = None
         self._negotiationCall = None
@@ -55,10 +73,31 @@ class OutboundStream(XmlStream):
 
     def connectionMade(self):
         XmlStream.connectionMade(self)
+        if ISSLTransport.providedBy(self.transport):
+            self.secure = self.directTLS = True
+        try:
+            self.peerAddress = self.transport.getPeer()
+        except Exception:
+            self.peerAddress = None
         self._negotiationCall = self.clock.callLater(
             self.pool.config.s2s.negotiation_timeout, self._negotiationTimedOut)
+        self._sendHeader()
+
+    def _sendHeader(self):
         self.state = "header"
         self.sendHeader({"from": self.local, "to": self.remote, "version": "1.0"})
+
+    def handshakeCompleted(self):
+        conn = self.transport.getHandle()
+        self.tlsInfo = self.pool.tls.describe(conn)
+        self.certificate = self.pool.tls.peerVerdict(conn, self.remote)
+        if self.security.mustBeTrusted(self.remote) and self.certificate.status != "valid":
+            self.log.warn("refusing {remote}: {reason}", remote=self.remote,
+                          reason=self.certificate.reason, local=self.local,
+                          event="outbound.certificate_refused")
+            self._fail("remote-server-not-found",
+                       f"{self.remote} failed the certificate check: {self.certificate.reason}")
+            self.closeStream()
 
     def errorHeaderAttrs(self):
         return {"from": self.local, "to": self.remote, "version": "1.0"}
@@ -71,6 +110,10 @@ class OutboundStream(XmlStream):
             return
         if header.getAttribute("version", "0.0") >= "1.0":
             self.state = "features"
+        elif not self.secure and self.security.mustEncrypt(self.remote):
+            self._fail("remote-server-not-found",
+                       f"{self.remote} speaks pre-1.0 XMPP without STARTTLS; TLS is required")
+            self.closeStream()
         else:
             # Pre-1.0 servers send no features: dialback right away.
             self._dialback()
@@ -79,6 +122,10 @@ class OutboundStream(XmlStream):
         key = (element.uri, element.name)
         if self.state == "features" and key == (NS_STREAMS, "features"):
             self._features(element)
+        elif self.state == "starttls" and element.uri == NS_TLS:
+            self._starttlsAnswer(element)
+        elif self.state == "sasl" and element.uri == NS_SASL:
+            self._saslAnswer(element)
         elif key == (NS_DB, "result") and self.state == "dialback":
             self._dialbackResult(element)
         elif key == (NS_DB, "verify") and self.state == "verifying":
@@ -88,24 +135,65 @@ class OutboundStream(XmlStream):
                            stream=self.describe(), name=element.name, state=self.state)
 
     def _features(self, features):
-        starttls = required = False
-        dialback = False
+        self.features = features
+        starttls = required = sasl = False
         for f in features.elements():
             if (f.uri, f.name) == (NS_TLS, "starttls"):
                 starttls = True
                 required = any(c.name == "required" for c in f.elements())
-            elif (f.uri, f.name) == (NS_DB_FEATURE, "dialback"):
-                dialback = True
-        if starttls and required and self.pool.config.s2s.use_starttls == "false":
-            self._fail("remote-server-not-found",
-                       f"{self.remote} requires STARTTLS, which use_starttls = \"false\" forbids")
+            elif (f.uri, f.name) == (NS_SASL, "mechanisms"):
+                sasl = any(str(m).strip() == "EXTERNAL" for m in f.elements())
+        if self.saslDone:
+            self._established("sasl-external")
+            return
+        if not self.secure:
+            if starttls and self.security.tlsEnabled and self.pool.tls is not None:
+                self.state = "starttls"
+                self.send(domish.Element((NS_TLS, "starttls")))
+                return
+            if self.security.mustEncrypt(self.remote):
+                # A peer (or someone in between) that leaves STARTTLS out
+                # cannot talk us into plaintext.
+                self._fail("remote-server-not-found",
+                           f"{self.remote} does not offer STARTTLS, and this server requires TLS")
+                self.closeStream()
+                return
+            if starttls and required:
+                self._fail("remote-server-not-found",
+                           f"{self.remote} requires STARTTLS, which use_starttls = \"false\" forbids")
+                self.closeStream()
+                return
+        if (self.mode == "result" and sasl and not self.saslTried and self.secure
+                and self.pool.tls.ourCertificateCovers(self.local)):
+            self.saslTried = True
+            self.state = "sasl"
+            auth = domish.Element((NS_SASL, "auth"))
+            auth["mechanism"] = "EXTERNAL"
+            auth.addContent("=")
+            self.send(auth)
+            return
+        self._dialback()
+
+    def _starttlsAnswer(self, element):
+        if element.name != "proceed":
+            self._fail("remote-server-not-found", f"{self.remote} refused STARTTLS")
             self.closeStream()
             return
-        if not dialback:
-            # Many servers omit the feature but support dialback anyway
-            # (the db namespace in their header); try it.
-            self.log.debug("{stream}: no dialback feature advertised; trying dialback",
-                           stream=self.describe())
+        self.transport.startTLS(self.pool.tls.clientCreator(self.remote, self.local))
+        self.secure = True
+        self.parser.reset()
+        self._sendHeader()
+
+    def _saslAnswer(self, element):
+        if element.name == "success":
+            self.saslDone = True
+            self.parser.reset()
+            self._sendHeader()
+            return
+        reason = ", ".join(c.name if c.name != "text" else str(c) for c in element.elements())
+        self.log.info("{remote} refused SASL EXTERNAL for {local} ({reason}); trying dialback",
+                      remote=self.remote, local=self.local, reason=reason,
+                      event="outbound.sasl_failed")
         self._dialback()
 
     def _dialback(self):
@@ -123,14 +211,7 @@ class OutboundStream(XmlStream):
             return
         kind = element.getAttribute("type")
         if kind == "valid":
-            self.state = "ready"
-            self.authMethod = "dialback"
-            self._cancelNegotiationTimer()
-            self.log.info("outbound stream {local} -> {remote} authenticated ({method}, {tls})",
-                          local=self.local, remote=self.remote, method=self.authMethod,
-                          tls="TLS" if self.secure else "no TLS", event="outbound.established")
-            d, self.ready = self.ready, None
-            d.callback(self)
+            self._established("dialback")
         elif kind == "error":
             self._fail("remote-server-not-found",
                        f"{self.remote} refused dialback: {dbErrorReason(element)}")
@@ -139,6 +220,26 @@ class OutboundStream(XmlStream):
             self._fail("remote-server-not-found",
                        f"{self.remote} could not verify our dialback key (type={kind})")
             self.closeStream()
+
+    def _established(self, method):
+        self.state = "ready"
+        self.authMethod = method
+        self._cancelNegotiationTimer()
+        self.log.info("outbound stream {local} -> {remote} authenticated ({method}; {security})",
+                      local=self.local, remote=self.remote, method=method,
+                      security=self.securitySummary(), event="outbound.established")
+        d, self.ready = self.ready, None
+        if d is not None:
+            d.callback(self)
+
+    def securitySummary(self):
+        if not self.secure:
+            return "no TLS"
+        parts = ["direct TLS" if self.directTLS else "STARTTLS",
+                 self.tlsInfo.get("version", ""), self.tlsInfo.get("cipher", "")]
+        if self.certificate is not None:
+            parts.append(f"certificate {self.certificate.status}")
+        return " ".join(p for p in parts if p)
 
     def _verifyResult(self, element):
         kind = element.getAttribute("type")
@@ -286,8 +387,11 @@ class OutboundPool:
 
     log = Logger()
 
-    def __init__(self, config, clock, resolver, router, keys, connectFn=connect):
+    def __init__(self, config, clock, resolver, router, keys, connectFn=connect,
+                 security=None, tls=None):
         self.config = config
+        self.security = security if security is not None else SecurityPolicy(config.s2s)
+        self.tls = tls
         self.clock = clock
         self.resolver = resolver
         self.router = router
@@ -316,8 +420,13 @@ class OutboundPool:
             return stream
 
         factory = Factory.forProtocol(build)
+        kwargs = {}
+        if self.security.tlsEnabled and self.tls is not None:
+            # XEP-0368: _xmpps-server targets first, TLS from the first byte.
+            kwargs["direct_tls_factory"] = lambda target: self.tls.clientCreator(
+                remote, local, alpn=True)
         await self.connectFn(self.clock, self.resolver, remote, factory,
-                             timeout=self.config.s2s.outgoing.connection_timeout)
+                             timeout=self.config.s2s.outgoing.connection_timeout, **kwargs)
         return await holder["ready"]
 
     async def verify(self, local, remote, streamId, key):

@@ -4,19 +4,56 @@ The gateway as one Twisted service, wired from one L{Config}:
 
   c2s server --component--> Router --> OutboundPool --s2s--> remote servers
   c2s server <--component-- Router <-- InboundStream <-s2s-- remote servers
+
+L{GatewayService.reload} re-reads the file: policies, certificates and
+limits apply to new streams at once; established streams keep what they
+negotiated; changes that need a restart are reported as such.
 """
+
+import signal
 
 from twisted.application import service
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from s2sgate.component import ComponentLink
+from s2sgate.config import ConfigError, check_runnable, load_config
 from s2sgate.dialback import DialbackKeys
 from s2sgate.inbound import InboundFactory
 from s2sgate.outbound import OutboundPool
 from s2sgate.policy import Policy
 from s2sgate.resolver import S2SResolver
 from s2sgate.router import Router
+from s2sgate.security import SecurityPolicy
+
+# Settings read once at start: changing them needs a restart.
+RESTART_KEYS = (
+    ("local_domains", lambda c: c.local_domains),
+    ("component", lambda c: (c.component.jid, c.component.host, c.component.port,
+                             c.component.secret)),
+    ("s2s.listen", lambda c: c.s2s.listen),
+    ("s2s.direct_tls_listen", lambda c: c.s2s.direct_tls_listen),
+    ("s2s.dns", lambda c: c.s2s.dns),
+    ("s2s.address", lambda c: c.s2s.address),
+    ("s2s.shared", lambda c: c.s2s.shared),
+    ("admin.listen", lambda c: c.admin.listen),
+)
+
+
+def buildTLS(config):
+    """The TLS contexts for C{config}, or None when TLS is off; raises ConfigError."""
+    s = config.s2s
+    if s.use_starttls == "false" and not s.direct_tls_listen:
+        return None
+    from s2sgate.tls import TLSContexts, TLSSetupError
+    try:
+        return TLSContexts(s, config.local_domains)
+    except TLSSetupError as e:
+        raise ConfigError(config.path, e.key, e.message,
+                          "a readable PEM file with the certificate, its chain and the key") from None
 
 
 class ListenerService(service.Service):
@@ -60,16 +97,20 @@ class GatewayService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, config, reactor=None, resolver=None, applyLogLevel=False):
+    def __init__(self, config, reactor=None, resolver=None, applyLogLevel=False,
+                 handleSignals=False):
         service.MultiService.__init__(self)
-        self.applyLogLevel = applyLogLevel
         if reactor is None:
             from twisted.internet import reactor
+        self.applyLogLevel = applyLogLevel
+        self.handleSignals = handleSignals
         self.config = config
         self.reactor = self.clock = reactor
         s = config.s2s
         self.keys = DialbackKeys(s.shared)
         self.policy = Policy(config)
+        self.security = SecurityPolicy(s)
+        self.tls = buildTLS(config)
         self.router = Router(config, policy=self.policy)
         if resolver is None:
             overrides = {a.host: (a.ip_address, a.port) for a in s.address}
@@ -77,7 +118,8 @@ class GatewayService(service.MultiService):
                                    nameservers=s.dns.nameservers, port=s.outgoing.port,
                                    ip_versions=s.outgoing.ip_versions, overrides=overrides)
         self.resolver = resolver
-        self.pool = OutboundPool(config, reactor, resolver, self.router, self.keys)
+        self.pool = OutboundPool(config, reactor, resolver, self.router, self.keys,
+                                 security=self.security, tls=self.tls)
         self.router.outbound = self.pool
         self.inboundStreams = set()
         c = config.component
@@ -89,14 +131,24 @@ class GatewayService(service.MultiService):
         self.link.setServiceParent(self)
         self.listeners = []
         for description in s.listen:
-            listener = ListenerService(reactor, description, InboundFactory(self))
-            listener.setServiceParent(self)
-            self.listeners.append(listener)
+            self._listen(description, InboundFactory(self))
+        for description in s.direct_tls_listen:
+            # XEP-0368: TLS from the first byte, certificate chosen by SNI.
+            factory = TLSMemoryBIOFactory(_DirectTLSCreator(self), False,
+                                          InboundFactory(self, directTLS=True))
+            self._listen(description, factory)
+
+    def _listen(self, description, factory):
+        listener = ListenerService(self.reactor, description, factory)
+        listener.setServiceParent(self)
+        self.listeners.append(listener)
 
     def startService(self):
         if self.applyLogLevel:
             from s2sgate.logsetup import applyLevel
             applyLevel(self.config.log.level)
+        if self.handleSignals:
+            signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
         self.log.info("s2sgate starting for {domains} (config {path})",
                       domains=", ".join(self.config.local_domains), path=self.config.path)
         service.MultiService.startService(self)
@@ -106,3 +158,45 @@ class GatewayService(service.MultiService):
         for stream in list(self.inboundStreams):
             stream.closeStream(wait=1)
         return service.MultiService.stopService(self)
+
+    def reload(self):
+        """
+        Re-read the config file.  Returns C{(applied, needsRestart)} lists of
+        keys, or raises L{ConfigError} (and keeps running on the old config).
+        """
+        try:
+            new = load_config(self.config.path)
+            check_runnable(new)
+            tls = buildTLS(new)
+        except ConfigError as e:
+            self.log.error("reload refused, still running on the previous config: {error}",
+                           error=str(e), event="reload.failed")
+            raise
+        old = self.config
+        needsRestart = [key for key, get in RESTART_KEYS if get(old) != get(new)]
+        self.config = new
+        self.policy = self.router.policy = Policy(new)
+        self.security = self.pool.security = SecurityPolicy(new.s2s)
+        self.tls = self.pool.tls = tls
+        self.pool.config = new
+        if self.applyLogLevel:
+            from s2sgate.logsetup import applyLevel
+            applyLevel(new.log.level)
+        self.log.info("configuration reloaded from {path}; new streams use it", path=new.path,
+                      event="reload.done")
+        if needsRestart:
+            self.log.warn("these settings changed but only take effect after a restart: {keys}",
+                          keys=", ".join(needsRestart), event="reload.needs_restart")
+        return needsRestart
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _DirectTLSCreator:
+    """Ask the gateway's current TLS contexts at each connection, so reloads apply."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+
+    def serverConnectionForTLS(self, tlsProtocol):
+        return self.gateway.tls.directTLSServerCreator().serverConnectionForTLS(tlsProtocol)
+

@@ -27,6 +27,8 @@ class Options(usage.Options):
         try:
             self["parsed"] = load_config(self["config"])
             check_runnable(self["parsed"])
+            from s2sgate.service import buildTLS
+            buildTLS(self["parsed"])
         except ConfigError as e:
             sys.stderr.write(f"s2sgate: {e}\n")
             raise SystemExit(2)
@@ -34,4 +36,4 @@ class Options(usage.Options):
 
 def makeService(options):
     from s2sgate.service import GatewayService
-    return GatewayService(options["parsed"], applyLogLevel=True)
+    return GatewayService(options["parsed"], applyLogLevel=True, handleSignals=True)

@@ -10,6 +10,7 @@ from s2sgate.config import parse_config
 from s2sgate.dialback import DialbackKeys
 from s2sgate.policy import Policy
 from s2sgate.router import Router
+from s2sgate.security import SecurityPolicy
 from s2sgate.xmlparser import StreamParser
 
 LOCAL = "home.test"
@@ -46,6 +47,7 @@ def makeGateway(config=None, **s2s):
     router.toLocal = router.delivered.append
     return SimpleNamespace(config=config, clock=task.Clock(), router=router, policy=policy,
                            pool=FakePool(), keys=DialbackKeys(config.s2s.shared),
+                           security=SecurityPolicy(config.s2s), tls=None,
                            inboundStreams=set())
 
 

@@ -107,7 +107,12 @@ def test_pre_1_0_header_gets_no_features():
 
 def test_stream_ids_are_unique_and_long():
     gw = makeGateway()
-    ids = {InboundStream(gw).streamId for _ in range(200)}
+    ids = set()
+    for _ in range(200):
+        stream = InboundStream(gw)
+        connect(stream)
+        stream.dataReceived(header())
+        ids.add(stream.streamId)
     assert len(ids) == 200
     assert all(len(i) >= 22 for i in ids)   # >= 128 bits in base64url
 

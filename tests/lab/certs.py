@@ -77,47 +77,84 @@ class TestCA:
         self._rogue = None  # untrusted CA, made on demand
         self.cafile = self.workdir / "ca.pem"
         self.cafile.write_bytes(_pem_cert(self._ca.cert))
+        self.cafile.chmod(0o644)
         self._seq = itertools.count()
 
+    @property
+    def untrusted_cafile(self) -> Path:
+        """PEM of the second, untrusted CA (made on first use): trust it explicitly to
+        test "right chain, wrong anchor" cases."""
+        path = self.workdir / "untrusted-ca.pem"
+        if not path.exists():
+            path.write_bytes(_pem_cert(self._untrusted_ca().cert))
+            path.chmod(0o644)
+        return path
+
+    def _untrusted_ca(self):
+        if self._rogue is None:
+            self._rogue = _CA("untrusted test CA")
+        return self._rogue
+
     def issue(self, name, *, dns=(), srv=(), xmpp=(), expired=False,
-              eku=("serverAuth", "clientAuth"), untrusted=False):
-        """Issue a leaf for CN ``name``. ``dns``: dNSName SANs; ``srv``: domains for
-        SRV-ID ``_xmpp-server.<domain>``; ``xmpp``: XmppAddr values. Returns
-        ``(certfile, keyfile)``; certfile holds cert + CA chain + key in one PEM."""
-        if untrusted:
-            if self._rogue is None:
-                self._rogue = _CA("untrusted test CA")
-            ca = self._rogue
-        else:
-            ca = self._ca
+              eku=("serverAuth", "clientAuth"), untrusted=False, self_signed=False,
+              srv_service="_xmpp-server", cn=None, days=365):
+        """Issue a leaf for CN ``name`` (``cn``: other CN; ``cn=""``: empty subject).
+
+        ``dns``: dNSName SANs (``"*.example.test"`` gives a wildcard DNS-ID);
+        ``srv``: domains for SRV-ID ``<srv_service>.<domain>`` (otherName
+        1.3.6.1.5.5.7.8.7, IA5String; ``srv_service="_xmpps-server"`` for RFC 9525 style);
+        ``xmpp``: XmppAddr values (otherName 1.3.6.1.5.5.7.8.5, UTF8String);
+        ``eku``: names from ("serverAuth", "clientAuth"), ``()`` for no EKU extension;
+        ``expired``: valid from -30 days to -1 day; ``untrusted``: signed by a second
+        CA that is not in :attr:`cafile`; ``self_signed``: the leaf signs itself (no chain).
+
+        Returns ``(certfile, keyfile)``; certfile holds leaf + CA chain + key in one PEM,
+        keyfile the key alone. Files are mode 0644 (servers running as other users read
+        them); the directory may still be private (pytest's basetemp is 0700): copy them
+        for ejabberd (tests/lab/ejabberd.py does).
+
+        Note: ejabberd 23.01 crashes on an outgoing s2s connection whose *peer* presents
+        an XmppAddr; certificates meant to be seen by ejabberd must carry DNS/SRV-IDs only.
+        """
+        if untrusted and self_signed:
+            raise ValueError("untrusted and self_signed exclude each other")
+        ca = self._untrusted_ca() if untrusted else self._ca
         key = ec.generate_private_key(ec.SECP256R1())
         now = _dt.datetime.now(_dt.timezone.utc)
         if expired:
             nb, na = now - _dt.timedelta(days=30), now - _dt.timedelta(days=1)
         else:
-            nb, na = now - _dt.timedelta(days=1), now + _dt.timedelta(days=365)
+            nb, na = now - _dt.timedelta(days=1), now + _dt.timedelta(days=days)
         sans = [x509.DNSName(d) for d in dns]
-        sans += [x509.OtherName(OID_SRV_NAME, _ia5("_xmpp-server." + d)) for d in srv]
+        sans += [x509.OtherName(OID_SRV_NAME, _ia5(f"{srv_service}.{d}")) for d in srv]
         sans += [x509.OtherName(OID_XMPP_ADDR, _utf8(a)) for a in xmpp]
+        cn = name if cn is None else cn
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
+        if self_signed:
+            issuer_name, issuer_key = subject, key
+        else:
+            issuer_name, issuer_key = ca.name, ca.key
         b = (x509.CertificateBuilder()
-             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-             .issuer_name(ca.name)
+             .subject_name(subject)
+             .issuer_name(issuer_name)
              .public_key(key.public_key())
              .serial_number(x509.random_serial_number())
              .not_valid_before(nb).not_valid_after(na)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-                            critical=False))
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                 issuer_key.public_key()), critical=False))
         if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            # RFC 5280: an empty subject needs a critical subjectAltName
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=not cn)
         if eku:
             b = b.add_extension(x509.ExtendedKeyUsage([_EKU[e] for e in eku]), critical=False)
-        cert = b.sign(ca.key, hashes.SHA256())
+        cert = b.sign(issuer_key, hashes.SHA256())
         stem = f"{name.replace('*', '_')}-{next(self._seq)}"
         certfile = self.workdir / f"{stem}.pem"
         keyfile = self.workdir / f"{stem}.key"
         keyfile.write_bytes(_pem_key(key))
-        certfile.write_bytes(_pem_cert(cert) + _pem_cert(ca.cert) + _pem_key(key))
+        chain = b"" if self_signed else _pem_cert(ca.cert)
+        certfile.write_bytes(_pem_cert(cert) + chain + _pem_key(key))
         for f in (certfile, keyfile):
             f.chmod(0o644)  # servers running as other users (ejabberd, prosody) must read them
         return certfile, keyfile

@@ -31,8 +31,28 @@ class Ejabberd:
     """ejabberd on ``ip``: c2s 5222 (plain auth allowed), s2s-in 5269, dialback.
 
     ``users``: ``[("alice@host", "pw"), ...]``; ``dns``: started TestDNS or None;
-    ``s2s_use_starttls``: "false" | "optional" | "required"; ``extra_yaml``: raw YAML
-    appended to ejabberd.yml (top-level keys).
+    ``s2s_use_starttls``: "false" | "true" | "optional" | "required" | "required_trusted";
+    ``extra_yaml``: raw YAML appended to ejabberd.yml (top-level keys).
+
+    TLS (ejabberd 23.01 option names, checked in its ejabberd_options):
+    ``certfile``: PEM with cert + chain + key (TestCA.issue()'s certfile), copied into
+    the runtime dir and listed in ``certfiles:`` (23.01 has no ``s2s_certfile``: the
+    certificate for a domain is picked from ``certfiles`` by the names it carries);
+    ``cafile``: trust anchors, copied and set as both ``ca_file`` (pkix, chain checks of
+    our own certfiles) and ``s2s_cafile`` (peer certificates on s2s);
+    ``dialback``: load ``mod_s2s_dialback`` (default True).
+
+    ``s2s_use_starttls`` in 23.01 accepts only false/true/optional/required;
+    "required_trusted" is gone. Here it is a lab alias for ``required`` without
+    dialback: then the certificate is the only way in or out (outgoing, ejabberd checks
+    the peer's certificate only when mod_s2s_dialback's ``access`` denies dialback for
+    that peer, hook ``s2s_out_tls_verify``; with dialback loaded and the default access,
+    an outgoing stream with a bad peer certificate falls back to dialback).
+
+    ejabberd 23.01 (p1_xmpp 1.6.1) crashes on an outgoing connection whose PEER
+    certificate carries an id-on-xmppAddr otherName (the sender gets
+    ``internal-server-error``): certificates of servers that ejabberd connects to (the
+    gateway's, a Prosody peer's) must carry DNS-IDs / SRV-IDs only.
 
     The runtime dirs live in a fresh world-traversable /tmp directory (pytest's basetemp
     is mode 0700, which user ejabberd cannot enter); ``workdir/<name>`` links to it while
@@ -40,13 +60,23 @@ class Ejabberd:
     """
 
     def __init__(self, workdir, name, ip, *, host, users=(), dns=None,
-                 s2s_use_starttls="false", extra_yaml=""):
+                 s2s_use_starttls="false", extra_yaml="", certfile=None, cafile=None,
+                 dialback=True):
         self.name = name
         self.ip = ip
         self.host = host
         self.users = list(users)
         self.dns = dns
-        self.s2s_use_starttls = s2s_use_starttls
+        mode = str(s2s_use_starttls).lower()
+        if mode not in ("false", "true", "optional", "required", "required_trusted"):
+            raise ValueError(f"s2s_use_starttls {s2s_use_starttls!r}: false, true, optional, "
+                             "required or required_trusted")
+        if mode == "required_trusted":  # lab alias, see the class docstring
+            mode, dialback = "required", False
+        self.s2s_use_starttls = mode
+        self.certfile = Path(certfile) if certfile else None
+        self.cafile = Path(cafile) if cafile else None
+        self.dialback = dialback
         self.extra_yaml = extra_yaml
         self.link = Path(workdir) / name
         self.base: Path | None = None
@@ -81,6 +111,12 @@ class Ejabberd:
             f'ERL_DIST_PORT={_free_port()}\n'
             'INET_DIST_INTERFACE=127.0.0.1\n'
             'ERL_EPMD_ADDRESS=127.0.0.1\n')
+        # Copies: user ejabberd cannot read inside pytest's 0700 basetemp.
+        if self.certfile is not None:
+            (self.confdir / "certs").mkdir()
+            shutil.copy(self.certfile, self.confdir / "certs" / "server.pem")
+        if self.cafile is not None:
+            shutil.copy(self.cafile, self.confdir / "cafile.pem")
         inetrc = ["{lookup,[file,dns]}."]
         if self.dns is not None:
             # Copies: user ejabberd cannot read inside pytest's 0700 basetemp.
@@ -102,8 +138,7 @@ hosts:
   - "{self.host}"
 loglevel: debug
 log_rotate_count: 0
-certfiles: []
-auth_method: internal
+{self._tls_yaml()}auth_method: internal
 auth_password_format: plain
 s2s_use_starttls: {self.s2s_use_starttls}
 s2s_access: s2s
@@ -136,9 +171,20 @@ modules:
   mod_roster: {{}}
   mod_disco: {{}}
   mod_ping: {{}}
-  mod_s2s_dialback: {{}}
+{"  mod_s2s_dialback: {}" if self.dialback else ""}
 {self.extra_yaml}
 """
+
+    def _tls_yaml(self) -> str:
+        y = []
+        if self.certfile is not None:
+            y += ["certfiles:", f'  - "{self.confdir / "certs" / "server.pem"}"']
+        else:
+            y += ["certfiles: []"]
+        if self.cafile is not None:
+            y += [f'ca_file: "{self.confdir / "cafile.pem"}"',
+                  f's2s_cafile: "{self.confdir / "cafile.pem"}"']
+        return "\n".join(y) + "\n"
 
     def _ctl_argv(self, *args):
         argv = ["setpriv", f"--reuid={EJABBERD_USER}", f"--regid={EJABBERD_USER}",

@@ -1,0 +1,55 @@
+# -*- test-case-name: tests.test_security -*-
+"""
+What the configuration demands of a stream's security, per remote domain.
+
+  use_starttls = "false"            never offer or use TLS
+                 "optional"         offer it, use it when offered
+                 "required"         no stanza and no authentication without TLS
+                 "required_trusted" and the certificate must be valid for the peer
+  secure_auth = true                certificates only: no dialback without a valid certificate
+  secure_domains                    as secure_auth, for these domains whatever it says
+  insecure_domains                  may always authenticate with dialback
+"""
+
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+class SecurityPolicy:
+    def __init__(self, s2sConfig):
+        s = s2sConfig
+        self.mode = s.use_starttls
+        self.secureAuth = s.secure_auth
+        self.secureDomains = frozenset(s.secure_domains)
+        self.insecureDomains = frozenset(s.insecure_domains)
+
+    @property
+    def tlsEnabled(self):
+        return self.mode != "false"
+
+    def mustEncrypt(self, remote=None):
+        """Whether a stream with C{remote} may carry nothing before TLS."""
+        if self.mode in ("required", "required_trusted"):
+            return True
+        if remote is not None and remote in self.secureDomains:
+            return True
+        return self.secureAuth and (remote is None or remote not in self.insecureDomains)
+
+    def mustBeTrusted(self, remote):
+        """Whether C{remote} must present a certificate valid for its domain."""
+        if remote in self.insecureDomains:
+            return False
+        return (self.mode == "required_trusted" or self.secureAuth
+                or remote in self.secureDomains)
+
+    def dialbackAllowed(self, remote, certificate):
+        """
+        Whether dialback may authenticate C{remote}, given the verdict on its
+        certificate (a L{PeerCertificate} or None): C{(ok, reason)}.
+        """
+        if not self.mustBeTrusted(remote):
+            return True, None
+        if certificate is not None and certificate.status == "valid":
+            return True, None
+        why = certificate.reason if certificate is not None else "no TLS"
+        return False, f"{remote} must authenticate with a valid certificate ({why})"
