@@ -13,10 +13,14 @@ returns the exit status.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
 
 from s2sgate import __version__
+
+# Each module in s2sgate/commands/ adds its subcommands with register(subparsers).
+COMMAND_MODULES = ()
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -65,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE", help="the TOML config file")
     check.set_defaults(func=_configCheck)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"s2sgate.commands.{name}").register(commands)
     return parser
 
 

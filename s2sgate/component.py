@@ -19,6 +19,7 @@ from twisted.internet import defer, error as ierror
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from s2sgate.metrics import NullMetrics
 from s2sgate.stanzas import errorReply, setNamespace, shouldBounce
 from s2sgate.stream import NS_COMPONENT, NS_SERVER, XmlStream
 
@@ -101,7 +102,7 @@ class ComponentLink(service.Service):
     initialDelay = 1.0
 
     def __init__(self, config, clock, connect, onStanza, onBounce,
-                 maxStanzaBytes=524288, rng=None):
+                 maxStanzaBytes=524288, rng=None, metrics=None):
         self.config = config
         self.clock = clock
         self.connectTo = connect
@@ -109,6 +110,7 @@ class ComponentLink(service.Service):
         self.onBounce = onBounce
         self.maxStanzaBytes = maxStanzaBytes
         self.random = rng or random.Random()
+        self.metrics = metrics if metrics is not None else NullMetrics()
         self.stream = None
         self.state = "down"
         self.lastProblem = None
@@ -166,6 +168,7 @@ class ComponentLink(service.Service):
     def _linkUp(self, stream):
         self.stream = stream
         self.state = "up"
+        self.metrics.link(True)
         self.delay = self.initialDelay
         c = self.config
         self.log.info("component link up: {jid} at {host}:{port}", jid=c.jid, host=c.host,
@@ -182,6 +185,7 @@ class ComponentLink(service.Service):
         wasUp = self.stream is stream
         if wasUp:
             self.stream = None
+            self.metrics.link(False)
         kind, text = stream.failure or ("network", reason.getErrorMessage()
                                          if reason is not None else "connection lost")
         if wasUp:

@@ -42,6 +42,7 @@ class Attempt:
     target: str
     error: str
     timedOut: bool = False
+    ok: bool = False    # a step that worked, kept for the diagnostic log
 
     def __str__(self) -> str:
         return f"{self.step} {self.target}: {self.error}"

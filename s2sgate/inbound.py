@@ -19,6 +19,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.connector import ConnectFailed
+from s2sgate.metrics import Metrics
 from s2sgate.dialback import NS_DB, NS_DB_FEATURE, dbElement, dbError
 from s2sgate.domain import InvalidDomain, domainOf, normalize
 from s2sgate.security import NS_SASL, NS_TLS
@@ -52,6 +53,8 @@ class InboundStream(XmlStream):
         self.stanzasIn = 0
         self.saslDone = False
         self.since = gateway.clock.seconds()
+        metrics = getattr(gateway, "metrics", None)
+        self.metrics = metrics if isinstance(metrics, Metrics) else None
         self._negotiationCall = None
 
     def describe(self):
@@ -383,5 +386,6 @@ class InboundFactory(Factory):
     def buildProtocol(self, addr):
         p = InboundStream(self.gateway, directTLS=self.directTLS)
         p.factory = self
-        p.peerAddress = addr
+        host, port = getattr(addr, "host", None), getattr(addr, "port", None)
+        p.peerAddress = f"{host}:{port}" if host else None
         return p

@@ -20,6 +20,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.connector import Attempt, ConnectFailed, connect
+from s2sgate.metrics import Metrics, NullMetrics
 from s2sgate.dialback import NS_DB, dbElement, dbErrorReason
 from s2sgate.security import NS_SASL, NS_TLS, SecurityPolicy
 from s2sgate.stream import NS_SERVER, XmlStream
@@ -66,19 +67,31 @@ class OutboundStream(XmlStream):
         self.peerAddress = None
         self.ready = defer.Deferred()
         self.failure = None
+        self.trace = []          # Attempt per step, for the diagnostic log
         self._negotiationCall = None
+        self.metrics = pool.metrics if isinstance(pool.metrics, Metrics) else None
 
     def describe(self):
         return f"outbound {self.local} -> {self.remote}"
+
+    def _step(self, step, detail, ok=True):
+        self.trace.append(Attempt(step, self.remote, detail, ok=ok))
+
+    def _currentStep(self):
+        return {"starttls": "tls", "sasl": "auth", "dialback": "auth",
+                "verifying": "auth"}.get(self.state, "stream")
 
     def connectionMade(self):
         XmlStream.connectionMade(self)
         if ISSLTransport.providedBy(self.transport):
             self.secure = self.directTLS = True
         try:
-            self.peerAddress = self.transport.getPeer()
+            peer = self.transport.getPeer()
+            self.peerAddress = f"{peer.host}:{peer.port}"
         except Exception:
             self.peerAddress = None
+        self._step("connect", f"connected to {self.peerAddress}"
+                   + (" (direct TLS)" if self.directTLS else ""))
         self._negotiationCall = self.clock.callLater(
             self.pool.config.s2s.negotiation_timeout, self._negotiationTimedOut)
         self._sendHeader()
@@ -91,7 +104,11 @@ class OutboundStream(XmlStream):
         conn = self.transport.getHandle()
         self.tlsInfo = self.pool.tls.describe(conn)
         self.certificate = self.pool.tls.peerVerdict(conn, self.remote)
-        if self.security.mustBeTrusted(self.remote) and self.certificate.status != "valid":
+        refused = self.security.mustBeTrusted(self.remote) and self.certificate.status != "valid"
+        self._step("tls", f"{self.tlsInfo.get('version')} {self.tlsInfo.get('cipher')}; "
+                   f"certificate {self.certificate.status}: {self.certificate.reason}",
+                   ok=not refused)
+        if refused:
             self.log.warn("refusing {remote}: {reason}", remote=self.remote,
                           reason=self.certificate.reason, local=self.local,
                           event="outbound.certificate_refused")
@@ -155,7 +172,8 @@ class OutboundStream(XmlStream):
                 # A peer (or someone in between) that leaves STARTTLS out
                 # cannot talk us into plaintext.
                 self._fail("remote-server-not-found",
-                           f"{self.remote} does not offer STARTTLS, and this server requires TLS")
+                           f"{self.remote} does not offer STARTTLS, and this server requires TLS",
+                           step="tls")
                 self.closeStream()
                 return
             if starttls and required:
@@ -222,6 +240,7 @@ class OutboundStream(XmlStream):
             self.closeStream()
 
     def _established(self, method):
+        self._step("auth", f"authenticated with {method}")
         self.state = "ready"
         self.authMethod = method
         self._cancelNegotiationTimer()
@@ -262,10 +281,12 @@ class OutboundStream(XmlStream):
             self._negotiationCall.cancel()
         self._negotiationCall = None
 
-    def _fail(self, condition, text):
+    def _fail(self, condition, text, step=None):
         if self.ready is not None:
+            if not self.trace or self.trace[-1].ok:
+                self._step(step or self._currentStep(), text, ok=False)
             d, self.ready = self.ready, None
-            d.errback(ConnectFailed(condition, text, [Attempt("negotiate", self.remote, text)]))
+            d.errback(ConnectFailed(condition, text, list(self.trace)))
 
     def streamErrorReceived(self, condition, text):
         XmlStream.streamErrorReceived(self, condition, text)
@@ -303,6 +324,7 @@ class OutboundLink:
         if self.stream is not None:
             self.stream.send(element)
             self.pool.sent += 1
+            self.stream.stanzasOut += 1
             return
         if len(self.queue) >= self.pool.config.s2s.queue_limit:
             self.pool.router.bounce(element, "resource-constraint",
@@ -330,6 +352,7 @@ class OutboundLink:
     def _start(self):
         self.log.info("connecting {local} -> {remote}", local=self.local, remote=self.remote,
                       event="outbound.connecting")
+        self.pool.metrics.attempt()
         self.attempt = defer.ensureDeferred(self.pool.open(self.local, self.remote))
         self.attempt.addCallbacks(self._established, self._failed)
 
@@ -344,6 +367,7 @@ class OutboundLink:
         while self.queue and self.stream is not None:
             self.stream.send(self.queue.popleft())
             self.pool.sent += 1
+            stream.stanzasOut += 1
 
     def _failed(self, failure):
         self.attempt = None
@@ -357,6 +381,9 @@ class OutboundLink:
         self.delay = min(max(self.delay * 2, 1), self.pool.config.s2s.max_retry_delay)
         self.retryAt = self.pool.clock.seconds() + self.delay
         self.lastFailure = (condition, text, attempts)
+        failed = [a for a in attempts if not a.ok]
+        self.pool.metrics.failure(failed[-1].step if failed else "unknown")
+        self.pool.recordFailure(self.local, self.remote, condition, text, attempts)
         self.log.warn("cannot reach {remote} for {local}: {text}; bouncing {count} stanza(s), "
                       "next attempt allowed in {delay} s", remote=self.remote, local=self.local,
                       text=text, count=len(self.queue), delay=self.delay, condition=condition,
@@ -388,8 +415,10 @@ class OutboundPool:
     log = Logger()
 
     def __init__(self, config, clock, resolver, router, keys, connectFn=connect,
-                 security=None, tls=None):
+                 security=None, tls=None, metrics=None):
         self.config = config
+        self.metrics = metrics if metrics is not None else NullMetrics()
+        self.failures = collections.deque(maxlen=50)
         self.security = security if security is not None else SecurityPolicy(config.s2s)
         self.tls = tls
         self.clock = clock
@@ -436,6 +465,35 @@ class OutboundPool:
         type ("valid", "invalid" or "error:…").
         """
         return await self.open(local, remote, mode="verify", verify=(streamId, key))
+
+    def recordFailure(self, local, remote, condition, text, attempts):
+        """Keep the step-by-step log of a failed attempt for operators."""
+        self.failures.append({
+            "time": self.clock.seconds(), "local": local, "remote": remote,
+            "condition": condition, "text": text,
+            "steps": [{"step": a.step, "target": a.target, "ok": a.ok, "detail": a.error}
+                      for a in attempts],
+        })
+
+    async def connectNow(self, local, remote):
+        """
+        Open and authenticate the stream for (local, remote) now, before any
+        stanza needs it; returns the stream (or raises L{ConnectFailed}).
+        """
+        link = self.links.get((local, remote))
+        if link is None:
+            link = self.links[(local, remote)] = OutboundLink(self, local, remote)
+        if link.stream is not None and not link.stream.closing:
+            return link.stream
+        if link.attempt is None:
+            link._start()
+        d = defer.Deferred()
+        link.attempt.addBoth(lambda r: (d.callback(r) if not d.called else None, r)[1])
+        await d
+        if link.stream is None:
+            condition, text, _ = link.lastFailure
+            raise ConnectFailed(condition, text, [])
+        return link.stream
 
     def streamClosed(self, stream):
         link = getattr(stream, "link", None)

@@ -12,6 +12,7 @@ server.  Anything that cannot be delivered is bounced to its sender.
 from twisted.logger import Logger
 
 from s2sgate.domain import InvalidDomain, domainOf
+from s2sgate.metrics import NullMetrics
 from s2sgate.stanzas import STANZA_NAMES, errorReply, shouldBounce
 
 NS_PING = "urn:xmpp:ping"
@@ -44,13 +45,14 @@ class Router:
 
     log = Logger()
 
-    def __init__(self, config, toLocal=None, outbound=None, policy=None):
+    def __init__(self, config, toLocal=None, outbound=None, policy=None, metrics=None):
         self.config = config
         self.localDomains = frozenset(config.local_domains)
         self.componentJid = config.component.jid
         self.toLocal = toLocal
         self.outbound = outbound if outbound is not None else NoFederation(self)
         self.policy = policy
+        self.metrics = metrics if metrics is not None else NullMetrics()
         self.bounced = 0
 
     def isLocal(self, domain):
@@ -100,6 +102,7 @@ class Router:
                 self.policy.refuse("outbound", local, remote, text)
                 self.bounce(element, condition, text)
                 return
+        self.metrics.stanza("out")
         self.outbound.send(local, remote, element)
 
     def forGateway(self, element):
@@ -121,6 +124,7 @@ class Router:
 
     def fromRemote(self, element):
         """Deliver an authenticated inbound stanza to the c2s server."""
+        self.metrics.stanza("in")
         self.deliverLocal(element)
 
     def deliverLocal(self, element):
@@ -133,6 +137,7 @@ class Router:
                            condition=condition)
             return
         self.bounced += 1
+        self.metrics.bounce(condition)
         self.deliverLocal(errorReply(element, condition, text))
 
     def bounceFromLocalSide(self, reply):

@@ -23,6 +23,7 @@ from s2sgate.component import ComponentLink
 from s2sgate.config import ConfigError, check_runnable, load_config
 from s2sgate.dialback import DialbackKeys
 from s2sgate.inbound import InboundFactory
+from s2sgate.metrics import Metrics
 from s2sgate.outbound import OutboundPool
 from s2sgate.policy import Policy
 from s2sgate.resolver import S2SResolver
@@ -107,26 +108,27 @@ class GatewayService(service.MultiService):
         self.config = config
         self.reactor = self.clock = reactor
         s = config.s2s
+        self.metrics = Metrics()
         self.keys = DialbackKeys(s.shared)
         self.policy = Policy(config)
         self.security = SecurityPolicy(s)
         self.tls = buildTLS(config)
-        self.router = Router(config, policy=self.policy)
+        self.router = Router(config, policy=self.policy, metrics=self.metrics)
         if resolver is None:
             overrides = {a.host: (a.ip_address, a.port) for a in s.address}
             resolver = S2SResolver(reactor, timeout=s.dns.timeout, retries=s.dns.retries,
                                    nameservers=s.dns.nameservers, port=s.outgoing.port,
                                    ip_versions=s.outgoing.ip_versions, overrides=overrides)
-        self.resolver = resolver
-        self.pool = OutboundPool(config, reactor, resolver, self.router, self.keys,
-                                 security=self.security, tls=self.tls)
+        self.resolver = _TimedResolver(resolver, reactor, self.metrics)
+        self.pool = OutboundPool(config, reactor, self.resolver, self.router, self.keys,
+                                 security=self.security, tls=self.tls, metrics=self.metrics)
         self.router.outbound = self.pool
         self.inboundStreams = set()
         c = config.component
         endpoint = HostnameEndpoint(reactor, c.host, c.port, timeout=10)
         self.link = ComponentLink(c, reactor, endpoint.connect, onStanza=self.router.fromLocal,
                                   onBounce=self.router.bounceFromLocalSide,
-                                  maxStanzaBytes=s.stanza_size_limit)
+                                  maxStanzaBytes=s.stanza_size_limit, metrics=self.metrics)
         self.router.toLocal = self.link.send
         self.link.setServiceParent(self)
         self.listeners = []
@@ -137,6 +139,8 @@ class GatewayService(service.MultiService):
             factory = TLSMemoryBIOFactory(_DirectTLSCreator(self), False,
                                           InboundFactory(self, directTLS=True))
             self._listen(description, factory)
+
+        self.metrics.watch(self)
 
     def _listen(self, description, factory):
         listener = ListenerService(self.reactor, description, factory)
@@ -158,6 +162,62 @@ class GatewayService(service.MultiService):
         for stream in list(self.inboundStreams):
             stream.closeStream(wait=1)
         return service.MultiService.stopService(self)
+
+    # what operators see (admin API, status page, CLI, metrics)
+
+    def sessions(self):
+        """One dict per s2s stream, inbound and outbound, for operators."""
+        result = []
+        for link in self.pool.links.values():
+            stream = link.stream
+            if stream is None or stream.closed:
+                continue
+            result.append(_session("out", stream, stream.local, stream.remote,
+                                   [[stream.local, stream.remote]], stream.certificate,
+                                   stanzasIn=0, stanzasOut=stream.stanzasOut,
+                                   queue=len(link.queue)))
+        for stream in self.inboundStreams:
+            remote = stream.remoteHeader or next((r for r, _ in stream.pairs), None)
+            result.append(_session("in", stream, stream.local, remote,
+                                   sorted([r, l] for r, l in stream.pairs),
+                                   stream.certificates.get(remote),
+                                   stanzasIn=stream.stanzasIn, stanzasOut=0, queue=0))
+        return result
+
+    def failureLog(self):
+        """The recent failed outbound attempts, newest first, with their steps."""
+        return list(reversed(self.pool.failures))
+
+    def linkState(self):
+        c = self.config.component
+        return {"jid": c.jid, "host": c.host, "port": c.port, "state": self.link.state,
+                "buffered": len(self.link.buffer),
+                "problem": self.link.lastProblem[1] if self.link.lastProblem else None}
+
+    async def connect(self, local, remote):
+        """Open and authenticate the outbound stream (local, remote) now."""
+        from s2sgate.domain import normalize
+        local, remote = normalize(local), normalize(remote)
+        if not self.router.isLocal(local):
+            raise ValueError(f"{local} is not one of local_domains")
+        stream = await self.pool.connectNow(local, remote)
+        return next(s for s in self.sessions()
+                    if s["direction"] == "out" and s["stream_id"] == stream.streamId)
+
+    def close(self, remote):
+        """Close every stream with C{remote}; returns how many."""
+        from s2sgate.domain import normalize
+        remote = normalize(remote)
+        closed = 0
+        for (local, other), link in list(self.pool.links.items()):
+            if other == remote and link.stream is not None:
+                link.stream.closeStream()
+                closed += 1
+        for stream in list(self.inboundStreams):
+            if stream.remoteHeader == remote or any(r == remote for r, _ in stream.pairs):
+                stream.closeStream()
+                closed += 1
+        return closed
 
     def reload(self):
         """
@@ -188,6 +248,48 @@ class GatewayService(service.MultiService):
             self.log.warn("these settings changed but only take effect after a restart: {keys}",
                           keys=", ".join(needsRestart), event="reload.needs_restart")
         return needsRestart
+
+
+def _session(direction, stream, local, remote, pairs, certificate, *, stanzasIn, stanzasOut,
+             queue):
+    return {
+        "direction": direction, "local": local, "remote": remote, "pairs": pairs,
+        "stream_id": stream.streamId, "peer": str(getattr(stream, "peerAddress", "") or ""),
+        "tls": dict(stream.tlsInfo) if stream.secure else None,
+        "direct_tls": bool(getattr(stream, "directTLS", False)),
+        "certificate": None if certificate is None else {
+            "status": certificate.status, "reason": certificate.reason,
+            "names": certificate.identities.describe() if certificate.identities else ""},
+        "auth": stream.authMethod, "since": stream.since,
+        "stanzas_in": stanzasIn, "stanzas_out": stanzasOut,
+        "bytes_in": stream.bytesIn, "bytes_out": stream.bytesOut, "queue": queue,
+    }
+
+
+class _TimedResolver:
+    """Time every DNS step for the metrics; otherwise the wrapped resolver."""
+
+    def __init__(self, resolver, clock, metrics):
+        self._resolver = resolver
+        self._clock = clock
+        self._metrics = metrics
+
+    def __getattr__(self, name):
+        return getattr(self._resolver, name)
+
+    async def targets(self, *args, **kwargs):
+        start = self._clock.seconds()
+        try:
+            return await self._resolver.targets(*args, **kwargs)
+        finally:
+            self._metrics.dnsTime(self._clock.seconds() - start)
+
+    async def addresses(self, *args, **kwargs):
+        start = self._clock.seconds()
+        try:
+            return await self._resolver.addresses(*args, **kwargs)
+        finally:
+            self._metrics.dnsTime(self._clock.seconds() - start)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -72,6 +72,7 @@ class XmlStream(Protocol):
     log = Logger()
     namespace = NS_SERVER
     extraNamespaces = ()
+    metrics = None   # a Metrics counting bytes, when set
 
     def __init__(self, clock, maxStanzaBytes=524288, idleTimeout=None, keepalive=None):
         self.clock = clock
@@ -99,6 +100,8 @@ class XmlStream(Protocol):
         if self.closed:
             return
         self.bytesIn += len(data)
+        if self.metrics is not None:
+            self.metrics.bytes.labels("in").inc(len(data))
         self._touch()
         try:
             self.parser.feed(data)
@@ -158,6 +161,8 @@ class XmlStream(Protocol):
         elif isinstance(data, str):
             data = data.encode("utf-8")
         self.bytesOut += len(data)
+        if self.metrics is not None:
+            self.metrics.bytes.labels("out").inc(len(data))
         self.transport.write(data)
         return True
 

@@ -345,3 +345,24 @@ def deferToThreadCertificate(ip, port, servername):
                 return tls.getpeercert(binary_form=True)
 
     return deferToThread(fetch)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_show_how_each_link_is_secured(lab):
+    await chatBothWays(lab, "bob@secure.test", "bobpw", SECURE_IP, "sessions")
+    sessions = lab["gateway"].sessions()
+    out = [s for s in sessions if s["direction"] == "out" and s["remote"] == "secure.test"]
+    assert out and out[0]["auth"] == "sasl-external"
+    assert out[0]["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
+    assert out[0]["certificate"]["status"] == "valid"
+    assert out[0]["stanzas_out"] >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_attempt_keeps_its_step_by_step_log(lab):
+    await bounceFor("pat@plain.test", "plain-log")
+    [failure] = [f for f in lab["gateway"].failureLog() if f["remote"] == "plain.test"][:1]
+    steps = [(s["step"], s["ok"]) for s in failure["steps"]]
+    assert ("connect", True) in steps
+    assert steps[-1] == ("tls", False)
+    assert "STARTTLS" in failure["text"]

@@ -1,0 +1,85 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Counters for Prometheus, one registry per gateway (no globals).
+
+The protocol code reports events to a L{Metrics}; gauges that describe the
+current streams are computed at scrape time from the gateway itself.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+
+class Metrics:
+    def __init__(self, registry=None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.stanzas = Counter("s2sgate_stanzas", "Stanzas routed",
+                               ["direction"], registry=r)
+        self.bytes = Counter("s2sgate_bytes", "Bytes on s2s streams",
+                             ["direction"], registry=r)
+        self.bounces = Counter("s2sgate_bounces", "Stanzas bounced to their sender",
+                               ["condition"], registry=r)
+        self.attempts = Counter("s2sgate_connection_attempts", "Outbound connection attempts",
+                                registry=r)
+        self.failures = Counter("s2sgate_connection_failures",
+                                "Failed outbound connection attempts by the step that failed",
+                                ["step"], registry=r)
+        self.dns = Histogram("s2sgate_dns_seconds", "DNS resolution time of s2s targets",
+                             registry=r, buckets=(.001, .005, .01, .05, .1, .5, 1, 2, 5, 10))
+        self.componentUp = Gauge("s2sgate_component_link_up",
+                                 "1 while the component link to the c2s server is up",
+                                 registry=r)
+
+    def stanza(self, direction, count=1):
+        self.stanzas.labels(direction).inc(count)
+
+    def bounce(self, condition):
+        self.bounces.labels(condition).inc()
+
+    def attempt(self):
+        self.attempts.inc()
+
+    def failure(self, step):
+        self.failures.labels(step).inc()
+
+    def dnsTime(self, seconds):
+        self.dns.observe(seconds)
+
+    def link(self, up):
+        self.componentUp.set(1 if up else 0)
+
+    def watch(self, gateway):
+        """Add the gauges computed from C{gateway}'s streams at scrape time."""
+        self.registry.register(_StreamCollector(gateway))
+
+
+class _StreamCollector:
+    def __init__(self, gateway):
+        self.gateway = gateway
+
+    def collect(self):
+        streams = GaugeMetricFamily("s2sgate_streams", "Authenticated s2s streams",
+                                    labels=["direction", "security", "auth"])
+        queued = GaugeMetricFamily("s2sgate_queued_stanzas",
+                                   "Stanzas waiting for an outbound stream or the c2s server",
+                                   labels=["queue"])
+        counts = {}
+        for session in self.gateway.sessions():
+            if not session["auth"]:
+                continue
+            key = (session["direction"], "tls" if session["tls"] else "plain", session["auth"])
+            counts[key] = counts.get(key, 0) + 1
+        for key, value in sorted(counts.items()):
+            streams.add_metric(list(key), value)
+        queued.add_metric(["outbound"], sum(len(l.queue) for l in self.gateway.pool.links.values()))
+        queued.add_metric(["component"], len(self.gateway.link.buffer))
+        yield streams
+        yield queued
+
+
+class NullMetrics:
+    """Counts nothing: for unit tests and tools that run without a registry."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
