@@ -128,6 +128,10 @@ def connect_client(reactor, jid, password, host, port=5222, timeout=10) -> defer
     holder = {}
 
     def on_connected(xs):
+        # buildProtocol() calls resetDelay(), which turns reconnecting back
+        # on: switch it off again, or a closed test session comes back later
+        # and replaces a newer one with the same resource.
+        factory.stopTrying()
         # Drop STARTTLS: test servers run without certificates.
         xs.initializers = [i for i in xs.initializers
                            if not isinstance(i, xmlstream.TLSInitiatingInitializer)]
