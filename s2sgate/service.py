@@ -149,8 +149,8 @@ class GatewayService(service.MultiService):
 
     def startService(self):
         if self.applyLogLevel:
-            from s2sgate.logsetup import applyLevel
-            applyLevel(self.config.log.level)
+            from s2sgate import logsetup
+            logsetup.apply(self.config.log)
         if self.handleSignals:
             signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
         self.log.info("s2sgate starting for {domains} (config {path})",

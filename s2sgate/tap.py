@@ -6,6 +6,7 @@ A bad config stops start-up with the one line L{ConfigError} gives (file,
 key, what is allowed), not a traceback.
 """
 
+import dataclasses
 import sys
 
 from twisted.python import usage
@@ -21,11 +22,19 @@ class Options(usage.Options):
                 "c2s server, attached to it as an XEP-0114 component.")
     optParameters = [
         ["config", "c", DEFAULT_CONFIG, "The TOML configuration file."],
+        ["log-format", None, None, "Log format, overriding [log] format: text or json."],
     ]
 
     def postOptions(self):
         try:
             self["parsed"] = load_config(self["config"])
+            if self["log-format"] is not None:
+                if self["log-format"] not in ("text", "json"):
+                    raise ConfigError("--log-format", "-", f"got {self['log-format']!r}",
+                                      '"text" or "json"')
+                self["parsed"] = dataclasses.replace(
+                    self["parsed"], log=dataclasses.replace(self["parsed"].log,
+                                                            format=self["log-format"]))
             check_runnable(self["parsed"])
             from s2sgate.service import buildTLS
             buildTLS(self["parsed"])

@@ -605,6 +605,50 @@ def test_admin_listen_checked():
     assert reject(data).key == "admin.listen"
 
 
+@pytest.mark.parametrize("listen", ["tcp:5281:interface=127.0.0.1", "tcp:5281:interface=127.0.0.9",
+                                    r"tcp6:5281:interface=\:\:1", "unix:/run/s2sgate/admin.sock"])
+def test_admin_on_loopback_needs_no_token(listen):
+    data = minimal()
+    data["admin"] = {"listen": listen}
+    admin = parse_config(data, "x.toml").admin
+    assert admin.listen == listen
+    assert admin.token is None
+
+
+@pytest.mark.parametrize("listen", ["tcp:5281", "tcp:5281:interface=0.0.0.0",
+                                    "tcp:5281:interface=10.0.0.5", r"tcp6:5281:interface=\:\:"])
+def test_admin_beyond_loopback_needs_a_token(listen):
+    data = minimal()
+    data["admin"] = {"listen": listen}
+    err = reject(data)
+    assert err.key == "admin.listen"
+    assert "admin.token" in err.problem
+    assert err.allowed == "a loopback interface, or set admin.token"
+    data["admin"]["token"] = SECRET
+    admin = parse_config(data, "x.toml").admin
+    assert admin.listen == listen and admin.token == SECRET
+
+
+def test_admin_token_never_shown():
+    data = minimal()
+    data["admin"] = {"token": SECRET}
+    config = parse_config(data, "x.toml")
+    assert config.admin.token == SECRET
+    assert SECRET not in repr(config)
+    assert SECRET not in repr(config.admin)
+
+
+@pytest.mark.parametrize("token", ["", "two words", "tab\there", 12345, ["x"]])
+def test_admin_token_checked(token):
+    data = minimal()
+    data["admin"] = {"token": token}
+    err = reject(data)
+    assert err.key == "admin.token"
+    assert "printable ASCII" in err.allowed
+    if isinstance(token, str) and token:
+        assert token not in str(err)
+
+
 # --- TLS keys and the cross-key rules -------------------------------------------------------
 
 
@@ -712,7 +756,7 @@ _paths = [("local_domains",), ("component",), ("component", "jid"), ("component"
                          "address", "stanza_size_limit", "anonymous_domains", "shared",
                          "secure_auth", "ciphers", "outgoing", "dns")] + [
     ("s2s", "outgoing", "ip_versions"), ("s2s", "dns", "nameservers"), ("admin",),
-    ("admin", "listen"), ("log", "level"), ("frob",)]
+    ("admin", "listen"), ("admin", "token"), ("log", "level"), ("frob",)]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

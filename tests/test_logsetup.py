@@ -19,3 +19,23 @@ def test_applying_twice_does_not_wrap_twice():
     publisher.addObserver(lambda e: None)
     assert applyLevel("warn", publisher) == 1
     assert applyLevel("warn", publisher) == 0
+
+
+def test_json_format_writes_one_event_per_line_with_structured_fields():
+    import io
+    import json
+
+    from s2sgate.logsetup import useJSON
+
+    publisher = LogPublisher()
+    publisher.addObserver(lambda e: None)
+    out = io.StringIO()
+    useJSON("info", out, publisher)
+    log = Logger(observer=publisher)
+    log.info("connecting {local} -> {remote}", local="a.test", remote="b.test",
+             event="outbound.connecting")
+    log.debug("noise")
+    lines = [json.loads(line.strip("\x1e")) for line in out.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert lines[0]["local"] == "a.test" and lines[0]["event"] == "outbound.connecting"
+    assert len(publisher._observers) == 1

@@ -48,3 +48,32 @@ def test_version(tmp_path):
     result = run(["s2sgate", "--version"], tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith("s2sgate ")
+
+
+def test_twistd_runs_the_gateway_with_json_logs_and_never_logs_the_secret(tmp_path):
+    import json
+    import signal
+    import time
+
+    config = tmp_path / "s2sgate.toml"
+    config.write_text(
+        'local_domains = ["example.com"]\n'
+        '[component]\njid = "s2s.example.com"\nhost = "127.0.0.1"\nport = 1\n'
+        'secret = "do-not-log-this-secret"\n'
+        '[s2s]\nlisten = ["tcp:0:interface=127.0.0.1"]\nuse_starttls = "false"\n'
+        'shared = "nor-this-dialback-secret"\n'
+        '[admin]\nlisten = ""\n[log]\nlevel = "debug"\n')
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    proc = subprocess.Popen(["twistd", "-n", "--pidfile=", "s2sgate", "--config", str(config),
+                             "--log-format", "json"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    events = [json.loads(line.strip("\x1e")) for line in out.splitlines()
+              if line.strip().startswith(("{", "\x1e"))]
+    assert any(e.get("event") == "component.network_failure" for e in events), out[-2000:]
+    assert "do-not-log-this-secret" not in out + err
+    assert "nor-this-dialback-secret" not in out + err
