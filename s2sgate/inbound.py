@@ -167,6 +167,9 @@ class InboundStream(XmlStream):
         if element.name not in STANZA_NAMES or uri != "jabber:server":
             self.streamError("unsupported-stanza-type", f"<{element.name}/> is not a stanza")
             return
+        if not self.secure and self.security.mustEncrypt(self.remoteHeader):
+            self.streamError("policy-violation", "this server requires TLS (STARTTLS) first")
+            return
         self._stanza(element)
 
     # STARTTLS

@@ -120,6 +120,8 @@ class OutboundStream(XmlStream):
         return {"from": self.local, "to": self.remote, "version": "1.0"}
 
     def streamStarted(self, header):
+        if self.closing:
+            return   # our closing tag is out (e.g. a refused certificate): say nothing more
         self.streamId = header.getAttribute("id")
         if not self.streamId:
             self._fail("remote-server-not-found", "the remote server sent no stream id")
@@ -136,6 +138,8 @@ class OutboundStream(XmlStream):
             self._dialback()
 
     def elementReceived(self, element):
+        if self.closing:
+            return   # nothing may answer a peer we are leaving (no key to a refused server)
         key = (element.uri, element.name)
         if self.state == "features" and key == (NS_STREAMS, "features"):
             self._features(element)
