@@ -20,7 +20,7 @@ from typing import Sequence
 from s2sgate import __version__
 
 # Each module in s2sgate/commands/ adds its subcommands with register(subparsers).
-COMMAND_MODULES = ()
+COMMAND_MODULES = ("demo", "ops", "check")
 
 EXIT_OK = 0
 EXIT_CONFIG = 2

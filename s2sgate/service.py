@@ -141,6 +141,11 @@ class GatewayService(service.MultiService):
             self._listen(description, factory)
 
         self.metrics.watch(self)
+        self.admin = None
+        if config.admin.listen:
+            from s2sgate.admin import AdminService
+            self.admin = AdminService(self)
+            self.admin.setServiceParent(self)
 
     def _listen(self, description, factory):
         listener = ListenerService(self.reactor, description, factory)
@@ -170,13 +175,15 @@ class GatewayService(service.MultiService):
         result = []
         for link in self.pool.links.values():
             stream = link.stream
-            if stream is None or stream.closed:
+            if stream is None or stream.closed or stream.closing:
                 continue
             result.append(_session("out", stream, stream.local, stream.remote,
                                    [[stream.local, stream.remote]], stream.certificate,
                                    stanzasIn=0, stanzasOut=stream.stanzasOut,
                                    queue=len(link.queue)))
         for stream in self.inboundStreams:
+            if stream.closing or stream.closed:
+                continue
             remote = stream.remoteHeader or next((r for r, _ in stream.pairs), None)
             result.append(_session("in", stream, stream.local, remote,
                                    sorted([r, l] for r, l in stream.pairs),

@@ -92,6 +92,17 @@ class XmlStream(Protocol):
     # transport events
 
     def connectionMade(self):
+        # Stanzas are small and latency matters: no Nagle delay.
+        transport = self.transport
+        if not hasattr(transport, "setTcpNoDelay"):
+            # direct TLS: the TCP connection is under the TLS layer
+            transport = getattr(transport, "transport", None)
+        setNoDelay = getattr(transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except OSError:
+                pass
         self._touch()
         if self.keepaliveInterval:
             self._keepaliveCall = self.clock.callLater(self.keepaliveInterval, self._keepalive)

@@ -88,9 +88,9 @@ def test_help_exits_zero(capsys):
 def test_parser_takes_more_subcommands(capsys):
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    extra = subparsers.add_parser("demo")
+    extra = subparsers.add_parser("extra-example")
     extra.set_defaults(func=lambda args: 7)
-    assert parser.parse_args(["demo"]).func(None) == 7
+    assert parser.parse_args(["extra-example"]).func(None) == 7
 
 
 def test_python_m_s2sgate_config_check():

@@ -24,6 +24,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import formatEvent, globalLogPublisher
 
 from s2sgate.config import load_config
 from s2sgate.service import GatewayService
@@ -152,11 +153,14 @@ def lab(tmp_path_factory):
         configPath = base / "s2sgate.toml"
         nameserver = "{}:{}".format(*dns.nameservers[0])
         configPath.write_text(gatewayToml(ca.cafile, home[0], nameserver))
+        captured = []
+        globalLogPublisher.addObserver(captured.append)
         gateway = GatewayService(load_config(configPath), reactor, handleSignals=True)
         gateway.startService()
         pytest_twisted.blockon(gateway.link.whenUp())
         yield dict(ca=ca, dns=dns, gateway=gateway, strip=strip, configPath=configPath,
-                   nameserver=nameserver, homeCert=home, **servers)
+                   nameserver=nameserver, homeCert=home, logs=captured, **servers)
+        globalLogPublisher.removeObserver(captured.append)
         pytest_twisted.blockon(gateway.stopService())
     finally:
         if stripListener is not None:
@@ -366,3 +370,14 @@ async def test_failed_attempt_keeps_its_step_by_step_log(lab):
     assert ("connect", True) in steps
     assert steps[-1] == ("tls", False)
     assert "STARTTLS" in failure["text"]
+
+
+def test_no_secret_reaches_the_log(lab):
+    """Everything logged during the module, every field included."""
+    secrets = [SECRET, "dialback-secret-for-tests"]
+    key = open(lab["homeCert"][0]).read().split("PRIVATE KEY-----")[1][:60].strip()
+    text = "\n".join(formatEvent(e) + repr(sorted(e.items(), key=lambda kv: kv[0]))
+                     for e in lab["logs"])
+    assert len(lab["logs"]) > 50
+    for secret in secrets + [key]:
+        assert secret not in text

@@ -1,0 +1,991 @@
+#!/usr/bin/env python3
+"""s2sgate benchmark: ``python bench/run.py [--quick] [--only SECTION ...] [--profile]``.
+
+Sections (see bench/README.md): ceiling, gateway, e2e, setup, scale.  Prints one table,
+writes bench/results.json.  Uses loopback addresses 127.0.0.200-229 only; everything it
+starts is stopped at the end.  Needs root for the test DNS (setup and e2e sections).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+import peers  # noqa: E402
+from twisted.internet import defer, reactor, task  # noqa: E402
+from twisted.internet.protocol import Factory, Protocol  # noqa: E402
+
+from tests.lab.certs import TestCA  # noqa: E402
+from tests.lab.procs import Proc  # noqa: E402
+
+SECTIONS = ("ceiling", "gateway", "e2e", "setup", "scale")
+SECRET = "bench-component-secret"
+NS_STREAMS = "http://etherx.jabber.org/streams"
+
+# Loopback plan (127.0.0.200-229)
+COMP_IP, GW_IP, SINK_IP, LOAD_IP = "127.0.0.200", "127.0.0.201", "127.0.0.202", "127.0.0.203"
+E2E_A, E2E_GW, E2E_B, NAT_A, NAT_B = ("127.0.0.210", "127.0.0.211", "127.0.0.212",
+                                      "127.0.0.213", "127.0.0.214")
+SETUP_PEERS = {"dialback": "127.0.0.220", "starttls+dialback": "127.0.0.221",
+               "starttls+sasl": "127.0.0.222", "direct-tls": "127.0.0.223"}
+DNS_IP = "127.0.0.229"
+
+TARGETS = {"gateway_vs_ceiling": 0.5, "e2e_ratio": 1.0, "kib_per_stream": 60, "p99_ms": 2.0}
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- message mix ------------------------------------------------------------
+
+def stanza(seq, ns, to_bare, to_full, frm=None, xmlns=None):
+    """One stanza of the mix: 80% ~250-byte chat messages, 15% presence, 5% iq.
+    ``id='b<seq>.<ns>'`` carries the send time (time.monotonic_ns)."""
+    f = f" from='{frm}'" if frm else ""
+    x = f" xmlns='{xmlns}'" if xmlns else ""
+    sid = f"b{seq}.{ns}"
+    k = seq % 20
+    if k < 16:
+        head = (f"<message{x}{f} to='{to_bare}' type='chat' id='{sid}'><body>")
+        tail = ("</body><active xmlns='http://jabber.org/protocol/chatstates'/>"
+                "<request xmlns='urn:xmpp:receipts'/></message>")
+        pad = max(10, 250 - len(head) - len(tail))
+        text = ("Hello there, this is a benchmark chat message with some text in it. " * 4)[:pad]
+        return head + text + tail
+    if k < 19:
+        return (f"<presence{x}{f} to='{to_full}' id='{sid}'><show>away</show>"
+                f"<status>In a meeting</status><c xmlns='http://jabber.org/protocol/caps' "
+                f"hash='sha-1' node='https://s2sgate.example/bench' "
+                f"ver='q07IKJEyjvHSyhy//CH0CxmKi8w='/></presence>")
+    return (f"<iq{x}{f} to='{to_full}' type='get' id='{sid}'>"
+            f"<query xmlns='jabber:iq:version'/></iq>")
+
+
+def batch(seq0, n, **kw):
+    ns = time.monotonic_ns()
+    return "".join(stanza(seq0 + i, ns, **kw) for i in range(n)).encode()
+
+
+def pct(values, p):
+    if not values:
+        return None
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))
+    return values[k]
+
+
+# -- process measurements ---------------------------------------------------
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK   # utime, stime
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# -- the gateway in a child process -----------------------------------------
+
+def gateway_toml(*, ip, component_host, local_domains, certfile, cafile, use_starttls,
+                 addresses=(), nameserver=None, component_jid="s2s.home.test",
+                 direct_tls_listen=(), level="info"):
+    addr = ", ".join(f'{{ host = "{h}", ip_address = "{i}", port = {p} }}'
+                     for h, i, p in addresses)
+    dns = f'nameservers = ["{nameserver}"]' if nameserver else "nameservers = []"
+    doms = ", ".join(f'"{d}"' for d in local_domains)
+    dtls = ", ".join(f'"{d}"' for d in direct_tls_listen)
+    return f"""
+local_domains = [{doms}]
+[component]
+jid = "{component_jid}"
+host = "{component_host}"
+port = 5347
+secret = "{SECRET}"
+max_retry_delay = 1
+[s2s]
+listen = ["tcp:5269:interface={ip}"]
+direct_tls_listen = [{dtls}]
+use_starttls = "{use_starttls}"
+certfile = "{certfile}"
+cafile = "{cafile}"
+shared = "bench-dialback-secret"
+queue_limit = 100000
+address = [{addr}]
+[s2s.dns]
+{dns}
+timeout = 2
+retries = 1
+[s2s.outgoing]
+connection_timeout = 5
+[admin]
+listen = ""
+[log]
+level = "{level}"
+"""
+
+
+class Gateway:
+    """``twistd -n s2sgate --config FILE`` in its own process group."""
+
+    nodelay = False   # --nodelay: experiment with TCP_NODELAY (bench/nodelay_patch.py)
+    tracemalloc = False   # --tracemalloc: Python allocation growth in the scale section
+
+    def __init__(self, workdir, name, toml):
+        self.dir = Path(workdir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "s2sgate.toml"
+        self.config.write_text(toml)
+        self.logfile = self.dir / "twistd.log"
+        env = dict(os.environ, S2SGATE_BENCH_TRACEMALLOC=str(self.dir / "tracemalloc.txt"))
+        self.proc = Proc(f"s2sgate-{name}", env=env, argv=
+                         [sys.executable, "-c", self.bootstrap(), "-n", f"--logfile={self.logfile}",
+                          "--pidfile=", "s2sgate", "--config", str(self.config)],
+                         cwd=str(self.dir), logfile=self.dir / "stdout.log")
+
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def bootstrap(self):
+        mods = [m for m, on in (("nodelay_patch", self.nodelay),
+                                ("tracemalloc_patch", self.tracemalloc)) if on]
+        patch = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import {', '.join(mods)}; "
+                 if mods else "")
+        return patch + "from twisted.scripts.twistd import run; run()"
+
+    def start(self):
+        self.proc.start()
+        return self
+
+    def stop(self):
+        self.proc.stop()
+
+    def log_text(self):
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+# -- the c2s side as a raw XEP-0114 server (the gateway connects to it) ------
+
+class ComponentServer(Protocol):
+    def connectionMade(self):
+        self.buf = b""
+        self.ready = False
+        self.headerSent = False
+        self.factory.current = self
+        self.transport.setTcpNoDelay(True)   # the load side must not add Nagle delays
+
+    def dataReceived(self, data):
+        if self.ready:
+            self.factory.errors += data.count(b"type='error'")
+            return
+        self.buf += data
+        if not self.headerSent and b"<stream:stream" in self.buf:
+            self.transport.write(
+                f"<stream:stream xmlns='jabber:component:accept' xmlns:stream='{NS_STREAMS}' "
+                f"id='bench{time.monotonic_ns()}' from='{self.factory.jid}'>".encode())
+            self.headerSent = True
+        if b"</handshake>" in self.buf:
+            self.transport.write(b"<handshake/>")
+            self.ready = True
+            waiters, self.factory.waiters = self.factory.waiters, []
+            for d in waiters:
+                d.callback(self)
+
+    def connectionLost(self, reason):
+        if self.factory.current is self:
+            self.factory.current = None
+
+
+class ComponentFactory(Factory):
+    protocol = ComponentServer
+
+    def __init__(self, jid):
+        self.jid = jid
+        self.current = None
+        self.waiters = []
+        self.errors = 0
+
+    def whenReady(self, timeout=20):
+        if self.current is not None and self.current.ready:
+            return defer.succeed(self.current)
+        d = defer.Deferred()
+        self.waiters.append(d)
+        d.addTimeout(timeout, reactor)
+        return d
+
+
+# -- helpers ----------------------------------------------------------------
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class Child:
+    """A multiprocessing child (spawned, so it shares nothing with the reactor)."""
+
+    def __init__(self, target, *args):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.p = ctx.Process(target=target, args=(child, *args), daemon=True)
+        self.p.start()
+
+    def call(self, cmd, timeout=600):
+        self.conn.send(cmd)
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"child did not answer {cmd!r}")
+        return self.conn.recv()
+
+    async def acall(self, cmd, timeout=600):
+        """Ask without blocking the reactor (for long commands)."""
+        self.conn.send(cmd)
+        deadline = time.monotonic() + timeout
+        while not self.conn.poll():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"child did not answer {cmd!r}")
+            await sleep(0.05)
+        return self.conn.recv()
+
+    def stop(self):
+        if self.p.is_alive():
+            self.p.terminate()
+        self.p.join(5)
+        if self.p.is_alive():
+            self.p.kill()
+            self.p.join(5)
+
+
+async def wait_until(pred, timeout, step=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await sleep(step)
+
+
+async def paced(write, make, rate, duration):
+    """Write ``rate`` stanzas/s for ``duration`` s in 1 ms ticks; returns how many."""
+    start = time.monotonic()
+    sent = 0
+    total = int(rate * duration)
+    while sent < total:
+        due = min(total, int(rate * (time.monotonic() - start)) + 1)
+        if due > sent:
+            write(make(sent, due - sent))
+            sent = due
+        await sleep(0.001)
+    return sent
+
+
+def latency_ms(samples, seq_min=0):
+    return [(r - s) / 1e6 for seq, s, r in samples if seq >= seq_min]
+
+
+# -- ceiling ----------------------------------------------------------------
+
+def feed_all(parser, header, data):
+    t0 = time.perf_counter()
+    parser.feed(header)
+    for i in range(0, len(data), 65536):
+        parser.feed(data[i:i + 65536])
+    return time.perf_counter() - t0
+
+
+def run_ceiling(quick):
+    from s2sgate.xmlparser import StreamParser
+    n = 20000 if quick else 60000
+    data = batch(0, n, to_bare="bob@sink.test", to_full="bob@sink.test/res",
+                 frm="alice@home.test/bench")
+    header = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
+              f"xmlns:db='jabber:server:dialback' to='home.test' version='1.0'>").encode()
+    prefixes = {NS_STREAMS: "stream", "jabber:server:dialback": "db"}
+    best = {}
+    for _ in range(3):
+        # parse only (elements dropped as they come, as a forwarding process would)
+        count = [0]
+
+        def drop(e):
+            count[0] += 1
+        t = feed_all(StreamParser(lambda h: None, drop, lambda: None), header, data)
+        assert count[0] == n, count[0]
+        best["parse"] = min(best.get("parse", 1e9), t)
+
+        # parse + serialize each stanza as it is parsed (the forwarding loop)
+        out = []
+
+        def forward(e):
+            out.append(e.toXml(prefixes=prefixes, defaultUri="jabber:server",
+                               prefixesInScope=["stream", "db"]).encode("utf-8"))
+        t = feed_all(StreamParser(lambda h: None, forward, lambda: None), header, data)
+        assert len(out) == n
+        best["both"] = min(best.get("both", 1e9), t)
+
+        # serialize only (elements parsed beforehand)
+        elements = []
+        feed_all(StreamParser(lambda h: None, elements.append, lambda: None), header, data)
+        t0 = time.perf_counter()
+        for e in elements:
+            e.toXml(prefixes=prefixes, defaultUri="jabber:server",
+                    prefixesInScope=["stream", "db"]).encode("utf-8")
+        best["serialize"] = min(best.get("serialize", 1e9), time.perf_counter() - t0)
+        del elements, out
+    return {"stanzas": n, "bytes_per_stanza": round(len(data) / n),
+            "parse_per_s": n / best["parse"], "serialize_per_s": n / best["serialize"],
+            "stanzas_per_s": n / best["both"]}
+
+
+# -- gateway ----------------------------------------------------------------
+
+async def run_gateway(ctx, quick, profile):
+    wd, ca = ctx["workdir"], ctx["ca"]
+    gwcert = ca.issue("home.test", dns=["home.test"])
+    sinkcert = ca.issue("sink.test", dns=["sink.test"])
+    res = {}
+    sink = Child(peers.sink_main, SINK_IP, 5269, "sink.test", str(sinkcert[0]), str(ca.cafile))
+    comp = ComponentFactory("s2s.home.test")
+    port = reactor.listenTCP(5347, comp, interface=COMP_IP)
+    gw = None
+    try:
+        if not sink.conn.poll(20) or sink.conn.recv() != "ready":
+            raise RuntimeError("sink did not start")
+        gw = Gateway(wd, "gateway", gateway_toml(
+            ip=GW_IP, component_host=COMP_IP, local_domains=["home.test"],
+            certfile=gwcert[0], cafile=ca.cafile, use_starttls="required",
+            addresses=[("sink.test", SINK_IP, 5269)])).start()
+        link = await comp.whenReady(30)
+        kw = dict(to_bare="bob@sink.test", to_full="bob@sink.test/res",
+                  frm="alice@home.test/bench")
+        seq = [0]
+
+        def make(_, k):
+            b = batch(seq[0], k, **kw)
+            seq[0] += k
+            return b
+
+        # warm-up: open and authenticate the outbound stream, warm caches
+        link.transport.write(make(0, 2000))
+        await wait_until(lambda: sink.call("count")[0] >= 2000, 30, what="warm-up at the sink")
+        sinkinfo = sink.call("count")
+        res["outbound_streams"] = sinkinfo[1]
+        n = 30000 if quick else 100000
+        runs = []
+        for r in range(1 if quick else 2):
+            sink.call("reset")
+            payload = make(0, n)
+            c0 = cpu_seconds(gw.pid)
+            t0 = time.monotonic_ns()
+            link.transport.write(payload)
+            await wait_until(lambda: sink.call("count")[0] >= n, 120, 0.01,
+                             what=f"{n} stanzas at the sink")
+            c1 = cpu_seconds(gw.pid)
+            rep = sink.call("report")
+            runs.append({"rate": n / ((rep["last"] - t0) / 1e9), "cpu": c1 - c0})
+        best = max(runs, key=lambda x: x["rate"])
+        res["stanzas"] = n
+        res["max_per_s"] = best["rate"]
+        res["runs_per_s"] = [round(x["rate"]) for x in runs]
+        res["cpu_s_per_10k"] = best["cpu"] / n * 10000
+        res["gateway_rss_kib"] = rss_kib(gw.pid)
+        if profile:
+            res["profile"] = await profile_gateway(gw, link, make, n, sink, wd)
+        # latency at half of the max rate
+        rate = res["max_per_s"] / 2
+        dur = 3 if quick else 6
+        sink.call("reset")
+        seq0 = seq[0]
+        c0 = cpu_seconds(gw.pid)
+        sent = await paced(link.transport.write, make, rate, dur)
+        await wait_until(lambda: sink.call("count")[0] >= sent, 30, what="paced stanzas")
+        c1 = cpu_seconds(gw.pid)
+        lat = latency_ms(sink.call("report")["samples"], seq0)
+        res["half_rate_per_s"] = rate
+        res["half_rate_cpu_share"] = (c1 - c0) / dur
+        res["latency_samples"] = len(lat)
+        res["p50_ms"], res["p99_ms"], res["max_ms"] = pct(lat, 50), pct(lat, 99), max(lat)
+        # latency at lower loads: 200/s, 10% and 25% of the max
+        sweep = {}
+        for label, r_ in (("200/s", 200), ("10%", res["max_per_s"] * 0.1),
+                          ("25%", res["max_per_s"] * 0.25)):
+            sink.call("reset")
+            seq0 = seq[0]
+            sent = await paced(link.transport.write, make, r_, 2)
+            await wait_until(lambda: sink.call("count")[0] >= sent, 30, what="low-rate stanzas")
+            lat = latency_ms(sink.call("report")["samples"], seq0)
+            sweep[label] = {"rate": r_, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+        res["latency_sweep"] = sweep
+        res["low_rate_p50_ms"], res["low_rate_p99_ms"] = sweep["200/s"]["p50_ms"], sweep["200/s"]["p99_ms"]
+        res["bounced"] = comp.errors
+        return res
+    finally:
+        if gw is not None:
+            gw.stop()
+        port.stopListening()
+        try:
+            sink.call("stop", timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        sink.stop()
+
+
+async def profile_gateway(gw, link, make, n, sink, wd):
+    """py-spy the gateway while it forwards ``n`` stanzas; top self/inclusive frames."""
+    pyspy = shutil.which("py-spy")
+    if pyspy is None:
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    out = Path(wd) / "gateway-profile.txt"
+    sink.call("reset")
+    payload = make(0, n)
+    prof = subprocess.Popen([pyspy, "record", "-p", str(gw.pid), "-r", "250", "-f", "raw",
+                             "-o", str(out), "-d", "60", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    await sleep(1.0)
+    link.transport.write(payload)
+    await wait_until(lambda: sink.call("count")[0] >= n, 120, 0.01, what="profiled run")
+    prof.send_signal(2)  # SIGINT: py-spy writes what it has
+    await sleep(0.1)
+    for _ in range(100):
+        if prof.poll() is not None:
+            break
+        await sleep(0.1)
+    if prof.poll() is None:
+        prof.kill()
+    return summarize_profile(out)
+
+
+def summarize_profile(path, top=15):
+    selfc, incl, total = {}, {}, 0
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {"error": f"no profile written at {path}"}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        c = int(count)
+        frames = [f for f in stack.split(";") if f]
+        # skip samples where the process sits in epoll (idle)
+        if frames and "poll (twisted/internet/epollreactor.py" in frames[-1]:
+            continue
+        total += c
+        if frames:
+            selfc[frames[-1]] = selfc.get(frames[-1], 0) + c
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + c
+
+    def short(f):
+        return re.sub(r"/[^ (]*/site-packages/|" + re.escape(str(REPO)) + "/", "", f)
+
+    def topk(d):
+        return [(short(f), round(100 * c / total, 1))
+                for f, c in sorted(d.items(), key=lambda x: -x[1])[:top]]
+    return {"busy_samples": total, "self": topk(selfc), "inclusive": topk(incl),
+            "raw": str(path)}
+
+
+# -- end-to-end vs native -----------------------------------------------------
+
+def quiet(prosody):
+    """Prosody logging at "warn" instead of the lab's "debug" (as in production)."""
+    write = prosody.write_config
+
+    def write_config():
+        write()
+        text = prosody.config.read_text()
+        prosody.config.write_text(text.replace('levels = { min = "debug" }',
+                                               'levels = { min = "warn" }', 1))
+    prosody.write_config = write_config
+    return prosody
+
+
+async def run_e2e(ctx, quick):
+    from tests.lab.client import connect_client
+    from tests.lab.prosody import Prosody
+    wd, ca, dns = ctx["workdir"], ctx["ca"], ctx["dns"]
+    tls = lambda host: {"cafile": ca.cafile, "certs": {host: ca.issue(host, dns=[host])},  # noqa: E731
+                        "secure_auth": True, "require_encryption": True}
+    started = []
+    clients = []
+    res = {}
+    try:
+        a = Prosody(wd, "e2e-a", E2E_A, hosts=["home.test"], users=[("alice@home.test", "pw")],
+                    components={"s2s.home.test": SECRET}, route_to="s2s.home.test")
+        b = Prosody(wd, "e2e-b", E2E_B, hosts=["remote.test"], users=[("bob@remote.test", "pw")],
+                    tls=tls("remote.test"))
+        na = Prosody(wd, "nat-a", NAT_A, hosts=["home2.test"], users=[("alice@home2.test", "pw")],
+                     tls=tls("home2.test"), dns=dns)
+        nb = Prosody(wd, "nat-b", NAT_B, hosts=["remote2.test"],
+                     users=[("bob@remote2.test", "pw")], tls=tls("remote2.test"))
+        for p in (a, b, na, nb):
+            quiet(p).start()
+            started.append(p)
+        gwcert = ca.issue("home.test", dns=["home.test"])
+        gw = Gateway(wd, "e2e-gateway", gateway_toml(
+            ip=E2E_GW, component_host=E2E_A, local_domains=["home.test"], certfile=gwcert[0],
+            cafile=ca.cafile, use_starttls="required",
+            addresses=[("remote.test", E2E_B, 5269)])).start()
+        started.append(gw)
+        paths = {}
+        for name, (sip, sender, rip, receiver) in {
+                "gateway": (E2E_A, "alice@home.test", E2E_B, "bob@remote.test"),
+                "native": (NAT_A, "alice@home2.test", NAT_B, "bob@remote2.test")}.items():
+            rx = await connect_client(reactor, receiver + "/r", "pw", rip)
+            clients.append(rx)
+            rx.send_presence()
+            tx = await connect_client(reactor, sender + "/bench", "pw", sip)
+            clients.append(tx)
+            counter = peers.Counter()
+            rx.xs.dataReceived = counter.feed
+            paths[name] = (tx, counter, receiver)
+        n = 5000 if quick else 20000
+        seqs = {}
+
+        def maker(name):
+            tx, counter, receiver = paths[name]
+
+            def make(_, k):
+                b_ = batch(seqs[name], k, to_bare=receiver, to_full=receiver + "/r")
+                seqs[name] += k
+                return b_
+            return make
+
+        for name in paths:
+            seqs[name] = 0
+        await wait_until(lambda: "component link up" in gw.log_text(), 30,
+                         what="the gateway's component link")
+        # warm up both paths (stream setup, TLS, SASL EXTERNAL)
+        for name, (tx, counter, _) in paths.items():
+            tx.xs.transport.write(maker(name)(0, 1))
+        for name, (tx, counter, _) in paths.items():
+            await wait_until(lambda: counter.count >= 1, 30, what=f"{name} first message")
+        for name, (tx, counter, _) in paths.items():
+            tx.xs.transport.write(maker(name)(0, 200))
+        for name, (tx, counter, _) in paths.items():
+            await wait_until(lambda: counter.count >= 201, 60, what=f"{name} warm-up")
+        for name, (tx, counter, _) in paths.items():
+            counter.reset()
+            payload = maker(name)(0, n)
+            t0 = time.monotonic_ns()
+            tx.xs.transport.write(payload)
+            try:
+                await wait_until(lambda: counter.count >= n, 120, 0.01, what=f"{name} burst")
+            except TimeoutError:
+                res[f"{name}_lost"] = n - counter.count
+            res[f"{name}_per_s"] = counter.count / ((counter.last - t0) / 1e9)
+        rate = min(res["gateway_per_s"], res["native_per_s"]) / 2
+        res["latency_rate_per_s"] = rate
+        for name, (tx, counter, _) in paths.items():
+            counter.reset()
+            seq0 = seqs[name]
+            sent = await paced(tx.xs.transport.write, maker(name), rate, 2 if quick else 5)
+            await wait_until(lambda: counter.count >= sent, 60, what=f"{name} paced")
+            lat = latency_ms(counter.samples, seq0)
+            res[f"{name}_p50_ms"], res[f"{name}_p99_ms"] = pct(lat, 50), pct(lat, 99)
+        res["throughput_ratio"] = res["gateway_per_s"] / res["native_per_s"]
+        res["p50_ratio"] = res["gateway_p50_ms"] / res["native_p50_ms"]
+        res["p99_ratio"] = res["gateway_p99_ms"] / res["native_p99_ms"]
+        res["gateway_path_auth"] = _auth_summary(b)
+        res["native_path_auth"] = _auth_summary(nb)
+        return res
+    finally:
+        for c in clients:
+            try:
+                c.connector.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+        for p in reversed(started):
+            p.stop()
+
+
+def _auth_summary(prosody):
+    rows = prosody.s2s_sessions()
+    return [f"{r.get('dir')} {r.get('remote')} {r.get('secure')} cert={r.get('cert')} "
+            f"sasl={r.get('s2s_sasl')} dialback={r.get('dialback')}" for r in rows]
+
+
+# -- setup ------------------------------------------------------------------
+
+async def run_setup(ctx, quick):
+    from tests.lab.client import connect_client
+    from tests.lab.prosody import Prosody
+    wd, ca, dns = ctx["workdir"], ctx["ca"], ctx["dns"]
+    locals_ = ["home.test", "h2.test", "h3.test"] if not quick else ["home.test"]
+    gwcert = ca.issue("home.test", dns=["home.test", "h2.test", "h3.test"])
+    cfg = {
+        "dialback": dict(tls=None),
+        "starttls+dialback": dict(tls={"cafile": ca.untrusted_cafile, "secure_auth": False,
+                                       "require_encryption": True}),
+        "starttls+sasl": dict(tls={"cafile": ca.cafile, "secure_auth": True,
+                                   "require_encryption": True}),
+        "direct-tls": dict(tls={"cafile": ca.cafile, "secure_auth": True,
+                                "require_encryption": True, "direct_tls_port": 5270}),
+    }
+    started, clients, res = [], [], {}
+    comp = ComponentFactory("s2s.home.test")
+    port = reactor.listenTCP(5347, comp, interface=COMP_IP)
+    try:
+        servers = {}
+        for mode, ip in SETUP_PEERS.items():
+            dom = "p-" + mode.replace("+", "-") + ".test"
+            tls = cfg[mode]["tls"]
+            if tls is not None:
+                tls = dict(tls, certs={dom: ca.issue(dom, dns=[dom])})
+            p = Prosody(wd, "setup-" + mode.replace("+", "-"), ip, hosts=[dom],
+                        users=[(f"bob@{dom}", "pw")], dns=dns, tls=tls)
+            quiet(p).start()
+            started.append(p)
+            servers[mode] = (p, dom, ip)
+        gw = Gateway(wd, "setup-gateway", gateway_toml(
+            ip=GW_IP, component_host=COMP_IP, local_domains=["home.test", "h2.test", "h3.test"],
+            certfile=gwcert[0], cafile=ca.cafile, use_starttls="optional",
+            nameserver=f"{DNS_IP}:53")).start()
+        started.append(gw)
+        link = await comp.whenReady(30)
+        for mode, (p, dom, ip) in servers.items():
+            rx = await connect_client(reactor, f"bob@{dom}/r", "pw", ip)
+            clients.append(rx)
+            times = []
+            for i, local in enumerate(locals_):
+                sid = f"setup-{mode}-{i}"
+                d = rx.wait_for(lambda e, sid=sid: e.getAttribute("id") == sid, timeout=30)
+                t0 = time.monotonic()
+                link.transport.write(
+                    f"<message from='alice@{local}/bench' to='bob@{dom}/r' type='chat' "
+                    f"id='{sid}'><body>hello</body></message>".encode())
+                try:
+                    await d
+                    times.append((time.monotonic() - t0) * 1000)
+                except Exception as e:  # noqa: BLE001
+                    res[f"{mode}_error"] = str(e)[:200]
+                    break
+            res[mode] = {"ms": [round(t, 1) for t in times],
+                         "median_ms": statistics.median(times) if times else None,
+                         "prosody_view": _auth_summary(p)}
+        return res
+    finally:
+        for c in clients:
+            try:
+                c.connector.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+        for p in reversed(started):
+            p.stop()
+        port.stopListening()
+
+
+# -- scale ------------------------------------------------------------------
+
+async def run_scale(ctx, quick, big):
+    wd, ca = ctx["workdir"], ctx["ca"]
+    gwcert = ca.issue("home.test", dns=["home.test"])
+    loadcert = ca.issue("load.test", dns=["*.load.test"])
+    comp = ComponentFactory("s2s.home.test")
+    port = reactor.listenTCP(5347, comp, interface=COMP_IP)
+    res = {}
+    gw = lg = None
+    try:
+        gw = Gateway(wd, "scale-gateway", gateway_toml(
+            ip=GW_IP, component_host=COMP_IP, local_domains=["home.test"],
+            certfile=gwcert[0], cafile=ca.cafile, use_starttls="required")).start()
+        await comp.whenReady(30)
+        lg = Child(peers.loadgen_main, GW_IP, 5269, "home.test", str(loadcert[0]),
+                   str(ca.cafile), LOAD_IP)
+        # one stream first, so that one-time costs (TLS contexts, imports) are in the baseline
+        r = await lg.acall(("open", 1))
+        if r["open"] != 1:
+            raise RuntimeError(f"first stream failed: {r['errors']}")
+        await sleep(1)
+        if Gateway.tracemalloc:
+            os.kill(gw.pid, signal.SIGUSR2)
+            await sleep(1)
+        base_rss, base_fds = rss_kib(gw.pid), fd_count(gw.pid)
+        res["baseline_rss_kib"], res["baseline_fds"] = base_rss, base_fds
+        levels = [1000] + ([10000] if big else [])
+        for level in levels:
+            c0 = cpu_seconds(gw.pid)
+            r = await lg.acall(("open", level), timeout=900)
+            c1 = cpu_seconds(gw.pid)
+            await sleep(2)
+            rss, fds = rss_kib(gw.pid), fd_count(gw.pid)
+            idle = 5 if quick else 10
+            i0 = cpu_seconds(gw.pid)
+            await sleep(idle)
+            i1 = cpu_seconds(gw.pid)
+            res[str(level)] = {
+                "open": r["open"], "failed": r["failed"], "errors": r["errors"],
+                "open_seconds": r["seconds"], "handshakes_per_s": (r["open"] - 1) / r["seconds"],
+                "gateway_cpu_ms_per_handshake": (c1 - c0) * 1000 / max(1, r["open"] - 1),
+                "rss_kib": rss, "fds": fds,
+                "kib_per_stream": (rss - base_rss) / max(1, r["open"] - 1),
+                "idle_cpu_percent": (i1 - i0) / idle * 100,
+            }
+            if Gateway.tracemalloc:
+                os.kill(gw.pid, signal.SIGUSR2)
+                tm = gw.dir / "tracemalloc.txt"
+                await wait_until(lambda: tm.exists() and tm.stat().st_size > 0, 60,
+                                 what="tracemalloc dump")
+                await sleep(0.5)
+                res[str(level)]["tracemalloc"] = tm.read_text()
+                tm.unlink()
+            log(f"scale: {level} streams: {res[str(level)]}")
+        res["authenticated_in_log"] = gw.log_text().count("inbound stream s")
+        return res
+    finally:
+        if lg is not None:
+            try:
+                await lg.acall(("close",), timeout=30)
+            except Exception:  # noqa: BLE001
+                pass
+            lg.stop()
+        if gw is not None:
+            gw.stop()
+        port.stopListening()
+
+
+# -- report -----------------------------------------------------------------
+
+def machine():
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import twisted
+    try:
+        prosody = "prosody " + subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", "prosody"], capture_output=True, text=True,
+            timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        prosody = "?"
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "twisted": twisted.__version__, "prosody": prosody, "kernel": platform.release()}
+
+
+def fmt(v, unit="", digits=0):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        v = f"{v:,.{digits}f}"
+    else:
+        v = f"{v:,}" if isinstance(v, int) else str(v)
+    return f"{v}{unit}"
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
+def table(results):
+    rows = []
+    c, g, e, s, sc = (results.get(k) for k in SECTIONS)
+    if c:
+        rows += [("ceiling", "parse + serialize (one process)", fmt(c["stanzas_per_s"], "/s"), "", ""),
+                 ("ceiling", "parse only / serialize only",
+                  f"{fmt(c['parse_per_s'], '/s')} / {fmt(c['serialize_per_s'], '/s')}", "", "")]
+    if g and "max_per_s" in g:
+        rows += [("gateway", "max throughput (component → TLS s2s)", fmt(g["max_per_s"], "/s"),
+                  "", "")]
+        if c:
+            ratio = g["max_per_s"] / c["stanzas_per_s"]
+            g["vs_ceiling"] = ratio
+            rows += [("gateway", "share of ceiling", fmt(ratio * 100, "%", 1),
+                      f"≥ {TARGETS['gateway_vs_ceiling']:.0%}",
+                      verdict(ratio >= TARGETS["gateway_vs_ceiling"]))]
+        rows += [("gateway", "CPU s per 10 000 stanzas", fmt(g["cpu_s_per_10k"], " s", 2), "", ""),
+                 ("gateway", f"latency p50 / p99 at {g['half_rate_per_s']:,.0f}/s (50%)",
+                  f"{fmt(g['p50_ms'], ' ms', 2)} / {fmt(g['p99_ms'], ' ms', 2)}",
+                  f"p99 ≤ {TARGETS['p99_ms']} ms", verdict(g["p99_ms"] <= TARGETS["p99_ms"])),
+                 ] + [("gateway", f"latency p50 / p99 at {k} ({v['rate']:,.0f}/s)",
+                       f"{fmt(v['p50_ms'], ' ms', 2)} / {fmt(v['p99_ms'], ' ms', 2)}", "", "")
+                      for k, v in g.get("latency_sweep", {}).items()]
+    if e and "throughput_ratio" in e:
+        rows += [("e2e", "throughput gateway / native",
+                  f"{fmt(e['gateway_per_s'], '/s')} / {fmt(e['native_per_s'], '/s')} "
+                  f"= {e['throughput_ratio']:.2f}×", f"≥ {TARGETS['e2e_ratio']}×",
+                  verdict(e["throughput_ratio"] >= TARGETS["e2e_ratio"])),
+                 ("e2e", f"p50 latency gw / native at {e['latency_rate_per_s']:,.0f}/s",
+                  f"{fmt(e['gateway_p50_ms'], ' ms', 2)} / {fmt(e['native_p50_ms'], ' ms', 2)}"
+                  f" = {e['p50_ratio']:.2f}×", "", ""),
+                 ("e2e", "p99 latency gw / native",
+                  f"{fmt(e['gateway_p99_ms'], ' ms', 2)} / {fmt(e['native_p99_ms'], ' ms', 2)}"
+                  f" = {e['p99_ratio']:.2f}×", "", "")]
+    if s:
+        for mode in SETUP_PEERS:
+            if mode in s:
+                m = s[mode]
+                rows.append(("setup", f"{mode}: first stanza → delivered",
+                             f"{fmt(m['median_ms'], ' ms', 1)} (runs {m['ms']})", "",
+                             "" if m["median_ms"] is not None else "FAIL"))
+    if sc:
+        for level in ("1000", "10000"):
+            if level in sc:
+                x = sc[level]
+                ok = x["kib_per_stream"] <= TARGETS["kib_per_stream"]
+                rows += [(f"scale", f"{level} idle TLS streams: RSS per stream",
+                          f"{fmt(x['kib_per_stream'], ' KiB', 1)} "
+                          f"({x['open']} open, {x['failed']} failed)",
+                          f"≤ {TARGETS['kib_per_stream']} KiB", verdict(ok)),
+                         ("scale", f"{level}: RSS / fds / idle CPU",
+                          f"{fmt(x['rss_kib'] / 1024, ' MiB', 1)} / {x['fds']} / "
+                          f"{fmt(x['idle_cpu_percent'], '%', 2)}", "", ""),
+                         ("scale", f"{level}: TLS+SASL handshakes",
+                          f"{fmt(x['handshakes_per_s'], '/s')}, gateway "
+                          f"{fmt(x['gateway_cpu_ms_per_handshake'], ' ms', 2)} CPU each", "", "")]
+    widths = [max(len(str(r[i])) for r in rows + [("section", "figure", "value", "target", "")])
+              for i in range(5)]
+    out = []
+    head = ("section", "figure", "value", "target", "")
+    for r in [head] + rows:
+        out.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+        if r is head:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+async def main(args):
+    results = {"machine": machine(), "quick": args.quick, "nodelay_experiment": args.nodelay,
+               "command": "python bench/run.py " + " ".join(sys.argv[1:])}
+    only = args.only or list(SECTIONS)
+    workdir = Path(tempfile.mkdtemp(prefix="s2sgate-bench-"))
+    ctx = {"workdir": workdir, "ca": TestCA(workdir / "ca")}
+    log(f"workdir {workdir}")
+    started = time.monotonic()
+    dns = None
+    try:
+        if "e2e" in only or "setup" in only:
+            from tests.lab.dns import TestDNS
+            dns = TestDNS(workdir / "dns", ip=DNS_IP)
+            dns.add_host("remote2.test", NAT_B)
+            dns.add_srv("_xmpp-server._tcp.remote2.test", "remote2.test", 5269)
+            for d in ("home.test", "h2.test", "h3.test"):
+                dns.add_srv(f"_xmpp-server._tcp.{d}", "gw.home.test", 5269)
+            dns.add_host("gw.home.test", GW_IP)
+            for mode, ip in SETUP_PEERS.items():
+                dom = "p-" + mode.replace("+", "-") + ".test"
+                if mode == "direct-tls":
+                    dns.add_srv(f"_xmpps-server._tcp.{dom}", f"tls.{dom}", 5270)
+                    dns.add_no_service(f"_xmpp-server._tcp.{dom}")
+                    dns.add_host(f"tls.{dom}", ip)
+                else:
+                    dns.add_srv(f"_xmpp-server._tcp.{dom}", dom, 5269)
+                    dns.add_host(dom, ip)
+            dns.start()
+            if dns.ip != DNS_IP:
+                raise RuntimeError(f"test DNS could not bind {DNS_IP}:53")
+            ctx["dns"] = dns
+        for section in SECTIONS:
+            if section not in only:
+                continue
+            t = time.monotonic()
+            log(f"section {section} …")
+            try:
+                if section == "ceiling":
+                    results[section] = run_ceiling(args.quick)
+                elif section == "gateway":
+                    results[section] = await run_gateway(ctx, args.quick, args.profile)
+                elif section == "e2e":
+                    results[section] = await run_e2e(ctx, args.quick)
+                elif section == "setup":
+                    results[section] = await run_setup(ctx, args.quick)
+                elif section == "scale":
+                    results[section] = await run_scale(ctx, args.quick, not args.quick)
+            except Exception as e:  # noqa: BLE001
+                import traceback
+                traceback.print_exc()
+                results[section] = {"error": f"{type(e).__name__}: {e}"}
+            log(f"section {section} done in {time.monotonic() - t:.1f}s")
+    finally:
+        if dns is not None:
+            dns.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["seconds"] = round(time.monotonic() - started, 1)
+    m = results["machine"]
+    print(f"\ns2sgate benchmark ({'quick' if args.quick else 'full'}; {m['nproc']} × {m['cpu']}; "
+          f"Python {m['python']}, Twisted {m['twisted']}, {m['prosody']}; "
+          f"{results['seconds']} s)\n")
+    print(table(results))
+    for k in SECTIONS:
+        if isinstance(results.get(k), dict) and "error" in results[k]:
+            print(f"\n{k}: ERROR {results[k]['error']}")
+    prof = (results.get("gateway") or {}).get("profile")
+    if prof and "self" in prof:
+        print(f"\ngateway profile ({prof['busy_samples']} busy samples), top self time:")
+        for f, p in prof["self"]:
+            print(f"  {p:5.1f}%  {f}")
+        print("top inclusive:")
+        for f, p in prof["inclusive"]:
+            print(f"  {p:5.1f}%  {f}")
+    out = Path(args.output)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nwritten {out}")
+
+
+def cli():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller runs, no 10 000-stream test")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
+                    help=f"run only these sections: {', '.join(SECTIONS)}")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy the gateway during one throughput run (pip install py-spy)")
+    ap.add_argument("--nodelay", action="store_true",
+                    help="experiment: run the gateway with TCP_NODELAY on its streams")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="experiment: trace the gateway's Python allocations in the scale section")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--output", default=str(BENCH / "results.json"))
+    args = ap.parse_args()
+    raise_nofile()
+    Gateway.nodelay = args.nodelay
+    Gateway.tracemalloc = args.tracemalloc
+    task.react(lambda _: defer.ensureDeferred(main(args)))
+
+
+if __name__ == "__main__":
+    cli()

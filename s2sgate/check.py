@@ -1,0 +1,1210 @@
+# -*- test-case-name: tests.test_check -*-
+"""
+C{s2sgate check DOMAIN}: can this gateway federate with DOMAIN, and if not,
+what exactly is wrong and what should be changed?
+
+The checks are the ones federation how-tos walk through by hand, in order:
+
+ 1. DNS: the domain's IDNA form, the C{_xmpps-server._tcp} and
+    C{_xmpp-server._tcp} SRV records (or the A/AAAA fallback on port 5269),
+    every target's addresses;
+ 2. TCP: is each target address reachable;
+ 3. stream: an XMPP stream header and the stream features of the first
+    reachable target (TLS first for direct TLS targets);
+ 4. TLS: STARTTLS (or direct TLS), protocol and cipher, the certificate
+    chain and whether it is valid for the domain;
+ 5. authentication after TLS: SASL EXTERNAL and dialback offered?
+ 6. for one of our own domains: our certificate and every
+    C{domain_certfile} entry.
+
+Each step is a L{Step}: a status (ok, warn, fail, skipped), one-line
+summary, details, advice (what to change), and whether it makes federation
+impossible (C{fatal}).  L{Checker.run} calls C{emit(step)} as each step
+finishes, so a terminal shows progress; L{Report} holds the result for
+C{--json}.
+
+DNS goes through L{S2SResolver}, the gateway's own resolver, so the check
+asks exactly the nameservers the gateway would (never the system resolver
+when nameservers are configured), and TLS through L{TLSContexts} /
+L{TrustStore}, so the certificate verdict is the gateway's verdict.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import idna
+from twisted.internet import defer
+from twisted.internet.defer import DeferredQueue
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.names import dns, error as dnsError
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from s2sgate.config import DomainCert, S2SConfig
+from s2sgate.connector import describeConnectError
+from s2sgate.dialback import NS_DB, NS_DB_FEATURE
+from s2sgate.domain import InvalidDomain, normalize
+from s2sgate.resolver import (
+    XMPP_SERVER,
+    XMPPS_SERVER,
+    Address,
+    DNSFailure,
+    S2SResolver,
+    Target,
+)
+from s2sgate.security import NS_SASL, NS_TLS, SecurityPolicy
+from s2sgate.stream import NS_SERVER, parseStreamError, streamHeader
+from s2sgate.xmlparser import NS_STREAMS, StreamError, StreamParser
+
+__all__ = ["CheckOptions", "Step", "Report", "Checker", "TextPrinter", "CHECK_FROM"]
+
+CHECK_FROM = "check.invalid"
+EXPIRY_WARNING_DAYS = 14
+
+OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
+
+
+# --- results ---------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One checked step and what to do about it."""
+
+    name: str  # stable machine name, e.g. "srv", "tcp", "certificate"
+    title: str  # human label, e.g. "SRV _xmpp-server._tcp.example.com"
+    status: str = OK
+    summary: str = ""
+    details: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+    fatal: bool = False  # federation cannot work because of this step
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool | None:
+        if self.status == SKIPPED:
+            return None
+        return self.status in (OK, WARN)
+
+    def fail(self, summary: str, *advice: str, fatal: bool = True) -> "Step":
+        self.status = FAIL
+        self.summary = summary
+        self.advice += [a for a in advice if a]
+        self.fatal = fatal
+        return self
+
+    def warn(self, summary: str | None, *advice: str) -> "Step":
+        if self.status == OK:
+            self.status = WARN
+        if summary is not None:
+            self.summary = summary
+        self.advice += [a for a in advice if a]
+        return self
+
+    def toJSON(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+@dataclass
+class Report:
+    domain: str
+    asciiDomain: str | None = None
+    local: str = CHECK_FROM
+    nameservers: str = ""
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def fatal(self) -> list[Step]:
+        return [s for s in self.steps if s.fatal]
+
+    @property
+    def exitCode(self) -> int:
+        return 1 if self.fatal else 0
+
+    def verdict(self) -> str:
+        name = self.asciiDomain or self.domain
+        fatal = self.fatal
+        if fatal:
+            return f"federation with {name} cannot work: {fatal[0].summary}"
+        failed = [s for s in self.steps if s.status == FAIL]
+        warned = [s for s in self.steps if s.status == WARN]
+        text = f"federation with {name} can work"
+        problems = []
+        if failed:
+            problems.append(f"{len(failed)} failed step{'s' if len(failed) > 1 else ''}")
+        if warned:
+            problems.append(f"{len(warned)} warning{'s' if len(warned) > 1 else ''}")
+        if problems:
+            text += f", but see the {' and '.join(problems)} above"
+        return text
+
+    def toJSON(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "ascii_domain": self.asciiDomain,
+            "from": self.local,
+            "nameservers": self.nameservers,
+            "steps": [s.toJSON() for s in self.steps],
+            "verdict": {"ok": not self.fatal, "exit_status": self.exitCode,
+                        "text": self.verdict()},
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.toJSON(), indent=2, ensure_ascii=False)
+
+
+# --- options -----------------------------------------------------------------------
+
+
+@dataclass
+class CheckOptions:
+    """What to check and with which settings (from the config and the command line)."""
+
+    domain: str
+    s2s: S2SConfig = field(default_factory=S2SConfig)
+    localDomains: tuple[str, ...] = ()
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 10
+    dnsTimeout: float = 10
+    dnsRetries: int = 1
+    configPath: str | None = None
+
+
+# --- the stream probe ----------------------------------------------------------
+
+
+@implementer(IHandshakeListener)
+class ProbeStream(Protocol):
+    """
+    A client stream driven from a coroutine: every parser event, the TLS
+    handshake and the end of the connection land in L{events} as
+    C{(kind, value)}: C{header}, C{element}, C{end}, C{error}
+    (a L{StreamError}), C{tls}, C{lost} (a Failure).
+    """
+
+    def __init__(self, maxStanzaBytes: int = 524288):
+        self.events: DeferredQueue = DeferredQueue()
+        self.parser = StreamParser(self._header, self._element, self._end,
+                                   maxStanzaBytes=maxStanzaBytes)
+        self.lost = False
+
+    def _header(self, e):
+        self.events.put(("header", e))
+
+    def _element(self, e):
+        self.events.put(("element", e))
+
+    def _end(self):
+        self.events.put(("end", None))
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self.parser.feed(data)
+        except StreamError as e:
+            self.events.put(("error", e))
+            self.transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        self.events.put(("tls", None))
+
+    def connectionLost(self, reason) -> None:
+        self.lost = True
+        self.events.put(("lost", reason))
+
+    def sendHeader(self, to: str, frm: str) -> None:
+        self.transport.write(streamHeader(
+            NS_SERVER, {"from": frm, "to": to, "version": "1.0"},
+            extraNs=(("db", NS_DB),)))
+
+    def send(self, element: domish.Element) -> None:
+        self.transport.write(element.toXml().encode("utf-8"))
+
+    def close(self) -> None:
+        if not self.lost:
+            try:
+                self.transport.write(b"</stream:stream>")
+            except Exception:
+                pass
+            self.transport.loseConnection()
+
+    async def next(self, reactor, timeout: float):
+        d = self.events.get()
+        d.addTimeout(timeout, reactor)
+        return await d
+
+
+class _Probe(Exception):
+    """
+    A stream step failed: C{summary} is one line, C{advice} what to change,
+    C{condition} the stream error condition the peer sent, if any.
+    """
+
+    def __init__(self, summary: str, *advice: str, condition: str | None = None):
+        super().__init__(summary)
+        self.summary = summary
+        self.advice = [a for a in advice if a]
+        self.condition = condition
+
+
+# Stream errors by which a peer says it will not accept us (our certificate).
+AUTH_CONDITIONS = ("not-authorized", "policy-violation")
+
+
+@dataclass
+class Features:
+    starttls: bool = False
+    starttlsRequired: bool = False
+    dialback: bool = False
+    mechanisms: list[str] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, element: domish.Element) -> "Features":
+        f = cls()
+        for child in element.elements():
+            key = (child.uri, child.name)
+            if key == (NS_TLS, "starttls"):
+                f.starttls = True
+                f.starttlsRequired = any(c.name == "required" for c in child.elements())
+            elif key == (NS_SASL, "mechanisms"):
+                f.mechanisms = [str(m).strip() for m in child.elements()
+                                if m.name == "mechanism"]
+            elif key == (NS_DB_FEATURE, "dialback"):
+                f.dialback = True
+            else:
+                f.other.append(f"{{{child.uri}}}{child.name}" if child.uri else child.name)
+        return f
+
+    def toJSON(self) -> dict[str, Any]:
+        return {"starttls": self.starttls, "starttls_required": self.starttlsRequired,
+                "dialback": self.dialback, "sasl_mechanisms": list(self.mechanisms),
+                "other": list(self.other)}
+
+    def describe(self) -> str:
+        parts = []
+        if self.starttls:
+            parts.append("STARTTLS (required)" if self.starttlsRequired else "STARTTLS")
+        if self.mechanisms:
+            parts.append("SASL " + " ".join(self.mechanisms))
+        if self.dialback:
+            parts.append("dialback")
+        if self.other:
+            parts.append(f"{len(self.other)} other")
+        return ", ".join(parts) or "none"
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _srvLine(service: str, domain: str, target: str) -> str:
+    """An example zone-file line for an SRV record pointing at C{target} port 5269."""
+    return f"{service}{domain}. 3600 IN SRV 0 5 5269 {target}."
+
+
+def _targetName(r: dns.Record_SRV) -> str:
+    name = r.target.name
+    name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+    return name.rstrip(".").lower()
+
+
+def _isPrivate(ip: str) -> bool:
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return a.is_private or a.is_loopback or a.is_link_local
+
+
+def _day(when: _dt.datetime | None) -> str:
+    return when.strftime("%Y-%m-%d") if when else "?"
+
+
+def _daysLeft(when: _dt.datetime | None, now: _dt.datetime) -> int | None:
+    if when is None:
+        return None
+    return int((when - now).total_seconds() // 86400)
+
+
+def _unicodeForm(ascii: str) -> str | None:
+    try:
+        u = idna.decode(ascii)
+    except (idna.IDNAError, UnicodeError):
+        return None
+    return u if u != ascii else None
+
+
+def _oneLine(text: Any) -> str:
+    s = str(text).strip().splitlines()
+    s = s[0] if s else ""
+    return "".join(c if c.isprintable() else "?" for c in s)[:200]
+
+
+def _where(address: Address, target: Target) -> str:
+    w = f"{address} ({target.host}"
+    return w + (", direct TLS)" if target.direct_tls else ")")
+
+
+# --- the checker -----------------------------------------------------------------------
+
+
+class Checker:
+    """
+    Runs the steps for one domain.
+
+    @param reactor: the reactor (time, TCP).
+    @param options: a L{CheckOptions}.
+    @param emit: called with each L{Step} as it is finished.
+    @param tls: a L{s2sgate.tls.TLSContexts} (built from the options when
+        omitted; L{s2sgate.tls.TLSSetupError} for an unusable C{cafile}).
+    @param resolver: an L{S2SResolver} (built from the options when omitted).
+    """
+
+    def __init__(self, reactor, options: CheckOptions,
+                 emit: Callable[[Step], None] = lambda step: None,
+                 tls=None, resolver: S2SResolver | None = None,
+                 now: _dt.datetime | None = None):
+        self.reactor = reactor
+        self.options = options
+        self.emit = emit
+        self.s2s = options.s2s
+        self.policy = SecurityPolicy(self.s2s)
+        self.now = now or _dt.datetime.now(_dt.timezone.utc)
+        self.report = Report(options.domain)
+        self.tlsProblem: str | None = None
+        self.peerCertificate = None  # the verdict on the peer's certificate
+        self.tls = tls if tls is not None else self._tlsContexts()
+        if resolver is None:
+            resolver = S2SResolver(
+                reactor, timeout=options.dnsTimeout, retries=options.dnsRetries,
+                nameservers=options.nameservers, port=self.s2s.outgoing.port,
+                ip_versions=self.s2s.outgoing.ip_versions)
+        self.resolver = resolver
+        if options.nameservers:
+            self.report.nameservers = ", ".join(
+                f"[{ip}]:{p}" if ":" in ip else f"{ip}:{p}" for ip, p in options.nameservers)
+        else:
+            self.report.nameservers = "the system's (/etc/resolv.conf)"
+        self.domain = ""  # the A-label form, once known
+        self.local = CHECK_FROM
+
+    def _tlsContexts(self):
+        from s2sgate.tls import TLSContexts, TLSSetupError
+
+        try:
+            return TLSContexts(self.s2s, self.options.localDomains)
+        except TLSSetupError as e:
+            if e.key == "s2s.cafile":
+                raise
+            # Our own certificates are broken: still check the peer (without
+            # presenting one) and report the problem in the local steps.
+            self.tlsProblem = str(e)
+            from dataclasses import replace
+            return TLSContexts(replace(self.s2s, certfile=None, domain_certfile=()),
+                               self.options.localDomains)
+
+    def _add(self, step: Step) -> Step:
+        self.report.steps.append(step)
+        try:
+            self.emit(step)
+        except Exception:
+            pass
+        return step
+
+    def _skip(self, name: str, title: str, why: str) -> None:
+        self._add(Step(name, title, SKIPPED, f"not checked: {why}"))
+
+    async def _guard(self, name: str, title: str, coro) -> Any:
+        """Run one step's coroutine; an unexpected exception fails the step."""
+        try:
+            return await coro
+        except defer.CancelledError:
+            raise
+        except Exception as e:  # never a traceback for the operator
+            self._add(Step(name, title).fail(
+                f"unexpected error: {type(e).__name__}: {_oneLine(e)}",
+                "this is a bug in s2sgate check; please report it with this output"))
+            return None
+
+    # -- the run ------------------------------------------------------------------
+
+    async def run(self) -> Report:
+        if not self._name():
+            return self.report
+        self.local = self._localName()
+        self.report.local = self.local
+        targets = await self._guard("srv", "SRV records", self._srvSteps())
+        if not targets:
+            self._skipRemote("no XMPP service found in DNS")
+        else:
+            resolved = await self._guard("addresses", "addresses", self._addresses(targets))
+            if not resolved:
+                self._skipRemote("no target has an address")
+            else:
+                reachable = await self._guard("tcp", "TCP", self._tcp(resolved))
+                if not reachable:
+                    self._skipRemote("no target is reachable", fromStep="stream")
+                else:
+                    await self._guard("stream", "stream", self._negotiate(*reachable[0]))
+        if self.domain in self.options.localDomains:
+            await self._guard("our-certificate", "our certificate", self._localSteps())
+        return self.report
+
+    def _skipRemote(self, why: str, fromStep: str = "tcp") -> None:
+        names = [("tcp", "TCP"), ("stream", "stream"), ("tls", "TLS"),
+                 ("certificate", "certificate"), ("authentication", "authentication")]
+        started = False
+        for name, title in names:
+            started = started or name == fromStep
+            if started:
+                self._skip(name, title, why)
+
+    # -- 1. DNS -----------------------------------------------------------------------
+
+    def _name(self) -> bool:
+        step = Step("name", "domain")
+        raw = self.options.domain
+        text = raw.strip()
+        if len(text) > 1 and text.endswith("."):
+            text = text[:-1]  # a fully qualified name is fine
+        try:
+            self.domain = normalize(text)
+        except InvalidDomain as e:
+            self._add(step.fail(
+                f"{raw!r} is not a valid domain name ({_oneLine(e)})",
+                "give the domain part of an XMPP address, e.g. example.com "
+                "(no scheme, port or user)"))
+            return False
+        self.report.asciiDomain = self.domain
+        step.data = {"input": raw, "ascii": self.domain,
+                     "unicode": _unicodeForm(self.domain) or self.domain}
+        if self.domain != raw:
+            step.summary = f"{raw} is {self.domain} in DNS (IDNA 2008 A-label form)"
+            if raw.lower() != self.domain:
+                step.details.append(f"use {self.domain} in zone files and certificates")
+        else:
+            unicode = _unicodeForm(self.domain)
+            step.summary = self.domain + (f" ({unicode})" if unicode else "")
+        override = next((a for a in self.s2s.address if a.host == self.domain), None)
+        if override is not None:
+            step.details.append(
+                f"note: s2s.address in the config sends {self.domain} to "
+                f"{override.ip_address}:{override.port}; the gateway skips DNS for it "
+                "(DNS is checked anyway, for the servers that use it)")
+        self._add(step)
+        return True
+
+    def _localName(self) -> str:
+        for d in self.options.localDomains:
+            if d != self.domain:
+                return d
+        return CHECK_FROM
+
+    async def _lookupSRV(self, service: str):
+        """C{(records, None)}, C{("none", None)}, C{("dot", record)} or C{(None, error)}."""
+        name = service + self.domain
+        try:
+            answers, _authority, _additional = await self.resolver.resolver.lookupService(
+                name, timeout=self.resolver.queryTimeout)
+        except dnsError.DNSNameError:
+            return "none", "nxdomain"
+        except Exception as e:
+            if isinstance(e, (defer.TimeoutError, TimeoutError)):
+                return None, f"no answer from the nameserver ({self.report.nameservers})"
+            return None, f"lookup failed ({type(e).__name__}: {_oneLine(e)})"
+        records = [a.payload for a in answers if a.type == dns.SRV]
+        if not records:
+            return "none", "nodata"
+        if len(records) == 1 and _targetName(records[0]) == "":
+            return "dot", records[0]
+        records = [r for r in records if _targetName(r) != ""]
+        records.sort(key=lambda r: (r.priority, -r.weight, _targetName(r), r.port))
+        return records, None
+
+    async def _srvSteps(self) -> list[Target]:
+        d = self.domain
+        (xmpps, xmppsErr), (xmpp, xmppErr) = await defer.gatherResults(
+            [defer.ensureDeferred(self._lookupSRV(XMPPS_SERVER)),
+             defer.ensureDeferred(self._lookupSRV(XMPP_SERVER))], consumeErrors=True)
+        targets: list[Target] = []
+
+        # _xmpps-server: optional, never fatal by itself.
+        step = Step("srv-xmpps", f"SRV {XMPPS_SERVER}{d}")
+        if xmpps is None:
+            step.warn(f"lookup failed: {xmppsErr}",
+                      "direct TLS is optional; check the nameserver if you published it")
+        elif xmpps == "none":
+            step.summary = "none (no direct TLS; optional)"
+        elif xmpps == "dot":
+            step.summary = "'.' — direct TLS explicitly not offered"
+        else:
+            step.summary = f"{len(xmpps)} target{'s' if len(xmpps) > 1 else ''} (direct TLS, XEP-0368)"
+            step.details = [f"priority {r.priority} weight {r.weight} port {r.port} "
+                            f"{_targetName(r)}." for r in xmpps]
+            step.data["records"] = [{"priority": r.priority, "weight": r.weight,
+                                     "port": r.port, "target": _targetName(r)} for r in xmpps]
+            targets += [Target(_targetName(r), r.port, True) for r in xmpps]
+        self._add(step)
+
+        step = Step("srv", f"SRV {XMPP_SERVER}{d}")
+        example = _srvLine(XMPP_SERVER, d, target=f"xmpp.{d}")
+        if xmpp is None:
+            self._add(step.fail(
+                f"lookup failed: {xmppErr}",
+                f"make sure the nameserver answers ({self.report.nameservers}); "
+                "use --nameserver to ask another one", fatal=not targets))
+            return targets
+        if xmpp == "dot":
+            step.data["records"] = []
+            if targets:
+                self._add(step.warn(
+                    "'.' — no STARTTLS service; only direct TLS is offered",
+                    f"servers without XEP-0368 cannot reach {d}; publish `{example}` "
+                    "for them"))
+                return targets
+            self._add(step.fail(
+                f"{d} publishes SRV '.': it says it has no XMPP federation service",
+                f"if {d} should federate, replace the '.' record with one pointing at "
+                f"the server, e.g. `{example}`"))
+            return targets
+        if isinstance(xmpp, list):
+            step.summary = f"{len(xmpp)} target{'s' if len(xmpp) > 1 else ''}"
+            step.details = [f"priority {r.priority} weight {r.weight} port {r.port} "
+                            f"{_targetName(r)}." for r in xmpp]
+            step.data["records"] = [{"priority": r.priority, "weight": r.weight,
+                                     "port": r.port, "target": _targetName(r)} for r in xmpp]
+            targets += [Target(_targetName(r), r.port, False) for r in xmpp]
+            self._add(step)
+            return targets
+        # No _xmpp-server records at all.
+        step.data["records"] = []
+        if targets:
+            self._add(step.warn(
+                "none; only direct TLS (_xmpps-server) is published",
+                f"servers without XEP-0368 fall back to {d}:5269; add `{example}` for them"))
+            return targets
+        port = self.s2s.outgoing.port
+        try:
+            await self.resolver.addresses(d, port)
+        except DNSFailure:
+            # The addresses step says why; an SRV record is the way out.
+            step.fail(f"none, and no A/AAAA records for {d} to fall back to",
+                      f"publish `{example}` and addresses for its target",
+                      fatal=False)
+        else:
+            step.warn(f"none: servers fall back to {d} port {port} (A/AAAA)",
+                      f"this works, but an SRV record is recommended: add "
+                      f"`{_srvLine(XMPP_SERVER, d, target=d)}` (or point it at the host "
+                      "that runs the XMPP server)")
+        self._add(step)
+        return [Target(d, port)]
+
+    async def _addresses(self, targets: list[Target]) -> list[tuple[Target, list[Address]]]:
+        step = Step("addresses", "addresses")
+        resolved: list[tuple[Target, list[Address]]] = []
+        failures = []
+        seen: dict[str, list[Address] | str] = {}
+        for t in targets:
+            key = t.host
+            if key not in seen:
+                try:
+                    seen[key] = await self.resolver.addresses(t.host, t.port)
+                except DNSFailure as e:
+                    seen[key] = e.text.removeprefix("DNS: ")
+                res = seen[key]
+                step.details.append(f"{t.host}: {res}" if isinstance(res, str) else
+                                    f"{t.host} → {', '.join(a.ip for a in res)}")
+            res = seen[key]
+            if isinstance(res, str):
+                failures.append((t, res))
+                continue
+            addrs = [Address(a.ip, t.port, a.family) for a in res]
+            resolved.append((t, addrs))
+        private = sorted({a.ip for _, addrs in resolved for a in addrs if _isPrivate(a.ip)})
+        if private:
+            step.details.append(
+                f"note: {', '.join(private)}: private or loopback, not reachable from the "
+                "Internet (fine on a LAN or in a test)")
+        step.data["targets"] = [
+            {"host": t.host, "port": t.port, "direct_tls": t.direct_tls,
+             "addresses": [a.ip for a in addrs]} for t, addrs in resolved]
+        hosts = sorted({t.host for t in targets})
+        if not resolved:
+            d = self.domain
+            if len(targets) == 1 and targets[0].host == d and "no such domain" in failures[0][1]:
+                step.fail(f"{d} does not exist in DNS (NXDOMAIN)",
+                          f"check the spelling; if {d} is yours, publish it at your DNS "
+                          f"provider: an SRV record `{_srvLine(XMPP_SERVER, d, target=f'xmpp.{d}')}` "
+                          f"and A/AAAA records for its target")
+            else:
+                step.fail(f"no address for {', '.join(hosts)}",
+                          *[f"add an A and/or AAAA record for {t.host} "
+                            "(an SRV target must be a host name with addresses, not a CNAME)"
+                            for t in {t.host: t for t, _ in failures}.values()])
+        else:
+            n = len({a.ip for _, addrs in resolved for a in addrs})
+            step.summary = f"{n} address{'es' if n > 1 else ''} for {len(resolved)} target{'s' if len(resolved) > 1 else ''}"
+            for t, why in failures:
+                step.warn(None, f"{t.host} (port {t.port}) has no address ({why}): add an "
+                                "A/AAAA record for it or remove its SRV record")
+        self._add(step)
+        return resolved
+
+    # -- 2. TCP -------------------------------------------------------------------------
+
+    def _endpoint(self, address: Address):
+        timeout = self.options.timeout
+        if address.family == 6:
+            return TCP6ClientEndpoint(self.reactor, address.ip, address.port, timeout=timeout)
+        return TCP4ClientEndpoint(self.reactor, address.ip, address.port, timeout=timeout)
+
+    async def _reach(self, address: Address) -> tuple[bool, str, bool]:
+        try:
+            proto = await self._endpoint(address).connect(Factory.forProtocol(Protocol))
+        except Exception as e:
+            text, timedOut = describeConnectError(e)
+            return False, text, timedOut
+        proto.transport.abortConnection()
+        return True, "open", False
+
+    async def _tcp(self, resolved) -> list[tuple[Target, Address]]:
+        step = Step("tcp", "TCP")
+        pairs = [(t, a) for t, addrs in resolved for a in addrs]
+        results = await defer.gatherResults(
+            [defer.ensureDeferred(self._reach(a)) for _, a in pairs], consumeErrors=True)
+        reachable = []
+        closed = []
+        for (t, a), (ok, text, timedOut) in zip(pairs, results):
+            step.details.append(f"{_where(a, t)}: {text}")
+            step.data.setdefault("addresses", []).append(
+                {"address": str(a), "host": t.host, "direct_tls": t.direct_tls,
+                 "open": ok, "error": None if ok else text})
+            if ok:
+                reachable.append((t, a))
+            else:
+                closed.append((t, a, text, timedOut))
+        advice = []
+        for t, a, text, timedOut in closed:
+            if timedOut:
+                why = f"port {a.port} on {a.ip} is closed or filtered (no answer in {self.options.timeout:g} s)"
+            elif text == "connection refused":
+                why = f"port {a.port} on {a.ip} is closed (connection refused: nothing listens there, or a firewall rejects)"
+            else:
+                why = f"port {a.port} on {a.ip} cannot be reached ({text})"
+            advice.append(
+                f"{why}: make the XMPP server listen on port {a.port}, open it in the firewall "
+                f"(e.g. `ufw allow {a.port}/tcp`), and if the server is behind NAT forward "
+                f"port {a.port} on the router to it")
+        if not reachable:
+            step.fail(f"no address of {self.domain}'s servers is reachable "
+                      f"({closed[0][2]} on {closed[0][1]})", *advice)
+        else:
+            step.summary = f"{len(reachable)} of {len(pairs)} reachable"
+            if closed:
+                step.warn(None, *advice)
+        self._add(step)
+        return reachable
+
+    # -- 3.-5. stream, TLS, certificate, authentication ---------------------------------
+
+    async def _negotiate(self, target: Target, address: Address) -> None:
+        d, where = self.domain, _where(address, target)
+        stream = Step("stream", "stream")
+        stream.data = {"address": str(address), "host": target.host,
+                       "direct_tls": target.direct_tls, "from": self.local}
+        tlsStep = Step("tls", "TLS")
+        proto = ProbeStream(self.s2s.stanza_size_limit)
+        endpoint = self._endpoint(address)
+        if target.direct_tls:
+            endpoint = wrapClientTLS(self.tls.clientCreator(d, self.local, alpn=True), endpoint)
+        try:
+            await endpoint.connect(Factory.forProtocol(lambda: proto))
+        except Exception as e:
+            text, _ = describeConnectError(e)
+            self._add(stream.fail(f"cannot connect to {where} any more ({text})"))
+            self._skipRemote("no connection", fromStep="tls")
+            return
+        self._phase = "stream"
+        try:
+            await self._converse(proto, target, where, stream, tlsStep)
+        except _Probe as p:
+            self._probeFailed(p, stream, tlsStep)
+        finally:
+            proto.close()
+
+    def _probeFailed(self, p: "_Probe", stream: Step, tlsStep: Step) -> None:
+        """Put a failed stream conversation into the right step."""
+        added = lambda step: any(s is step for s in self.report.steps)  # noqa: E731
+        if p.condition in AUTH_CONDITIONS and added(tlsStep):
+            # After TLS the peer judged us (our certificate) and said no.
+            if not added(stream):
+                self._add(stream.warn(f"{stream.data.get('where')}: the peer ended the "
+                                      "stream before its features"))
+            self._auth(None, secure=True, refused=p)
+            return
+        if self._phase == "stream":
+            self._add(stream.fail(p.summary, *p.advice))
+            if not added(tlsStep):
+                self._skipRemote("no stream", fromStep="tls")
+            else:
+                self._skip("authentication", "authentication", "no stream")
+        elif self._phase == "tls":
+            self._add(tlsStep.fail(p.summary, *p.advice, fatal=self.policy.mustEncrypt(self.domain)))
+            self._skip("certificate", "certificate", "no TLS")
+            if not added(stream):
+                self._skip("stream", "stream", "no TLS")
+            self._skip("authentication", "authentication", "no TLS")
+        else:
+            step = Step("authentication", "authentication")
+            self._add(step.fail(p.summary, *p.advice))
+
+    async def _expect(self, proto: ProbeStream, timeout: float, what: str, where: str):
+        """The next event that is not a keepalive; L{_Probe} on errors and timeouts."""
+        try:
+            kind, value = await proto.next(self.reactor, timeout)
+        except defer.TimeoutError:
+            raise _Probe(f"{where} sent no {what} within {timeout:g} s",
+                         "is this port served by an XMPP server (and not a proxy or "
+                         "another service)? try --timeout with a larger value") from None
+        if kind == "lost":
+            raise _Probe(f"{where} closed the connection instead of sending {what} "
+                         f"({_oneLine(value.getErrorMessage())})",
+                         "check the server's log; the port may belong to another "
+                         "service, or the server may refuse our address") from None
+        if kind == "error":
+            raise _Probe(f"{where} sent invalid XML ({value}): not an XMPP server?",
+                         "make sure the SRV record points at the XMPP server's s2s port "
+                         "(5269, or 5270 for direct TLS)")
+        if kind == "end":
+            raise _Probe(f"{where} closed the stream instead of sending {what}")
+        if kind == "element" and (value.uri, value.name) == (NS_STREAMS, "error"):
+            condition, text = parseStreamError(value)
+            raise _Probe(*self._streamErrorAdvice(condition, text, where),
+                         condition=condition)
+        return kind, value
+
+    def _streamErrorAdvice(self, condition: str, text: str | None, where: str):
+        d = self.domain
+        summary = f"{where} sent stream error {condition}" + (f" ({text})" if text else "")
+        if condition == "host-unknown":
+            return summary, (f"the server at {where} does not serve {d}: add {d} as a host "
+                             f"(Prosody: VirtualHost \"{d}\"; ejabberd: hosts), or fix the "
+                             "SRV record so that it points at the server that does")
+        if condition in ("not-authorized", "policy-violation"):
+            return summary, (f"{d} refuses servers it cannot authenticate; it may require a "
+                             "valid certificate from us (run check with --config so that "
+                             "ours is presented)")
+        return summary, "see the text of the error and the remote server's log"
+
+    async def _header(self, proto, where, timeout):
+        kind, header = await self._expect(proto, timeout, "a stream header", where)
+        if kind != "header":
+            raise _Probe(f"{where} sent <{getattr(header, 'name', kind)}/> before a stream header")
+        if (header.uri, header.name) != (NS_STREAMS, "stream"):
+            raise _Probe(f"{where} answered with <{header.name}/>, not an XMPP stream",
+                         "make sure the SRV record points at the XMPP s2s port")
+        return header
+
+    async def _features(self, proto, where, timeout) -> Features:
+        while True:
+            kind, e = await self._expect(proto, timeout, "stream features", where)
+            if kind == "element" and (e.uri, e.name) == (NS_STREAMS, "features"):
+                return Features.parse(e)
+
+    async def _converse(self, proto, target, where, stream, tlsStep):
+        d, timeout = self.domain, self.options.timeout
+        stream.data["where"] = where
+        proto.sendHeader(d, self.local)
+        if target.direct_tls:
+            # TLS comes first: judge it before the stream.
+            self._phase = "tls"
+            try:
+                kind, _ = await self._expect(proto, timeout, "a TLS handshake", where)
+            except _Probe as p:
+                raise _Probe(f"the direct TLS handshake with {where} failed: {p.summary}",
+                             f"port {target.port} is published as _xmpps-server (direct "
+                             "TLS): the server must speak TLS there (ALPN xmpp-server); "
+                             "remove the SRV record if it does not") from None
+            if kind != "tls":
+                raise _Probe(f"{where}: TLS did not come first on a direct TLS port")
+            tlsStep.summary = "direct TLS (XEP-0368)"
+            self._tlsDone(proto, tlsStep, direct=True)
+            self._phase = "stream"
+
+        header = await self._header(proto, where, timeout)
+        version = header.getAttribute("version", "0.0")
+        peerFrom = header.getAttribute("from")
+        stream.data.update({"id": header.getAttribute("id"), "version": version,
+                            "peer_from": peerFrom})
+        stream.details.append(f"stream id {header.getAttribute('id')!r}, version {version}, "
+                              f"from {peerFrom!r} (we sent from {self.local!r})")
+        if peerFrom and peerFrom.lower() != d:
+            stream.warn(None, f"the peer answered as {peerFrom!r}, not {d}: its server "
+                              f"configuration may not know {d}")
+        if version < "1.0":
+            features = Features()
+            stream.warn(f"{where} speaks pre-1.0 XMPP: no stream features, no STARTTLS",
+                        f"upgrade the server at {where}")
+        else:
+            features = await self._features(proto, where, timeout)
+            stream.summary = (f"XMPP {version} with {where}; features: "
+                              f"{features.describe()}")
+        stream.data["features"] = features.toJSON()
+        self._add(stream)
+
+        if target.direct_tls:
+            self._auth(features, secure=True)
+            return
+        if not features.starttls:
+            self._noTLS(features, tlsStep)
+            self._auth(features, secure=False)
+            return
+        self._phase = "tls"
+        proto.send(domish.Element((NS_TLS, "starttls")))
+        kind, answer = await self._expect(proto, timeout, "an answer to <starttls/>", where)
+        if kind != "element" or answer.uri != NS_TLS or answer.name != "proceed":
+            raise _Probe(f"{where} refused STARTTLS (<{getattr(answer, 'name', kind)}/>)",
+                         "check the remote server's certificate and TLS configuration "
+                         "and its log")
+        proto.transport.startTLS(self.tls.clientCreator(d, self.local))
+        proto.parser.reset()
+        proto.sendHeader(d, self.local)
+        try:
+            kind, _ = await self._expect(proto, timeout, "a TLS handshake", where)
+        except _Probe as p:
+            raise _Probe(f"the TLS handshake with {where} failed: {p.summary}",
+                         "check the remote server's TLS setup (TLS 1.2 or later; its "
+                         "certificate and key)") from None
+        if kind != "tls":
+            raise _Probe(f"{where}: unexpected data before the TLS handshake finished")
+        tlsStep.summary = "STARTTLS"
+        self._tlsDone(proto, tlsStep, direct=False)
+        self._phase = "auth"
+        await self._header(proto, where, timeout)
+        self._auth(await self._features(proto, where, timeout), secure=True)
+
+    def _presentedCertificate(self) -> bool:
+        """Whether we present a certificate that covers our C{from} domain."""
+        return self.local != CHECK_FROM and self.tls.ourCertificateCovers(self.local)
+
+    def _noTLS(self, features: Features, step: Step) -> None:
+        d = self.domain
+        advice = (f"enable TLS on {d}'s server with a certificate for {d} (Prosody: "
+                  "s2s_require_encryption = true; ejabberd: s2s_use_starttls: required)")
+        if self.policy.mustEncrypt(d):
+            step.fail(f"{d} does not offer STARTTLS, and use_starttls = "
+                      f"{self.s2s.use_starttls!r} requires TLS", advice)
+        else:
+            step.warn(f"{d} does not offer STARTTLS: the stream would not be encrypted",
+                      advice)
+        self._add(step)
+        self._skip("certificate", "certificate", "no TLS")
+
+    def _tlsDone(self, proto: ProbeStream, step: Step, direct: bool) -> None:
+        d = self.domain
+        conn = proto.transport.getHandle()
+        info = self.tls.describe(conn)
+        step.data = dict(info, direct_tls=direct)
+        step.summary = (f"{step.summary}: {info.get('version')} {info.get('cipher')}"
+                        + (f", ALPN {info['alpn']}" if info.get("alpn") else "")
+                        + f", SNI {d}")
+        if direct and info.get("alpn") != "xmpp-server":
+            step.details.append("note: the server did not select ALPN xmpp-server "
+                                "(allowed; XEP-0368 recommends it)")
+        self._add(step)
+        self._certificate(conn)
+
+    def _certificate(self, conn) -> None:
+        from s2sgate.tls import peerCertificates
+
+        d = self.domain
+        step = Step("certificate", "certificate")
+        verdict = self.tls.peerVerdict(conn, d, now=self.now)
+        self.peerCertificate = verdict
+        ids = verdict.identities
+        days = _daysLeft(verdict.notAfter, self.now)
+        step.data = {"status": verdict.status, "reason": verdict.reason,
+                     "names": ids.describe() if ids else None,
+                     "dns": list(ids.dns) if ids else [], "srv": list(ids.srv) if ids else [],
+                     "xmppaddr": list(ids.xmpp) if ids else [],
+                     "not_after": verdict.notAfter.isoformat() if verdict.notAfter else None,
+                     "days_left": days}
+        try:
+            leaf, chain = peerCertificates(conn)
+            if leaf is not None:
+                c = leaf.to_cryptography()
+                step.details.append(f"subject {c.subject.rfc4514_string() or '(empty)'}, "
+                                    f"issuer {c.issuer.rfc4514_string()}")
+                step.details.append(f"chain: leaf + {len(chain)} more certificate"
+                                    f"{'s' if len(chain) != 1 else ''} sent")
+        except Exception:
+            pass
+        if ids is not None:
+            step.details.append(f"names: {ids.describe()}")
+        if verdict.notAfter is not None:
+            step.details.append(f"expires {_day(verdict.notAfter)} ({days} days left)")
+        trustedBy = (f"the CAs in {self.s2s.cafile}" if self.s2s.cafile
+                     else "the system's CA store")
+        if verdict.status == "valid":
+            step.summary = f"valid for {d} (names {ids.describe()}; expires {_day(verdict.notAfter)}, {days} days left)"
+            if days is not None and days < EXPIRY_WARNING_DAYS:
+                step.warn(None, f"the certificate of {d} expires in {days} days: renew it "
+                                "(e.g. let the ACME client renew and reload the server)")
+        else:
+            advice = {
+                "name-mismatch": (f"the certificate names only {ids.describe() if ids else '?'}"
+                                  f" — get one that covers {d} (a DNS name {d} in the "
+                                  "subjectAltName, e.g. from Let's Encrypt), or point the "
+                                  f"SRV record at a server that has one"),
+                "expired": f"the certificate expired on {_day(verdict.notAfter)}: renew it",
+                "not-yet-valid": "the certificate is not valid yet: check the server's clock "
+                                 "and the certificate's dates",
+                "self-signed": (f"{d} uses a self-signed certificate: get one from a public CA "
+                                "(e.g. Let's Encrypt); if you trust this one, put it in a "
+                                "file named by s2s.cafile"),
+                "untrusted": (f"the chain does not lead to a CA in {trustedBy}: install the "
+                              "intermediate certificates on the server (full chain), or add "
+                              "the CA to s2s.cafile if it is a private one"),
+                "none": f"{d} presented no certificate: configure one for {d}",
+            }.get(verdict.status, "")
+            fatal = self.policy.mustBeTrusted(d)
+            step.fail(verdict.reason, advice, fatal=fatal)
+            if fatal:
+                step.details.append(self._trustRule(d))
+        self._add(step)
+
+    def _trustRule(self, d: str) -> str:
+        if self.s2s.use_starttls == "required_trusted":
+            return 'use_starttls = "required_trusted": the gateway accepts only valid certificates'
+        if d in self.s2s.secure_domains:
+            return f"{d} is in s2s.secure_domains: only a valid certificate authenticates it"
+        return "secure_auth = true: only valid certificates authenticate servers"
+
+    def _auth(self, features: Features | None, secure: bool,
+              refused: "_Probe | None" = None) -> None:
+        """
+        Both directions: can we authenticate to the peer (SASL EXTERNAL with
+        our certificate, or dialback), and can the peer authenticate to us
+        (a valid certificate, or dialback)?  C{refused}: the peer ended the
+        stream instead of sending features.
+        """
+        d = self.domain
+        step = Step("authentication", "authentication")
+        features = features or Features()
+        external = "EXTERNAL" in features.mechanisms
+        presented = self._presentedCertificate()
+        cert = self.peerCertificate
+        certBad = cert is not None and not cert.valid
+        step.data = {"after_tls": secure, "sasl_external": external,
+                     "sasl_mechanisms": features.mechanisms, "dialback": features.dialback,
+                     "our_certificate_presented": presented,
+                     "refused": refused.summary if refused else None}
+        if refused is not None:
+            step.summary = refused.summary
+            step.details.append("no features after TLS: neither SASL EXTERNAL nor dialback "
+                                "is available to us")
+        else:
+            offered = [m for m, on in (("SASL EXTERNAL", external),
+                                       ("dialback", features.dialback)) if on]
+            step.summary = ("offered: " + " and ".join(offered) if offered
+                            else "neither SASL EXTERNAL nor dialback offered") + \
+                (" (after TLS)" if secure else " (without TLS)")
+        if presented:
+            step.details.append(f"we presented our certificate for {self.local}"
+                                + (": accepted (EXTERNAL offered)" if external
+                                   else ": EXTERNAL not offered"))
+        else:
+            step.details.append("we presented no certificate"
+                                + (f" (from = {CHECK_FROM}; use --config to present ours)"
+                                   if self.local == CHECK_FROM else ""))
+
+        problems: list[tuple[bool, str, str]] = []  # (fatal, what, advice)
+        # We -> peer.
+        if not external and not features.dialback:
+            if presented:
+                problems.append((True, f"{d} accepts neither our certificate for "
+                                       f"{self.local} nor dialback",
+                                 f"{d} offers SASL EXTERNAL only to servers whose certificate "
+                                 f"it trusts and that names their domain: make sure ours "
+                                 f"covers {self.local} and comes from a CA {d} trusts (a "
+                                 f"public one), or ask {d} to allow dialback"))
+            elif secure:
+                problems.append((False, f"{d} accepts only servers with a valid certificate "
+                                        "(no dialback offered to us)",
+                                 "the gateway needs s2s.certfile with a certificate for its "
+                                 f"domain from a CA {d} trusts; run check with --config to "
+                                 "test it"))
+            else:
+                problems.append((False, f"{d} offers no authentication method before TLS", ""))
+        # Peer -> us.
+        if certBad and not features.dialback:
+            problems.append((True, f"{d} offers no dialback, so it can only authenticate to "
+                                   f"us with its certificate, which is not valid ({cert.reason}); "
+                                   "its streams to us would be refused",
+                             f"fix {d}'s certificate (see above)"))
+        elif certBad and not self.policy.mustBeTrusted(d):
+            problems.append((False, f"only dialback can authenticate {d} (its certificate "
+                                    "is not valid); servers that require valid "
+                                    "certificates will refuse it", ""))
+        elif certBad:
+            step.details.append(f"dialback is not enough for {d}: {self._trustRule(d)}")
+
+        fatal = [p for p in problems if p[0]]
+        for isFatal, what, advice in problems:
+            if isFatal and (isFatal, what, advice) == fatal[0]:
+                step.details.insert(0, step.summary)
+                step.fail(what, advice)
+            else:
+                step.details.append(what)
+                if advice:
+                    step.advice.append(advice)
+                if not fatal:
+                    step.warn(None)
+        if refused is not None and not step.advice:
+            step.advice += refused.advice
+        self._add(step)
+
+    # -- 6. our own certificates ---------------------------------------------------------
+
+    async def _localSteps(self) -> None:
+        from s2sgate.tls import LocalCertificate, TLSSetupError
+
+        d = self.domain
+        entries: list[tuple[str, str, str]] = []  # (label, domain it serves, path)
+        perDomain = {normalize(e.domain): e for e in self.s2s.domain_certfile
+                     if isinstance(e, DomainCert)}
+        for i, e in enumerate(self.s2s.domain_certfile):
+            entries.append((f"s2s.domain_certfile[{i}]", normalize(e.domain), e.certfile))
+        ours = perDomain.get(d)
+        if ours is None and self.s2s.certfile:
+            entries.insert(0, ("s2s.certfile", d, self.s2s.certfile))
+        elif ours is None:
+            step = Step("our-certificate", f"our certificate for {d}")
+            if self.policy.tlsEnabled:
+                step.fail(f"no certificate for {d}: neither s2s.certfile nor a "
+                          f"domain_certfile entry covers it",
+                          f"set s2s.certfile (PEM: certificate, chain and key) to a "
+                          f"certificate that names {d}; use_starttls = "
+                          f"{self.s2s.use_starttls!r} needs one")
+            else:
+                step.warn(f"no certificate for {d} (use_starttls = \"false\")",
+                          "without TLS most of today's servers refuse to federate: "
+                          f"get a certificate for {d} and set s2s.certfile")
+            self._add(step)
+        for label, domain, path in entries:
+            isOurs = domain == d
+            name = "our-certificate" if isOurs else "domain-certfile"
+            step = Step(name, f"{label} ({domain})")
+            step.data = {"config_key": label, "domain": domain, "certfile": path}
+            try:
+                cert = LocalCertificate.load(path, label)
+            except TLSSetupError as e:
+                advice = ("put the private key into the same PEM file, after the certificate "
+                          "and its chain" if "key" in e.message else "")
+                step.fail(f"{path}: {e.message}", advice, fatal=isOurs)
+                self._add(step)
+                continue
+            from s2sgate.certs import matchesDomain, verifyPeer
+
+            leaf = cert.leaf
+            notAfter = leaf.not_valid_after_utc
+            days = _daysLeft(notAfter, self.now)
+            covers = matchesDomain(cert.identities, domain)
+            chain = verifyPeer(self.tls.trust, leaf, cert.chain, domain, now=self.now)
+            step.data.update({"covers": covers, "names": cert.identities.describe(),
+                              "not_after": notAfter.isoformat(), "days_left": days,
+                              "key_matches": True,
+                              "chain": "trusted" if chain.trusted else chain.status,
+                              "chain_reason": None if chain.trusted else chain.reason})
+            step.details = [f"names: {cert.identities.describe()}",
+                            f"expires {_day(notAfter)} ({days} days left)",
+                            "private key matches the certificate",
+                            f"chain against {self.s2s.cafile or 'the system CA store'}: "
+                            + ("trusted" if chain.trusted else chain.reason)]
+            step.summary = f"{path}: " + ("covers" if covers else "does NOT cover") + \
+                           f" {domain}, expires {_day(notAfter)}"
+            if days is not None and days < 0:
+                step.fail(f"{path} expired on {_day(notAfter)}",
+                          "renew it and reload the gateway", fatal=isOurs)
+            elif not covers:
+                step.fail(f"{path} names only {cert.identities.describe()}, not {domain}",
+                          f"get a certificate that covers {domain} (a DNS name {domain} "
+                          "in its subjectAltName)", fatal=isOurs)
+            elif chain.status in ("untrusted", "self-signed"):
+                step.warn(None, "other servers will not trust this certificate unless it "
+                                "comes from a public CA (e.g. Let's Encrypt) and the file "
+                                "holds the full chain")
+            elif days is not None and days < EXPIRY_WARNING_DAYS:
+                step.warn(None, f"it expires in {days} days: renew it and reload the gateway")
+            self._add(step)
+        if self.tlsProblem and not entries:
+            self._add(Step("our-certificate", "our certificates").fail(
+                self.tlsProblem, fatal=False))
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+class TextPrinter:
+    """Prints each step as it finishes; ✔/✘ or a plain ASCII fallback."""
+
+    UNICODE = {OK: "✔", WARN: "!", FAIL: "✘", SKIPPED: "-"}
+    ASCII = {OK: "[ok]  ", WARN: "[warn]", FAIL: "[FAIL]", SKIPPED: "[skip]"}
+
+    def __init__(self, out=None, ascii: bool | None = None):
+        self.out = out if out is not None else sys.stdout
+        if ascii is None:
+            enc = getattr(self.out, "encoding", None) or "ascii"
+            try:
+                "✔✘→—".encode(enc)
+                ascii = False
+            except (UnicodeError, LookupError):
+                ascii = True
+        self.marks = self.ASCII if ascii else self.UNICODE
+        self.arrow = "->" if ascii else "→"
+        self.ascii = ascii
+        self.closed = False
+
+    def _text(self, text: str) -> str:
+        if self.ascii:
+            text = text.replace("→", "->").replace("—", "-")
+            return text.encode("ascii", "replace").decode("ascii")
+        return text
+
+    def write(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.out.write(self._text(line) + "\n")
+            self.out.flush()
+        except BrokenPipeError:  # e.g. `s2sgate check ... | head`
+            self.closed = True
+
+    def start(self, report: Report) -> None:
+        self.write(f"Checking federation with {report.domain} "
+                   f"(DNS: {report.nameservers})")
+
+    def step(self, step: Step) -> None:
+        mark = self.marks[step.status]
+        self.write(f"{mark} {step.title}: {step.summary}")
+        for line in step.details:
+            self.write(f"      {line}")
+        for line in step.advice:
+            self.write(f"    {self.arrow} {line}")
+
+    def verdict(self, report: Report) -> None:
+        mark = self.marks[FAIL if report.fatal else OK]
+        self.write(f"Verdict: {mark} {report.verdict()}")
