@@ -112,7 +112,7 @@ class XmlStream(Protocol):
             return
         self.bytesIn += len(data)
         if self.metrics is not None:
-            self.metrics.bytes.labels("in").inc(len(data))
+            self.metrics.bytesIn.inc(len(data))
         self._touch()
         try:
             self.parser.feed(data)
@@ -173,7 +173,7 @@ class XmlStream(Protocol):
             data = data.encode("utf-8")
         self.bytesOut += len(data)
         if self.metrics is not None:
-            self.metrics.bytes.labels("out").inc(len(data))
+            self.metrics.bytesOut.inc(len(data))
         self.transport.write(data)
         return True
 

@@ -61,7 +61,6 @@ class StreamParser:
     def _new(self):
         p = pyexpat.ParserCreate("UTF-8", " ")
         p.buffer_text = True
-        p.buffer_size = SLICE * 2
         p.StartElementHandler = self._start
         p.EndElementHandler = self._end
         p.CharacterDataHandler = self._cdata

@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import urllib.error
@@ -26,7 +27,8 @@ from types import SimpleNamespace
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 
@@ -266,14 +268,27 @@ async def test_without_token_foreign_hosts_and_origins_are_refused(fakeAPI):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_unexpected_error_is_a_json_500(fakeAPI):
+    base, gateway = fakeAPI
+
+    def broken():
+        raise RuntimeError("something\nbroke")
+
+    gateway.failureLog = broken
+    data = await api("GET", base + "/api/failures", expect=500)
+    assert data == {"error": "internal error: something broke"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_metrics_and_page(fakeAPI):
     base, _ = fakeAPI
     status, headers, body = await http("GET", base + "/metrics")
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-    [sample] = [s for s in families["s2sgate_stanzas"].samples if s.name == "s2sgate_stanzas_total"]
-    assert sample.labels == {"direction": "out"} and sample.value == 3
+    [sample] = [s for s in families["s2sgate_stanzas"].samples
+                if s.name == "s2sgate_stanzas_total" and s.labels == {"direction": "out"}]
+    assert sample.value == 3
     status, headers, body = await http(
         "GET", base + "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
     assert headers["content-type"].startswith("application/openmetrics-text")
@@ -370,6 +385,10 @@ async def login(jid, password, ip):
     from tests.lab.client import connect_client
     client = await connect_client(reactor, f"{jid}/{next(RESOURCES)}", password, ip)
     client.send_presence()
+    # Once the server echoes our presence we are available: a message sent to the
+    # bare JID before that would not be delivered to this session.
+    await client.wait_for(lambda e: e.name == "presence" and e.getAttribute("type") is None
+                          and (e.getAttribute("from") or "").startswith(jid + "/"), timeout=10)
     return client
 
 
@@ -610,6 +629,40 @@ async def test_token_is_required_once_configured(lab):
     await api("GET", ADMIN + "/api/sessions")
 
 
+class _Collect(ProcessProtocol):
+    def __init__(self):
+        self.out, self.err, self.done = [], [], defer.Deferred()
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
+
+    def processEnded(self, reason):
+        self.done.callback(reason.value.exitCode)
+
+
+async def runBrowser(browser, argv, env, timeout=90):
+    """Run the browser in its own process group; kill the whole group if it hangs."""
+    collect = _Collect()
+    process = reactor.spawnProcess(collect, "setsid", ["setsid", browser, *argv], env=env)
+
+    def kill():
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (OSError, TypeError):
+            pass
+
+    call = reactor.callLater(timeout, kill)
+    try:
+        code = await collect.done
+    finally:
+        if call.active():
+            call.cancel()
+    return b"".join(collect.out), b"".join(collect.err), code
+
+
 def _chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
@@ -636,11 +689,12 @@ async def test_status_page_in_headless_chromium_shows_the_links(lab):
                 "--no-proxy-server", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
                 "--dump-dom", ADMIN + "/"]
         env = {"HOME": profile, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        d = getProcessOutputAndValue(browser, argv, env=env)
-        timeout = reactor.callLater(90, d.cancel)
-        out, err, code = await d
-        if timeout.active():
-            timeout.cancel()
+        out, err, code = await runBrowser(browser, argv, env)
+        screenshot = os.environ.get("S2SGATE_SCREENSHOT")   # to look at the page yourself
+        if screenshot:
+            argv[argv.index("--dump-dom")] = f"--screenshot={os.path.abspath(screenshot)}"
+            argv.insert(0, "--window-size=1400,800")
+            await runBrowser(browser, argv, env)
     dom = out.decode("utf-8", "replace")
     assert code == 0, err.decode(errors="replace")[-2000:]
     tbody = dom.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
@@ -652,3 +706,5 @@ async def test_status_page_in_headless_chromium_shows_the_links(lab):
     assert "unreach.test" in failures and "connection refused" in failures
     assert '<div id="problem" hidden=""></div>' in dom     # every fetch worked
     assert "updated " in dom
+    link = dom.split('id="link"', 1)[1].split("</p>", 1)[0]
+    assert "up" in link and "s2s.home.test" in link and "null" not in link

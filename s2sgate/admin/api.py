@@ -79,8 +79,12 @@ class _HTTPError(Exception):
 
 
 def _statusPage():
-    """The page's bytes and a CSP allowing exactly its inline scripts."""
-    page = resources.files(__package__).joinpath("status.html").read_bytes()
+    """The page's bytes and a CSP allowing exactly its inline scripts (None if missing)."""
+    try:
+        page = resources.files(__package__).joinpath("status.html").read_bytes()
+    except OSError:
+        # An install without its package data: the API still works.
+        return None, None
     hashes = " ".join(
         "'sha256-%s'" % base64.b64encode(hashlib.sha256(body).digest()).decode()
         for body in re.findall(rb"<script>(.*?)</script>", page, re.S))
@@ -133,6 +137,9 @@ class AdminResource(Resource):
             for name, value in e.headers:
                 request.setHeader(name, value)
             return self.json(request, {"error": e.message}, e.code)
+        except Exception as e:
+            self.log.failure("admin request {path} failed", path=_text(request.path))
+            return self.json(request, {"error": f"internal error: {_oneLine(e)}"}, 500)
         if isinstance(result, defer.Deferred):
             self._finishLater(request, result)
             return server.NOT_DONE_YET
@@ -150,7 +157,7 @@ class AdminResource(Resource):
         def failed(f):
             self.log.failure("admin request {path} failed", f, path=_text(request.path))
             if not finished:
-                request.write(self.json(request, {"error": f"internal error: {f.getErrorMessage()}"},
+                request.write(self.json(request, {"error": f"internal error: {_oneLine(f.value)}"},
                                         500))
                 request.finish()
 
@@ -166,7 +173,7 @@ class AdminResource(Resource):
             return
         if isinstance(request.getHost(), (IPv4Address, IPv6Address)):
             host = _header(request, b"host") or ""
-            if not _isAddressHost(host):
+            if host and not _isAddressHost(host):
                 raise _HTTPError(403, f"Host {host!r} refused: without admin.token the admin API "
                                       "answers only to an IP address or localhost")
             origin = _header(request, b"origin")
@@ -181,6 +188,9 @@ class AdminResource(Resource):
     # resources
 
     def renderPage(self, request):
+        if self.page is None:
+            raise _HTTPError(500, "s2sgate/admin/status.html is missing from this installation; "
+                                  "the JSON API (/api/sessions, ...) works")
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", self.pageCSP.encode())
         request.setHeader(b"x-frame-options", b"DENY")
@@ -325,6 +335,10 @@ def _isAddressHost(host):
 def _header(request, name):
     value = request.getHeader(name)
     return None if value is None else value.decode("latin-1")
+
+
+def _oneLine(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _text(b):
