@@ -61,6 +61,7 @@ class StreamParser:
     def _new(self):
         p = pyexpat.ParserCreate("UTF-8", " ")
         p.buffer_text = True
+        p.buffer_size = 4096   # per stream: memory matters with thousands of idle streams
         p.StartElementHandler = self._start
         p.EndElementHandler = self._end
         p.CharacterDataHandler = self._cdata
@@ -73,6 +74,8 @@ class StreamParser:
         p.ExternalEntityRefHandler = self._restricted("an external entity")
         self._parser = p
         self._current = None
+        self._text = []
+        self._textOwner = None
         self._depth = 0
         self._elements = 0
         self._defaultNs = [""]
@@ -156,6 +159,7 @@ class StreamParser:
         if self._elements > self.maxElements:
             raise StreamError("policy-violation", f"more than {self.maxElements} elements in a stanza")
         if self._current is not None:
+            self._flushText()
             self._current.children.append(e)
             e.parent = self._current
         self._current = e
@@ -166,6 +170,7 @@ class StreamParser:
             self.onEnd()
             return
         e = self._current
+        self._flushText()
         if e.parent is None:
             self._current = None
             self._elements = 0
@@ -174,9 +179,19 @@ class StreamParser:
         else:
             self._current = e.parent
 
+    def _flushText(self):
+        # Text arrives in buffer_size pieces; join once instead of
+        # concatenating piece by piece (quadratic for a big body).
+        if self._text:
+            self._textOwner.addContent("".join(self._text))
+            self._text = []
+
     def _cdata(self, data):
         if self._current is not None:
-            self._current.addContent(data)
+            if self._textOwner is not self._current:
+                self._flushText()
+                self._textOwner = self._current
+            self._text.append(data)
         elif self._depth == 1:
             # Whitespace between stanzas (keepalives) is a stanza boundary.
             self._boundary = self._fed
