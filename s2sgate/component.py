@@ -43,6 +43,7 @@ class ComponentStream(XmlStream):
         XmlStream.__init__(self, clock, maxStanzaBytes=link.maxStanzaBytes,
                            keepalive=cfg.keepalive)
         self.link = link
+        self.batch = getattr(link, "batch", None)
         self.state = "connecting"
         self.failure = None
 

@@ -53,6 +53,7 @@ class InboundStream(XmlStream):
         self.stanzasIn = 0
         self.saslDone = False
         self.since = gateway.clock.seconds()
+        self.batch = getattr(gateway, "batch", None)
         metrics = getattr(gateway, "metrics", None)
         self.metrics = metrics if isinstance(metrics, Metrics) else None
         self._negotiationCall = None
@@ -180,6 +181,7 @@ class InboundStream(XmlStream):
             self.closeStream()
             return
         self.send(domish.Element((NS_TLS, "proceed")))
+        self.flushPending()   # <proceed/> / <starttls/> must go out in plaintext
         self.transport.startTLS(self.gateway.tls.serverCreator(self.local))
         self.secure = True
         self.parser.reset()

@@ -70,6 +70,7 @@ class OutboundStream(XmlStream):
         self.trace = []          # Attempt per step, for the diagnostic log
         self._negotiationCall = None
         self.metrics = pool.metrics if isinstance(pool.metrics, Metrics) else None
+        self.batch = getattr(pool, "batch", None)
 
     def describe(self):
         return f"outbound {self.local} -> {self.remote}"
@@ -201,6 +202,7 @@ class OutboundStream(XmlStream):
             self._fail("remote-server-not-found", f"{self.remote} refused STARTTLS")
             self.closeStream()
             return
+        self.flushPending()   # <proceed/> / <starttls/> must go out in plaintext
         self.transport.startTLS(self.pool.tls.clientCreator(self.remote, self.local))
         self.secure = True
         self.parser.reset()

@@ -29,6 +29,7 @@ from s2sgate.policy import Policy
 from s2sgate.resolver import S2SResolver
 from s2sgate.router import Router
 from s2sgate.security import SecurityPolicy
+from s2sgate.stream import WriteBatch
 
 # Settings read once at start: changing them needs a restart.
 RESTART_KEYS = (
@@ -131,6 +132,9 @@ class GatewayService(service.MultiService):
                                   maxStanzaBytes=s.stanza_size_limit, metrics=self.metrics)
         self.router.toLocal = self.link.send
         self.link.setServiceParent(self)
+        # One write batch for all streams: a chunk read from one stream
+        # becomes one write per stream it touches.
+        self.batch = self.pool.batch = self.link.batch = WriteBatch()
         self.listeners = []
         for description in s.listen:
             self._listen(description, InboundFactory(self))

@@ -61,6 +61,33 @@ def parseStreamError(element):
     return condition, text
 
 
+class WriteBatch:
+    """
+    Coalesce what many streams write while one chunk of input is handled.
+
+    A chunk read from one stream (say 200 stanzas from the component link)
+    fans out to other streams; without batching each stanza becomes its own
+    write, TLS record and TCP segment.  Inside a batch, writes are held and
+    each touched stream writes once when the outermost input handler
+    returns, in the same reactor turn, so latency does not grow.
+    """
+
+    def __init__(self):
+        self.depth = 0
+        self.pending = []
+
+    def enter(self):
+        self.depth += 1
+
+    def exit(self):
+        self.depth -= 1
+        if self.depth == 0:
+            while self.pending:
+                pending, self.pending = self.pending, []
+                for stream in pending:
+                    stream.flushPending()
+
+
 class XmlStream(Protocol):
     """
     Framing and limits shared by all streams.
@@ -73,6 +100,7 @@ class XmlStream(Protocol):
     namespace = NS_SERVER
     extraNamespaces = ()
     metrics = None   # a Metrics counting bytes, when set
+    batch = None     # a WriteBatch shared by the gateway's streams, when set
 
     def __init__(self, clock, maxStanzaBytes=524288, idleTimeout=None, keepalive=None):
         self.clock = clock
@@ -88,6 +116,7 @@ class XmlStream(Protocol):
         self._closeCall = None
         self.bytesIn = 0
         self.bytesOut = 0
+        self._pending = []
 
     # transport events
 
@@ -114,10 +143,16 @@ class XmlStream(Protocol):
         if self.metrics is not None:
             self.metrics.bytesIn.inc(len(data))
         self._touch()
+        batch = self.batch
+        if batch is not None:
+            batch.enter()
         try:
             self.parser.feed(data)
         except StreamError as e:
             self.streamError(e.condition, e.text)
+        finally:
+            if batch is not None:
+                batch.exit()
 
     def connectionLost(self, reason):
         self.closed = True
@@ -174,8 +209,24 @@ class XmlStream(Protocol):
         self.bytesOut += len(data)
         if self.metrics is not None:
             self.metrics.bytesOut.inc(len(data))
-        self.transport.write(data)
+        batch = self.batch
+        if batch is not None and batch.depth:
+            if not self._pending:
+                batch.pending.append(self)
+            self._pending.append(data)
+        else:
+            self.transport.write(data)
         return True
+
+    def flushPending(self):
+        """
+        Write what a batch held back.  Called before anything that changes
+        the transport (STARTTLS) or closes it.
+        """
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            if self.transport is not None and not self.closed:
+                self.transport.write(data)
 
     def _prefixes(self):
         prefixes = {NS_STREAMS: "stream"}
@@ -202,6 +253,7 @@ class XmlStream(Protocol):
         if not self.headerSent:
             self.sendHeader(self.errorHeaderAttrs())
         self.send(b"</stream:stream>")
+        self.flushPending()
         if self.transport is not None:
             self._closeCall = self.clock.callLater(wait, self._abort)
 

@@ -198,3 +198,53 @@ def test_stream_ids_are_unique_and_long():
     ids = {newStreamId() for _ in range(1000)}
     assert len(ids) == 1000
     assert min(len(i) for i in ids) >= 22
+
+
+def test_writes_inside_a_batch_become_one_write_per_stream():
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+
+    from s2sgate.stream import WriteBatch, XmlStream
+
+    class Recording(StringTransport):
+        def __init__(self):
+            StringTransport.__init__(self)
+            self.writes = 0
+
+        def write(self, data):
+            self.writes += 1
+            StringTransport.write(self, data)
+
+    batch = WriteBatch()
+    streams = []
+    for _ in range(2):
+        stream = XmlStream(task.Clock())
+        stream.batch = batch
+        stream.makeConnection(Recording())
+        streams.append(stream)
+    batch.enter()
+    for i in range(100):
+        streams[i % 2].send(f"<message id='{i}'/>")
+    assert [s.transport.writes for s in streams] == [0, 0]
+    batch.exit()
+    assert [s.transport.writes for s in streams] == [1, 1]
+    assert streams[0].transport.value().startswith(b"<message id='0'/><message id='2'/>")
+
+
+def test_closing_inside_a_batch_writes_the_held_data_first():
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+
+    from s2sgate.stream import WriteBatch, XmlStream
+
+    batch = WriteBatch()
+    stream = XmlStream(task.Clock())
+    stream.batch = batch
+    stream.makeConnection(StringTransport())
+    stream.sendHeader({"to": "a.test"})
+    batch.enter()
+    stream.send("<message/>")
+    stream.closeStream()
+    assert stream.transport.value().endswith(b"<message/></stream:stream>")
+    batch.exit()
+    assert stream.transport.value().count(b"<message/>") == 1
