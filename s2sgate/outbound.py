@@ -11,6 +11,7 @@ condition and text for the bounces.
 """
 
 import collections
+import inspect
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
@@ -434,6 +435,10 @@ class OutboundPool:
         self.connectFn = connectFn
         self.links = {}
         self.verifying = set()
+        try:
+            self._connectTakesAttempts = "attempts" in inspect.signature(connectFn).parameters
+        except (TypeError, ValueError):
+            self._connectTakesAttempts = False
         self.sent = 0
 
     def send(self, local, remote, element):
@@ -460,8 +465,22 @@ class OutboundPool:
             # XEP-0368: _xmpps-server targets first, TLS from the first byte.
             kwargs["direct_tls_factory"] = lambda target: self.tls.clientCreator(
                 remote, local, alpn=True)
-        await self.connectFn(self.clock, self.resolver, remote, factory,
-                             timeout=self.config.s2s.outgoing.connection_timeout, **kwargs)
+        if self._connectTakesAttempts:
+            kwargs["attempts"] = earlier = []
+        else:
+            earlier = []
+        result = await self.connectFn(self.clock, self.resolver, remote, factory,
+                                      timeout=self.config.s2s.outgoing.connection_timeout,
+                                      **kwargs)
+        stream = holder.get("stream")
+        if (stream is not None and isinstance(result, tuple) and len(result) == 3
+                and result[1] is not None):
+            # The diagnostic log starts with how the peer was found.
+            _, target, address = result
+            how = "direct TLS" if target.direct_tls else "STARTTLS/plain"
+            stream.trace[:0] = list(earlier) + [Attempt(
+                "dns", remote, f"{remote} -> {target.host}:{target.port} ({how}) -> {address}",
+                ok=True)]
         return await holder["ready"]
 
     async def verify(self, local, remote, streamId, key):
@@ -497,8 +516,8 @@ class OutboundPool:
         link.attempt.addBoth(lambda r: (d.callback(r) if not d.called else None, r)[1])
         await d
         if link.stream is None:
-            condition, text, _ = link.lastFailure
-            raise ConnectFailed(condition, text, [])
+            condition, text, attempts = link.lastFailure
+            raise ConnectFailed(condition, text, list(attempts))
         return link.stream
 
     def streamClosed(self, stream):

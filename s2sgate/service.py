@@ -106,7 +106,7 @@ class GatewayService(service.MultiService):
             from twisted.internet import reactor
         self.applyLogLevel = applyLogLevel
         self.handleSignals = handleSignals
-        self.config = config
+        self.config = self.startConfig = config
         self.reactor = self.clock = reactor
         s = config.s2s
         self.metrics = Metrics()
@@ -211,6 +211,11 @@ class GatewayService(service.MultiService):
         local, remote = normalize(local), normalize(remote)
         if not self.router.isLocal(local):
             raise ValueError(f"{local} is not one of local_domains")
+        if self.router.isLocal(remote):
+            raise ValueError(f"{remote} is a local domain")
+        ok, _, text = self.policy.check(local, remote)
+        if not ok:
+            raise PermissionError(text)
         stream = await self.pool.connectNow(local, remote)
         return next(s for s in self.sessions()
                     if s["direction"] == "out" and s["stream_id"] == stream.streamId)
@@ -243,8 +248,8 @@ class GatewayService(service.MultiService):
             self.log.error("reload refused, still running on the previous config: {error}",
                            error=str(e), event="reload.failed")
             raise
-        old = self.config
-        needsRestart = [key for key, get in RESTART_KEYS if get(old) != get(new)]
+        # Compare with what the process started with: that is what runs.
+        needsRestart = [key for key, get in RESTART_KEYS if get(self.startConfig) != get(new)]
         self.config = new
         self.policy = self.router.policy = Policy(new)
         self.security = self.pool.security = SecurityPolicy(new.s2s)

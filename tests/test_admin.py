@@ -525,8 +525,9 @@ async def test_connect_opens_and_authenticates_a_link_before_anyone_writes(lab):
         "out", "home.test", "secure.test")
     assert session["auth"] == "sasl-external" and session["tls"]
     assert session["stanzas_out"] == 0
+    # resolve -> connect -> TLS -> auth, each step recorded
     assert [(s["step"], s["ok"]) for s in data["steps"]] == [
-        ("connect", True), ("tls", True), ("auth", True)]
+        ("dns", True), ("connect", True), ("tls", True), ("auth", True)]
     sessions = (await api("GET", ADMIN + "/api/sessions"))["sessions"]
     assert byDirectionAndRemote(sessions)[("out", "secure.test")]["stream_id"] == \
         session["stream_id"]

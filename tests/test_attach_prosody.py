@@ -45,6 +45,7 @@ def gatewayConfig(dns):
         "local_domains": ["home.test"],
         "component": {"jid": "s2s.home.test", "host": HOME_IP, "port": 5347,
                       "secret": SECRET, "max_retry_delay": 2},
+        "admin": {"listen": ""},
         "s2s": {"listen": [], "use_starttls": "false",
                 "dns": {"nameservers": [f"{ip}:{port}" for ip, port in dns.nameservers],
                         "timeout": 2, "retries": 0}},

@@ -66,6 +66,7 @@ def lab(tmp_path_factory):
             "local_domains": ["home.test"],
             "component": {"jid": "s2s.home.test", "host": HOME_IP, "port": 5347,
                           "secret": SECRET, "max_retry_delay": 2},
+            "admin": {"listen": ""},
             "s2s": {"listen": [f"tcp:5269:interface={GATEWAY_IP}"], "use_starttls": "false",
                     "shared": "dialback-secret-for-tests", "max_retry_delay": 2,
                     "host_policy": [{"host": "denied.test", "policy": "deny"}],
@@ -88,6 +89,11 @@ async def login(jid, password, ip):
     # A fresh resource per login: no "conflict" with a session still closing.
     client = await connect_client(reactor, f"{jid}/{next(RESOURCES)}", password, ip)
     client.send_presence()
+    # Wait for the server's echo of our own presence: only then does it
+    # deliver messages to this session.
+    bare = jid.split("/")[0]
+    await client.wait_for(lambda e: e.name == "presence" and e.getAttribute("type") is None
+                          and e.getAttribute("from", "").startswith(bare + "/"))
     return client
 
 

@@ -173,6 +173,11 @@ def lab(tmp_path_factory):
 async def login(jid, password, ip):
     client = await connect_client(reactor, f"{jid}/{next(RESOURCES)}", password, ip)
     client.send_presence()
+    # Wait for the server's echo of our own presence: only then does it
+    # deliver messages to this session.
+    bare = jid.split("/")[0]
+    await client.wait_for(lambda e: e.name == "presence" and e.getAttribute("type") is None
+                          and e.getAttribute("from", "").startswith(bare + "/"))
     return client
 
 

@@ -249,6 +249,8 @@ class AdminResource(Resource):
                                        "local": local, "remote": remote,
                                        "condition": e.condition, "text": e.text,
                                        "steps": steps}, 502)
+        except PermissionError as e:
+            return self.json(request, {"error": str(e)}, 403)
         except ValueError as e:
             return self.json(request, {"error": str(e)}, 400)
         link = gateway.pool.links.get((local, remote))
