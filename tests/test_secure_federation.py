@@ -43,7 +43,7 @@ SECRET = "component-secret-for-tests"
 RESOURCES = (f"r{i}" for i in itertools.count())
 
 
-def gatewayToml(cafile, certfile, nameserver, secure_auth=False):
+def gatewayToml(cafile, certfile, nameserver, secure_auth=False, extra_s2s=""):
     return f"""
 local_domains = ["home.test"]
 [component]
@@ -60,6 +60,7 @@ cafile = "{cafile}"
 secure_auth = {"true" if secure_auth else "false"}
 shared = "dialback-secret-for-tests"
 max_retry_delay = 1
+{extra_s2s}
 [s2s.dns]
 nameservers = ["{nameserver}"]
 timeout = 2
@@ -375,6 +376,29 @@ async def test_failed_attempt_keeps_its_step_by_step_log(lab):
     assert ("connect", True) in steps
     assert steps[-1] == ("tls", False)
     assert "STARTTLS" in failure["text"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_applies_a_new_host_policy(lab):
+    await chatBothWays(lab, "carol@ejsecure.test", "carolpw", EJABBERD_IP, "before-deny")
+    path, gateway = lab["configPath"], lab["gateway"]
+    original = path.read_text()
+    path.write_text(gatewayToml(lab["ca"].cafile, lab["homeCert"][0], lab["nameserver"],
+                                extra_s2s='host_policy = [ { host = "ejsecure.test", policy = "deny" } ]'))
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            await task.deferLater(reactor, 0.05)
+            if gateway.config.s2s.host_policy:
+                break
+        bounce = await bounceFor("carol@ejsecure.test", "after-deny")
+        assert conditionOf(bounce) == "not-allowed"
+        assert "policy" in textOf(bounce)
+    finally:
+        path.write_text(original)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await task.deferLater(reactor, 0.3)
+    assert not gateway.config.s2s.host_policy
 
 
 def test_no_secret_reaches_the_log(lab):
