@@ -33,6 +33,8 @@ def _configCheck(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
         check_runnable(config)
+        from s2sgate.service import buildTLS
+        buildTLS(config)   # certificate and key load and match
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return EXIT_CONFIG

@@ -54,3 +54,23 @@ def pytest_sessionstart(session):
     if path:
         from twisted.logger import globalLogPublisher, textFileLogObserver
         globalLogPublisher.addObserver(textFileLogObserver(open(path, "a")))
+
+
+@pytest.fixture
+def example_config(tmp_path):
+    """
+    etc/s2sgate.toml as an operator would use it: the same file with its
+    certfile pointing at a real certificate for its domains.
+    """
+    from pathlib import Path
+
+    from tests.lab.certs import TestCA
+
+    example = Path(__file__).resolve().parents[1] / "etc" / "s2sgate.toml"
+    certfile, _ = TestCA(tmp_path / "ca").issue(
+        "example.com", dns=["example.com", "conference.example.com"])
+    path = tmp_path / "s2sgate.toml"
+    text = example.read_text()
+    assert '"/etc/s2sgate/example.com.pem"' in text
+    path.write_text(text.replace('"/etc/s2sgate/example.com.pem"', f'"{certfile}"'))
+    return path

@@ -20,26 +20,26 @@ def test_version(capsys):
     assert capsys.readouterr().out == f"s2sgate {__version__}\n"
 
 
-def test_config_check_ok(capsys):
-    assert main(["config", "check", str(EXAMPLE)]) == 0
+def test_config_check_ok(capsys, example_config):
+    assert main(["config", "check", str(example_config)]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert lines[0] == f"{EXAMPLE}: ok"
+    assert lines[0] == f"{example_config}: ok"
     assert "example.com, conference.example.com" in out
     assert "s2s.example.com via 127.0.0.1:5347" in out
     assert "tcp:5269" in out
-    assert "use_starttls:  false" in out
+    assert "use_starttls:  required" in out
     assert err == ""
 
 
-def test_config_check_does_not_print_secret(capsys):
-    main(["config", "check", str(EXAMPLE)])
+def test_config_check_does_not_print_secret(capsys, example_config):
+    main(["config", "check", str(example_config)])
     assert "change-me" not in capsys.readouterr().out
 
 
 def test_config_check_error_is_one_line_on_stderr(tmp_path, capsys):
     path = tmp_path / "bad.toml"
-    path.write_text(EXAMPLE.read_text().replace('use_starttls = "false"',
+    path.write_text(EXAMPLE.read_text().replace('use_starttls = "required"',
                                                 'use_starttls = "maybe"'))
     assert main(["config", "check", str(path)]) == 2
     out, err = capsys.readouterr()
@@ -93,14 +93,33 @@ def test_parser_takes_more_subcommands(capsys):
     assert parser.parse_args(["extra-example"]).func(None) == 7
 
 
-def test_python_m_s2sgate_config_check():
+def test_python_m_s2sgate_config_check(example_config):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
-        [sys.executable, "-m", "s2sgate", "config", "check", "etc/s2sgate.toml"],
+        [sys.executable, "-m", "s2sgate", "config", "check", str(example_config)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("etc/s2sgate.toml: ok\n")
+    assert result.stdout.startswith(f"{example_config}: ok\n")
     assert result.stderr == ""
+
+
+def test_config_check_reports_a_key_that_does_not_match_the_certificate(tmp_path, example_config,
+                                                                         capsys):
+    from tests.lab.certs import TestCA
+
+    ca = TestCA(tmp_path / "other")
+    cert, _ = ca.issue("example.com", dns=["example.com", "conference.example.com"])
+    _, otherKey = ca.issue("example.com", dns=["example.com"])
+    mixed = tmp_path / "mixed.pem"
+    certOnly = open(cert).read().split("-----BEGIN PRIVATE KEY-----")[0]
+    mixed.write_text(certOnly + open(otherKey).read())
+    text = example_config.read_text()
+    start = text.index('certfile = "') + len('certfile = "')
+    end = text.index('"', start)
+    example_config.write_text(text[:start] + str(mixed) + text[end:])
+    assert main(["config", "check", str(example_config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s2s.certfile" in err
 
 
 def test_python_m_s2sgate_error_has_no_traceback(tmp_path):

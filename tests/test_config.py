@@ -66,13 +66,20 @@ def pem(tmp_path):
 # --- the example and the defaults -------------------------------------------
 
 
-def test_example_file_loads():
-    config = load_config(EXAMPLE)
+def test_example_file_loads(example_config):
+    config = load_config(example_config)
     assert config.local_domains == ("example.com", "conference.example.com")
     assert config.component.jid == "s2s.example.com"
     assert config.s2s.listen == ("tcp:5269",)
-    assert config.s2s.use_starttls == "false"
-    assert config.admin.listen is None
+    assert config.s2s.use_starttls == "required"
+    assert config.admin.listen == "tcp:5281:interface=127.0.0.1"
+
+
+def test_example_file_without_its_certificate_names_the_certfile():
+    with pytest.raises(ConfigError) as e:
+        load_config(EXAMPLE)
+    assert e.value.key == "s2s.certfile"
+    assert "/etc/s2sgate/example.com.pem" in str(e.value)
 
 
 def test_example_file_names_every_key():

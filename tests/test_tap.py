@@ -38,8 +38,8 @@ def test_bad_config_stops_twistd_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_config_check_of_the_shipped_example(tmp_path):
-    result = run(["s2sgate", "config", "check", str(REPO / "etc" / "s2sgate.toml")], tmp_path)
+def test_config_check_of_the_shipped_example(tmp_path, example_config):
+    result = run(["s2sgate", "config", "check", str(example_config)], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
 
