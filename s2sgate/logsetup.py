@@ -20,15 +20,25 @@ LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
 
 def applyLevel(level, publisher=globalLogPublisher):
     """Filter every observer of C{publisher} below C{level}; return how many were wrapped."""
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
-    observers = [o for o in list(publisher._observers)
-                 if not getattr(o, "_s2sgateFiltered", False)]
-    for observer in observers:
+    observers = []
+    for observer in list(publisher._observers):
+        predicate = getattr(observer, "_s2sgatePredicate", None)
+        if predicate is not None:
+            # Already ours (a reload): change its level in place.
+            predicate.defaultLogLevel = LEVELS[level]
+            predicate.clearLogLevels()   # the default level lives under namespace ""
+            continue
+        observers.append(observer)
         publisher.removeObserver(observer)
-        wrapped = FilteringLogObserver(observer, [predicate])
-        wrapped._s2sgateFiltered = True
-        publisher.addObserver(wrapped)
+        publisher.addObserver(_filtered(observer, level))
     return len(observers)
+
+
+def _filtered(observer, level):
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    wrapped = FilteringLogObserver(observer, [predicate])
+    wrapped._s2sgatePredicate = predicate
+    return wrapped
 
 
 def useJSON(level, out=None, publisher=globalLogPublisher):
@@ -42,9 +52,7 @@ def useJSON(level, out=None, publisher=globalLogPublisher):
         # twistd replaces sys.stdout with a logging file: write to the real
         # one, a line at a time.
         out = open(sys.__stdout__.fileno(), "w", buffering=1, encoding="utf-8", closefd=False)
-    observer = FilteringLogObserver(jsonFileLogObserver(out),
-                                    [LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])])
-    observer._s2sgateFiltered = True
+    observer = _filtered(jsonFileLogObserver(out), level)
     publisher.addObserver(observer)
     return observer
 

@@ -39,3 +39,16 @@ def test_json_format_writes_one_event_per_line_with_structured_fields():
     assert len(lines) == 1
     assert lines[0]["local"] == "a.test" and lines[0]["event"] == "outbound.connecting"
     assert len(publisher._observers) == 1
+
+
+def test_reapplying_changes_the_level_in_place():
+    publisher = LogPublisher()
+    seen = []
+    publisher.addObserver(seen.append)
+    applyLevel("warn", publisher)
+    log = Logger(observer=publisher)
+    log.info("hidden")
+    applyLevel("debug", publisher)
+    log.debug("shown")
+    assert [e["log_format"] for e in seen] == ["shown"]
+    assert len(publisher._observers) == 1
