@@ -61,6 +61,10 @@ def parseStreamError(element):
     return condition, text
 
 
+# Hold at most this much per stream in a batch: the payload of one TLS record.
+FLUSH_BYTES = 16384
+
+
 class WriteBatch:
     """
     Coalesce what many streams write while one chunk of input is handled.
@@ -117,6 +121,7 @@ class XmlStream(Protocol):
         self.bytesIn = 0
         self.bytesOut = 0
         self._pending = []
+        self._pendingBytes = 0
 
     # transport events
 
@@ -214,6 +219,11 @@ class XmlStream(Protocol):
             if not self._pending:
                 batch.pending.append(self)
             self._pending.append(data)
+            self._pendingBytes += len(data)
+            if self._pendingBytes >= FLUSH_BYTES:
+                # One full TLS record: send it now rather than hold the
+                # first stanza until the whole input chunk is handled.
+                self.flushPending()
         else:
             self.transport.write(data)
         return True
@@ -225,6 +235,7 @@ class XmlStream(Protocol):
         """
         if self._pending:
             data, self._pending = b"".join(self._pending), []
+            self._pendingBytes = 0
             if self.transport is not None and not self.closed:
                 self.transport.write(data)
 
