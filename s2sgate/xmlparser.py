@@ -76,6 +76,7 @@ class StreamParser:
         self._current = None
         self._text = []
         self._textOwner = None
+        self._stack = []          # open ancestors of _current within a stanza
         self._depth = 0
         self._elements = 0
         self._defaultNs = [""]
@@ -160,8 +161,12 @@ class StreamParser:
             raise StreamError("policy-violation", f"more than {self.maxElements} elements in a stanza")
         if self._current is not None:
             self._flushText()
+            # No e.parent back-reference: without reference cycles a
+            # forwarded stanza is freed at once instead of waiting for the
+            # cyclic garbage collector, whose full passes show up as
+            # latency spikes under load.
             self._current.children.append(e)
-            e.parent = self._current
+            self._stack.append(self._current)
         self._current = e
 
     def _end(self, name):
@@ -171,13 +176,13 @@ class StreamParser:
             return
         e = self._current
         self._flushText()
-        if e.parent is None:
+        if not self._stack:
             self._current = None
             self._elements = 0
             self._boundary = self._parser.CurrentByteIndex
             self.onElement(e)
         else:
-            self._current = e.parent
+            self._current = self._stack.pop()
 
     def _flushText(self):
         # Text arrives in buffer_size pieces; join once instead of
