@@ -448,7 +448,27 @@ class OutboundPool:
         link.send(element)
 
     async def open(self, local, remote, mode="result", verify=None):
-        """Connect and negotiate; return the authenticated stream (or verify answer)."""
+        """
+        Connect and negotiate; return the authenticated stream (or verify
+        answer).  A direct TLS target that connects but then fails (TLS
+        handshake, certificate, authentication) is not the end: the
+        STARTTLS targets get their turn, as XEP-0368 asks.
+        """
+        directTLS = self.security.tlsEnabled and self.tls is not None
+        try:
+            return await self._open(local, remote, mode, verify, directTLS)
+        except ConnectFailed as e:
+            if not (directTLS and getattr(e, "directTLS", False)):
+                raise
+            self.log.info("direct TLS to {remote} failed ({text}); trying STARTTLS targets",
+                          remote=remote, text=e.text, event="outbound.direct_tls_fallback")
+            try:
+                return await self._open(local, remote, mode, verify, False)
+            except ConnectFailed as second:
+                second.attempts = list(e.attempts) + list(second.attempts)
+                raise second
+
+    async def _open(self, local, remote, mode, verify, directTLS):
         holder = {}
 
         def build():
@@ -461,7 +481,7 @@ class OutboundPool:
 
         factory = Factory.forProtocol(build)
         kwargs = {}
-        if self.security.tlsEnabled and self.tls is not None:
+        if directTLS:
             # XEP-0368: _xmpps-server targets first, TLS from the first byte.
             kwargs["direct_tls_factory"] = lambda target: self.tls.clientCreator(
                 remote, local, alpn=True)
@@ -481,7 +501,11 @@ class OutboundPool:
             stream.trace[:0] = list(earlier) + [Attempt(
                 "dns", remote, f"{remote} -> {target.host}:{target.port} ({how}) -> {address}",
                 ok=True)]
-        return await holder["ready"]
+        try:
+            return await holder["ready"]
+        except ConnectFailed as e:
+            e.directTLS = bool(stream is not None and stream.directTLS)
+            raise
 
     async def verify(self, local, remote, streamId, key):
         """

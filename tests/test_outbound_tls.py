@@ -279,3 +279,47 @@ def test_security_summary_after_external():
     stream.dataReceived(SUCCESS)
     stream.dataReceived(peerHeader("peer-3") + features(DIALBACK))
     assert stream.securitySummary() == "STARTTLS TLSv1.3 TLS_AES_256_GCM_SHA384 certificate valid"
+
+
+def _fallbackPool(directTLSFails):
+    """A pool whose connector 'connects' in memory: direct TLS targets fail after connecting."""
+    from twisted.internet.testing import StringTransport
+
+    gw = tlsGateway(mode="required")
+    calls = []
+
+    async def connectFn(reactor, resolver, domain, factory, *, timeout, direct_tls_factory=None):
+        stream = factory.buildProtocol(None)
+        stream.makeConnection(StringTransport())
+        calls.append("direct" if direct_tls_factory is not None else "starttls")
+        if direct_tls_factory is not None:
+            stream.directTLS = True
+            if directTLSFails:
+                stream._fail("remote-server-not-found", "certificate for remote.test has expired")
+                return stream, None, None
+        stream._established("dialback")
+        return stream, None, None
+
+    pool = OutboundPool(gw.config, gw.clock, None, gw.router, gw.keys, connectFn=connectFn,
+                        tls=gw.tls)
+    return pool, calls
+
+
+def test_a_failed_direct_tls_target_falls_back_to_the_starttls_targets():
+    from twisted.internet import defer
+
+    pool, calls = _fallbackPool(directTLSFails=True)
+    results = []
+    defer.ensureDeferred(pool.open(LOCAL, REMOTE)).addBoth(results.append)
+    assert calls == ["direct", "starttls"]
+    assert isinstance(results[0], OutboundStream) and not results[0].directTLS
+
+
+def test_a_working_direct_tls_target_is_used_without_a_second_connection():
+    from twisted.internet import defer
+
+    pool, calls = _fallbackPool(directTLSFails=False)
+    results = []
+    defer.ensureDeferred(pool.open(LOCAL, REMOTE)).addBoth(results.append)
+    assert calls == ["direct"]
+    assert results[0].directTLS
