@@ -23,6 +23,9 @@ from s2sgate.metrics import NullMetrics
 from s2sgate.stanzas import errorReply, setNamespace, shouldBounce
 from s2sgate.stream import NS_COMPONENT, NS_SERVER, XmlStream
 
+# Seconds the c2s server has to answer our header and handshake.
+HANDSHAKE_TIMEOUT = 30
+
 # Stream errors by which a c2s server refuses our credentials.
 AUTH_CONDITIONS = frozenset(("not-authorized", "host-unknown", "conflict", "improper-addressing",
                              "invalid-from", "host-gone"))
@@ -46,6 +49,7 @@ class ComponentStream(XmlStream):
         self.batch = getattr(link, "batch", None)
         self.state = "connecting"
         self.failure = None
+        self._handshakeCall = None
 
     def describe(self):
         return f"component {self.link.config.jid}"
@@ -53,7 +57,15 @@ class ComponentStream(XmlStream):
     def connectionMade(self):
         XmlStream.connectionMade(self)
         self.state = "header"
+        self._handshakeCall = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshakeTimedOut)
         self.sendHeader({"to": self.link.config.jid})
+
+    def _handshakeTimedOut(self):
+        # A c2s port that accepts but never answers must not hold the link.
+        self._handshakeCall = None
+        if self.state != "ready":
+            self.failure = ("network", f"no handshake within {HANDSHAKE_TIMEOUT} s")
+            self.closeStream(wait=1)
 
     def errorHeaderAttrs(self):
         return {"to": self.link.config.jid}
@@ -71,6 +83,9 @@ class ComponentStream(XmlStream):
         if self.state == "handshake":
             if element.name == "handshake":
                 self.state = "ready"
+                if self._handshakeCall is not None and self._handshakeCall.active():
+                    self._handshakeCall.cancel()
+                self._handshakeCall = None
                 self.link._linkUp(self)
             else:
                 self.streamError("not-authorized", "expected a handshake")
@@ -85,6 +100,9 @@ class ComponentStream(XmlStream):
             self.failure = ("network", f"stream error {condition}" + (f" ({text})" if text else ""))
 
     def streamClosed(self, reason):
+        if self._handshakeCall is not None and self._handshakeCall.active():
+            self._handshakeCall.cancel()
+        self._handshakeCall = None
         self.link._linkDown(self, reason)
 
 

@@ -56,3 +56,30 @@ def domainOf(jid: str) -> str:
     if slash >= 0 and slash == len(jid) - 1:
         raise InvalidDomain(f"{jid!r} has an empty resource")
     return normalize(bare)
+
+
+@lru_cache(maxsize=4096)
+def isUnambiguous(domain: str) -> bool:
+    """
+    Whether C{domain} names the same domain under IDNA 2008 (ours) and
+    IDNA 2003 (nameprep, which Prosody and others still apply): C{faß.de}
+    is C{xn--fa-hia.de} for us but C{fass.de} for them, so a peer
+    authenticated for one must not smuggle stanzas from the other.
+    """
+    if domain.isascii():
+        return True
+    try:
+        legacy = domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return False
+    try:
+        return legacy == normalize(domain)
+    except InvalidDomain:
+        return False
+
+
+def rawDomainOf(jid: str) -> str:
+    """The domain part of a JID exactly as written."""
+    slash = jid.find("/")
+    bare = jid if slash < 0 else jid[:slash]
+    return bare[bare.find("@") + 1:]

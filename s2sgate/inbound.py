@@ -21,13 +21,16 @@ from zope.interface import implementer
 from s2sgate.connector import ConnectFailed
 from s2sgate.metrics import Metrics
 from s2sgate.dialback import NS_DB, NS_DB_FEATURE, dbElement, dbError
-from s2sgate.domain import InvalidDomain, domainOf, normalize
+from s2sgate.domain import InvalidDomain, domainOf, isUnambiguous, normalize, rawDomainOf
 from s2sgate.security import NS_SASL, NS_TLS
 from s2sgate.stanzas import STANZA_NAMES
 from s2sgate.stream import XmlStream, newStreamId
 from s2sgate.xmlparser import NS_STREAMS
 
 NS_LIMITS = "urn:xmpp:stream-limits:0"
+
+# Each dialback request costs an outbound connection: bound them per stream.
+MAX_PENDING_VERIFIES = 10
 
 
 @implementer(IHandshakeListener)
@@ -52,6 +55,7 @@ class InboundStream(XmlStream):
         self.certificates = {}     # remote domain -> PeerCertificate
         self.stanzasIn = 0
         self.saslDone = False
+        self.tlsStarted = False
         self.since = gateway.clock.seconds()
         self.batch = getattr(gateway, "batch", None)
         metrics = getattr(gateway, "metrics", None)
@@ -115,7 +119,7 @@ class InboundStream(XmlStream):
             self.streamError("policy-violation", "this server requires TLS (STARTTLS)")
 
     def offersTLS(self):
-        return (not self.secure and self.security.tlsEnabled
+        return (not self.secure and not self.tlsStarted and self.security.tlsEnabled
                 and self.gateway.tls is not None and self.gateway.tls.hasCertificateFor(self.local))
 
     def certificateFor(self, remote):
@@ -181,9 +185,11 @@ class InboundStream(XmlStream):
             self.closeStream()
             return
         self.send(domish.Element((NS_TLS, "proceed")))
-        self.flushPending()   # <proceed/> / <starttls/> must go out in plaintext
+        self.flushPending()   # <proceed/> must go out in plaintext
         self.transport.startTLS(self.gateway.tls.serverCreator(self.local))
-        self.secure = True
+        # Secure only once the handshake completes (handshakeCompleted);
+        # plaintext that followed <starttls/> is dropped with the old parser.
+        self.tlsStarted = True
         self.parser.reset()
 
     # SASL EXTERNAL (XEP-0178)
@@ -276,6 +282,10 @@ class InboundStream(XmlStream):
             self._authenticated(remote, local, "dialback-without-dialback")
             self.send(dbElement("result", local, remote, kind="valid"))
             return
+        if len(self.pending) >= MAX_PENDING_VERIFIES:
+            self.streamError("policy-violation",
+                             f"more than {MAX_PENDING_VERIFIES} dialback requests at once")
+            return
         key = str(element).strip()
         d = defer.ensureDeferred(self.gateway.pool.verify(local, remote, self.streamId, key))
         self.pending[(remote, local)] = d
@@ -357,6 +367,12 @@ class InboundStream(XmlStream):
         if not self.gateway.router.isLocal(local):
             self.streamError("host-unknown", f"this server does not serve {local}")
             return
+        for address in (sender, to):
+            if not isUnambiguous(rawDomainOf(address)):
+                self.streamError("invalid-from" if address is sender else "improper-addressing",
+                                 f"{rawDomainOf(address)!r} names different domains under "
+                                 "IDNA 2003 and IDNA 2008")
+                return
         if (remote, local) not in self.pairs:
             self.streamError("invalid-from",
                              f"{remote} is not authenticated on this stream for {local}")
@@ -368,7 +384,9 @@ class InboundStream(XmlStream):
 
     def _negotiationTimedOut(self):
         self._negotiationCall = None
-        if not self.pairs and not self.pending:
+        if not self.pairs:
+            # Pending verifies do not extend it: a stream that cannot
+            # authenticate in time goes, whatever it is waiting for.
             self.streamError("connection-timeout", "no authentication in time")
 
     def _cancelNegotiationTimer(self):

@@ -434,7 +434,7 @@ class OutboundPool:
         self.keys = keys
         self.connectFn = connectFn
         self.links = {}
-        self.verifying = set()
+        self.maxLinks = 1000
         try:
             self._connectTakesAttempts = "attempts" in inspect.signature(connectFn).parameters
         except (TypeError, ValueError):
@@ -442,10 +442,27 @@ class OutboundPool:
         self.sent = 0
 
     def send(self, local, remote, element):
+        self._link(local, remote).send(element)
+
+    def _link(self, local, remote):
         link = self.links.get((local, remote))
         if link is None:
+            if len(self.links) >= self.maxLinks:
+                self.prune()
             link = self.links[(local, remote)] = OutboundLink(self, local, remote)
-        link.send(element)
+        return link
+
+    def prune(self):
+        """
+        Forget links with nothing going on: no stream, nothing queued, no
+        attempt, and their retry delay over.  Keeps the table bounded by
+        the pairs that are really in use.
+        """
+        now = self.clock.seconds()
+        for key, link in list(self.links.items()):
+            if (link.stream is None and not link.queue and link.attempt is None
+                    and link._retryCall is None and link.retryAt <= now):
+                del self.links[key]
 
     async def open(self, local, remote, mode="result", verify=None):
         """
@@ -529,9 +546,7 @@ class OutboundPool:
         Open and authenticate the stream for (local, remote) now, before any
         stanza needs it; returns the stream (or raises L{ConnectFailed}).
         """
-        link = self.links.get((local, remote))
-        if link is None:
-            link = self.links[(local, remote)] = OutboundLink(self, local, remote)
+        link = self._link(local, remote)
         if link.stream is not None and not link.stream.closing:
             return link.stream
         if link.attempt is None:

@@ -171,6 +171,8 @@ class XmlStream(Protocol):
     # parser events
 
     def _onHeader(self, header):
+        if self.closing:
+            return
         if (header.uri, header.name) != (NS_STREAMS, "stream"):
             if header.name == "stream":
                 raise StreamError("invalid-namespace", "the stream element is in the wrong namespace")
@@ -182,6 +184,8 @@ class XmlStream(Protocol):
         self.streamStarted(header)
 
     def _onElement(self, element):
+        if self.closing:
+            return   # RFC 6120 4.9: after our stream error nothing more is handled
         if (element.uri, element.name) == (NS_STREAMS, "error"):
             condition, text = parseStreamError(element)
             self.streamErrorReceived(condition, text)
@@ -269,9 +273,12 @@ class XmlStream(Protocol):
             self._closeCall = self.clock.callLater(wait, self._abort)
 
     def _abort(self):
+        # The peer had its chance to close; a peer that stopped reading
+        # must not keep the socket (loseConnection would wait for it).
         self._closeCall = None
         if self.transport is not None and not self.closed:
-            self.transport.loseConnection()
+            abort = getattr(self.transport, "abortConnection", None)
+            (abort or self.transport.loseConnection)()
 
     # timers
 

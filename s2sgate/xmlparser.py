@@ -113,7 +113,8 @@ class StreamParser:
         for i in range(0, len(data), SLICE):
             piece = data[i:i + SLICE]
             self._fed += len(piece)
-            if self._depth >= 1 and self._fed - self._boundary > self.maxStanzaBytes:
+            # Counted from the start: the stream header is bounded too.
+            if self._fed - self._boundary > self.maxStanzaBytes:
                 raise StreamError(
                     "policy-violation",
                     f"stanza larger than the limit of {self.maxStanzaBytes} bytes")
@@ -132,16 +133,22 @@ class StreamParser:
     # expat handlers
 
     def _nsStart(self, prefix, uri):
+        if self._resetPending:
+            return   # after <starttls/>/<success/>: nothing more of this document counts
         if prefix is None:
             self._defaultNs.append(uri)
         else:
             self._prefixes[prefix] = uri
 
     def _nsEnd(self, prefix):
+        if self._resetPending:
+            return   # after <starttls/>/<success/>: nothing more of this document counts
         if prefix is None:
             self._defaultNs.pop()
 
     def _start(self, name, attrs):
+        if self._resetPending:
+            return   # after <starttls/>/<success/>: nothing more of this document counts
         depth = self._depth
         if depth >= self.maxDepth:
             raise StreamError("policy-violation", f"elements nested deeper than {self.maxDepth}")
@@ -170,6 +177,8 @@ class StreamParser:
         self._current = e
 
     def _end(self, name):
+        if self._resetPending:
+            return   # after <starttls/>/<success/>: nothing more of this document counts
         self._depth -= 1
         if self._depth == 0:
             self.onEnd()
@@ -192,6 +201,8 @@ class StreamParser:
             self._text = []
 
     def _cdata(self, data):
+        if self._resetPending:
+            return   # after <starttls/>/<success/>: nothing more of this document counts
         if self._current is not None:
             if self._textOwner is not self._current:
                 self._flushText()

@@ -251,6 +251,11 @@ async def test_token_required_when_configured(fakeAPI):
     basic = base64.b64encode(b"admin:" + TOKEN.encode()).decode()
     status, _, _ = await http("GET", base + "/", {"Authorization": "Basic " + basic})
     assert status == 200
+    # ... but a foreign page cannot ride on those credentials to POST.
+    status, _, body = await http("POST", base + "/api/close?remote=secure.test",
+                                 {"Authorization": "Basic " + basic,
+                                  "Origin": "http://evil.example"})
+    assert status == 403 and b"cross-site" in body
 
 
 @pytest_twisted.ensureDeferred

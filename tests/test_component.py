@@ -179,3 +179,15 @@ def test_link_reconnects_after_losing_an_established_connection():
     assert h.link.state == "down"
     h.clock.advance(2)
     assert len(h.attempts) == 2
+
+
+def test_a_c2s_port_that_never_answers_is_given_up_and_retried():
+    h = Harness()
+    h.link.startService()
+    proto, transport = h.open()
+    h.clock.advance(30)
+    assert transport.value().endswith(b"</stream:stream>")
+    proto.connectionLost(None)
+    assert h.link.state == "down"
+    h.clock.advance(2)
+    assert len(h.attempts) == 2

@@ -347,11 +347,55 @@ def test_negotiation_timer_is_cancelled_once_authenticated():
     assert out.streamError() is None
 
 
-def test_negotiation_timeout_waits_for_a_pending_verify():
+def test_negotiation_timeout_does_not_wait_for_a_pending_verify():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())
     gw.clock.advance(gw.config.s2s.negotiation_timeout)
-    assert out.streamError() is None
+    assert out.streamError() == "connection-timeout"
+
+
+def test_a_stream_whose_verify_failed_does_not_stay_open():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult())
+    gw.pool.requests[0][-1].callback("invalid")
+    gw.clock.advance(gw.config.s2s.negotiation_timeout)
+    assert out.streamError() == "connection-timeout"
+
+
+def test_more_than_ten_pending_dialback_requests_is_a_policy_violation():
+    gw, stream, out = opened()
+    for i in range(11):
+        stream.dataReceived(dbResult(sender=f"r{i}.test"))
+    assert out.streamError() == "policy-violation"
+    assert len(gw.pool.requests) == 10
+
+
+def test_nothing_after_a_stream_error_is_handled():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult())
+    gw.pool.requests[0][-1].callback("valid")
+    stream.dataReceived(stanza(sender="x@elsewhere.test").toXml().encode()
+                        + stanza().toXml().encode())
+    assert out.streamError() == "invalid-from"
+    assert gw.router.delivered == []
+
+
+def test_an_oversized_stream_header_is_refused():
+    gw = makeGateway(stanza_size_limit=10000)
+    stream = InboundStream(gw)
+    out = Output(connect(stream))
+    stream.dataReceived(b"<stream:stream xmlns='jabber:server' "
+                        b"xmlns:stream='http://etherx.jabber.org/streams' to='" + b"a" * 50000)
+    assert out.streamError() == "policy-violation"
+
+
+def test_a_from_domain_read_differently_by_idna_2003_is_refused():
+    gw, stream, out = opened()
+    stream.dataReceived(dbResult(sender="xn--fa-hia.de"))
+    gw.pool.requests[0][-1].callback("valid")
+    stream.dataReceived(stanza(sender="admin@faß.de").toXml().encode())
+    assert out.streamError() == "invalid-from"
+    assert gw.router.delivered == []
 
 
 def test_oversized_stanza_is_policy_violation():

@@ -214,7 +214,17 @@ def test_starttls_answers_proceed_and_starts_tls_with_the_creator_for_to():
     stream.dataReceived(STARTTLS)
     assert len(out.named("proceed", NS_TLS)) == 1
     assert out.transport.tlsStarts == [("server", MUC)]
+    assert not stream.secure          # only once the handshake completes
+    stream.handshakeCompleted()
     assert stream.secure
+
+
+def test_plaintext_sent_after_starttls_in_the_same_packet_is_ignored():
+    gw, stream, out = opened(mode="required")
+    stream.dataReceived(STARTTLS + dbResult())
+    assert len(out.named("proceed", NS_TLS)) == 1
+    assert gw.pool.requests == []
+    assert out.streamError() is None
 
 
 def test_starttls_when_not_offered_is_a_failure_and_closes():

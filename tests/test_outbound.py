@@ -417,3 +417,21 @@ def test_close_all_cancels_attempts_and_closes_streams():
     pool.closeAll()
     assert out.update().ended
     assert connector.calls[1].d.called
+
+
+def test_idle_links_are_forgotten_once_the_table_is_full():
+    from twisted.internet import defer, task
+    from s2sgate.outbound import OutboundPool
+    from tests.s2sfakes import makeGateway
+
+    gw = makeGateway()
+
+    def connectFn(*args, **kwargs):
+        return defer.fail(ConnectFailed("remote-server-not-found", "nope", []))
+
+    pool = OutboundPool(gw.config, gw.clock, None, gw.router, gw.keys, connectFn=connectFn)
+    pool.maxLinks = 5
+    for i in range(20):
+        pool.send("home.test", f"r{i}.test", local(str(i)))
+        gw.clock.advance(10)
+    assert len(pool.links) <= 5

@@ -164,6 +164,13 @@ class AdminResource(Resource):
         d.addCallback(done).addErrback(failed)
 
     def checkAccess(self, request):
+        host = _header(request, b"host") or ""
+        origin = _header(request, b"origin")
+        # A browser holding Basic credentials would send them on a foreign
+        # page's form POST too: refuse cross-site POSTs whatever the auth.
+        if (request.method in _POST and origin is not None
+                and origin not in (f"http://{host}", f"https://{host}")):
+            raise _HTTPError(403, f"cross-site request from {origin!r} refused")
         token = self.gateway.config.admin.token
         if token:
             if not _tokenMatches(_header(request, b"authorization"), token):
@@ -172,13 +179,9 @@ class AdminResource(Resource):
                                  headers=((b"www-authenticate", b'Bearer realm="s2sgate"'),))
             return
         if isinstance(request.getHost(), (IPv4Address, IPv6Address)):
-            host = _header(request, b"host") or ""
             if host and not _isAddressHost(host):
                 raise _HTTPError(403, f"Host {host!r} refused: without admin.token the admin API "
                                       "answers only to an IP address or localhost")
-            origin = _header(request, b"origin")
-            if request.method in _POST and origin is not None and origin != f"http://{host}":
-                raise _HTTPError(403, f"cross-site request from {origin!r} refused")
 
     def json(self, request, data, code=200):
         request.setResponseCode(code)
