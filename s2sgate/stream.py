@@ -12,9 +12,11 @@ L{streamEnded}.
 import secrets
 from xml.sax.saxutils import escape, quoteattr
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from s2sgate.xmlparser import NS_STREAMS, StreamError, StreamParser
 
@@ -92,6 +94,7 @@ class WriteBatch:
                     stream.flushPending()
 
 
+@implementer(IPushProducer)
 class XmlStream(Protocol):
     """
     Framing and limits shared by all streams.
@@ -104,6 +107,10 @@ class XmlStream(Protocol):
     namespace = NS_SERVER
     extraNamespaces = ()
     metrics = None   # a Metrics counting bytes, when set
+    # A peer that stops reading: what we still write to it piles up in the
+    # transport.  Give up on the stream past this much, or this long.
+    maxBacklog = 16 * 1024 * 1024
+    maxBlockedSeconds = 120
     batch = None     # a WriteBatch shared by the gateway's streams, when set
 
     def __init__(self, clock, maxStanzaBytes=524288, idleTimeout=None, keepalive=None):
@@ -122,10 +129,19 @@ class XmlStream(Protocol):
         self.bytesOut = 0
         self._pending = []
         self._pendingBytes = 0
+        self._blockedSince = None
+        self._backlog = 0
 
     # transport events
 
     def connectionMade(self):
+        # The transport tells us (pause/resume) when the peer stops reading.
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:
+            try:
+                register(self, True)
+            except RuntimeError:
+                pass
         # Stanzas are small and latency matters: no Nagle delay.
         transport = self.transport
         if not hasattr(transport, "setTcpNoDelay"):
@@ -230,7 +246,36 @@ class XmlStream(Protocol):
                 self.flushPending()
         else:
             self.transport.write(data)
+        if self._blockedSince is not None:
+            self._checkBacklog(len(data))
         return True
+
+    # IPushProducer: the transport's word on whether the peer reads
+
+    def pauseProducing(self):
+        if self._blockedSince is None:
+            self._blockedSince = self.clock.seconds()
+            self._backlog = 0
+
+    def resumeProducing(self):
+        self._blockedSince = None
+        self._backlog = 0
+
+    def stopProducing(self):
+        pass
+
+    def _checkBacklog(self, size):
+        self._backlog += size
+        blocked = self.clock.seconds() - self._blockedSince
+        if self._backlog > self.maxBacklog or blocked > self.maxBlockedSeconds:
+            self.log.warn("{stream}: the peer stopped reading ({backlog} bytes waiting, "
+                          "{blocked:.0f} s); dropping the connection", stream=self.describe(),
+                          backlog=self._backlog, blocked=blocked, event="stream.backlog")
+            self._blockedSince = None
+            self._pending = []
+            self.closing = True
+            abort = getattr(self.transport, "abortConnection", None)
+            (abort or self.transport.loseConnection)()
 
     def flushPending(self):
         """

@@ -248,3 +248,46 @@ def test_closing_inside_a_batch_writes_the_held_data_first():
     assert stream.transport.value().endswith(b"<message/></stream:stream>")
     batch.exit()
     assert stream.transport.value().count(b"<message/>") == 1
+
+
+def test_a_peer_that_stops_reading_is_dropped_past_the_backlog_limit():
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+
+    from s2sgate.stream import XmlStream
+
+    class Abortable(StringTransport):
+        aborted = False
+
+        def abortConnection(self):
+            self.aborted = True
+
+    stream = XmlStream(task.Clock())
+    stream.maxBacklog = 10000
+    transport = Abortable()
+    stream.makeConnection(transport)
+    assert transport.producer is stream
+    stream.send("<message>" + "x" * 6000 + "</message>")
+    stream.pauseProducing()          # the transport's buffer is full
+    stream.send("<message>" + "x" * 6000 + "</message>")
+    assert not transport.aborted
+    stream.send("<message>" + "x" * 6000 + "</message>")
+    assert transport.aborted
+
+
+def test_a_slow_peer_that_catches_up_is_kept():
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+
+    from s2sgate.stream import XmlStream
+
+    stream = XmlStream(task.Clock())
+    stream.maxBacklog = 10000
+    transport = StringTransport()
+    transport.abortConnection = lambda: setattr(transport, "aborted", True)
+    stream.makeConnection(transport)
+    for _ in range(10):
+        stream.pauseProducing()
+        stream.send("<message>" + "x" * 6000 + "</message>")
+        stream.resumeProducing()
+    assert not getattr(transport, "aborted", False)
