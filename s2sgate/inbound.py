@@ -14,7 +14,6 @@ import binascii
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
@@ -319,7 +318,6 @@ class InboundStream(XmlStream):
         first = self.authMethod is None
         self.authMethod = self.authMethod or method
         self._cancelNegotiationTimer()
-        certificate = self.certificates.get(remote)
         self.log.info("inbound stream {remote} -> {local} authenticated ({method}; {security})",
                       remote=remote, local=local, method=method, security=self.securitySummary(remote),
                       stream=self.streamId, first=first, event="inbound.established")

@@ -24,7 +24,7 @@ from s2sgate.connector import Attempt, ConnectFailed, connect
 from s2sgate.metrics import Metrics, NullMetrics
 from s2sgate.dialback import NS_DB, dbElement, dbErrorReason
 from s2sgate.security import NS_SASL, NS_TLS, SecurityPolicy
-from s2sgate.stream import NS_SERVER, XmlStream
+from s2sgate.stream import XmlStream
 from s2sgate.xmlparser import NS_STREAMS
 
 

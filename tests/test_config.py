@@ -1,7 +1,6 @@
 """Tests for L{s2sgate.config}."""
 
 import copy
-import os
 import re
 from pathlib import Path
 

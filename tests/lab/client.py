@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from twisted.internet import defer, error
 from twisted.words.protocols.jabber import client, jid as jidmod, xmlstream
-from twisted.words.xish import domish, utility
+from twisted.words.xish import domish
 from twisted.words.xish.xmlstream import STREAM_END_EVENT
 
 
