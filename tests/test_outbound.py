@@ -420,7 +420,7 @@ def test_close_all_cancels_attempts_and_closes_streams():
 
 
 def test_idle_links_are_forgotten_once_the_table_is_full():
-    from twisted.internet import defer, task
+    from twisted.internet import defer
     from s2sgate.outbound import OutboundPool
     from tests.s2sfakes import makeGateway
 
