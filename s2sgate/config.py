@@ -544,7 +544,7 @@ def _outgoing(ctx: _Context, s2s: _Table) -> OutgoingConfig:
 def _dns(ctx: _Context, s2s: _Table) -> DNSConfig:
     t = s2s.table("dns", ("timeout", "retries", "nameservers"))
     timeout = _seconds(ctx, t, "timeout", 10, above=0)
-    retries = _integer(ctx, t, "retries", 2, 0)
+    retries = _integer(ctx, t, "retries", 2, 0, 10)
     allowed = ('a list of "IP", "IP:PORT" or "[IPv6]:PORT" strings, '
                'e.g. ["127.0.0.53", "[::1]:5353"]')
     raw = t.get("nameservers", [])

@@ -34,8 +34,10 @@ from s2sgate.stream import WriteBatch
 # Settings read once at start: changing them needs a restart.
 RESTART_KEYS = (
     ("local_domains", lambda c: c.local_domains),
-    ("component", lambda c: (c.component.jid, c.component.host, c.component.port,
-                             c.component.secret)),
+    ("component", lambda c: c.component),
+    ("s2s.outgoing.port", lambda c: c.s2s.outgoing.port),
+    ("s2s.outgoing.ip_versions", lambda c: c.s2s.outgoing.ip_versions),
+    ("log.format", lambda c: c.log.format),
     ("s2s.listen", lambda c: c.s2s.listen),
     ("s2s.direct_tls_listen", lambda c: c.s2s.direct_tls_listen),
     ("s2s.dns", lambda c: c.s2s.dns),
@@ -161,7 +163,8 @@ class GatewayService(service.MultiService):
             from s2sgate import logsetup
             logsetup.apply(self.config.log)
         if self.handleSignals:
-            signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
+            signal.signal(signal.SIGHUP,
+                          lambda *a: self.reactor.callFromThread(self._reloadFromSignal))
         self.log.info("s2sgate starting for {domains} (config {path})",
                       domains=", ".join(self.config.local_domains), path=self.config.path)
         service.MultiService.startService(self)
@@ -235,6 +238,16 @@ class GatewayService(service.MultiService):
                 closed += 1
         return closed
 
+    def _reloadFromSignal(self):
+        """SIGHUP: reload; a refused file is already logged in one line."""
+        try:
+            self.reload()
+        except ConfigError:
+            pass
+        except Exception as e:
+            self.log.error("reload failed, still running on the previous config: {error}",
+                           error=f"{e.__class__.__name__}: {e}", event="reload.failed")
+
     def reload(self):
         """
         Re-read the config file.  Returns C{(applied, needsRestart)} lists of
@@ -253,7 +266,10 @@ class GatewayService(service.MultiService):
         self.config = new
         self.policy = self.router.policy = Policy(new)
         self.security = self.pool.security = SecurityPolicy(new.s2s)
-        self.tls = self.pool.tls = tls
+        if tls is not None or self.tls is None:
+            self.tls = self.pool.tls = tls
+        # else: TLS switched off, but listeners and streams started with it
+        # keep their contexts; the policy stops new STARTTLS at once.
         self.pool.config = new
         if self.applyLogLevel:
             from s2sgate.logsetup import applyLevel

@@ -36,6 +36,13 @@ class Options(usage.Options):
                     self["parsed"], log=dataclasses.replace(self["parsed"].log,
                                                             format=self["log-format"]))
             check_runnable(self["parsed"])
+            parent = getattr(self, "parent", None)
+            if (self["parsed"].log.format == "json" and parent is not None
+                    and not parent.get("nodaemon")):
+                raise ConfigError(self["config"], "log.format",
+                                  "JSON logs go to standard output, which a daemonised twistd "
+                                  "discards", 'run "twistd --nodaemon" (-n), as the systemd '
+                                  'unit does, or use "text"')
             from s2sgate.service import buildTLS
             buildTLS(self["parsed"])
         except ConfigError as e:
