@@ -363,6 +363,9 @@ async def test_sessions_show_how_each_link_is_secured(lab):
     sessions = lab["gateway"].sessions()
     out = [s for s in sessions if s["direction"] == "out" and s["remote"] == "secure.test"]
     assert out and out[0]["auth"] == "sasl-external"
+    # Prosody looks up _xmpps-server first: it came in over our direct TLS listener.
+    inbound = [s for s in sessions if s["direction"] == "in" and s["remote"] == "secure.test"]
+    assert inbound and inbound[0]["direct_tls"] and inbound[0]["tls"]
     assert out[0]["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
     assert out[0]["certificate"]["status"] == "valid"
     assert out[0]["stanzas_out"] >= 1
