@@ -77,3 +77,19 @@ def test_twistd_runs_the_gateway_with_json_logs_and_never_logs_the_secret(tmp_pa
     assert any(e.get("event") == "component.network_failure" for e in events), out[-2000:]
     assert "do-not-log-this-secret" not in out + err
     assert "nor-this-dialback-secret" not in out + err
+
+
+def test_the_wheel_ships_the_plugin_and_the_status_page_but_no_plugin_package(tmp_path):
+    """What `pip install .` installs: twistd finds the plugin in site-packages/twisted/plugins."""
+    import zipfile
+
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                             "-w", str(tmp_path), str(REPO)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    [wheel] = tmp_path.glob("s2sgate-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/s2sgate_plugin.py" in names
+    assert "s2sgate/admin/status.html" in names
+    assert "twisted/plugins/__init__.py" not in names
+    assert not [n for n in names if n.endswith("dropin.cache") or n.startswith("tests/")]
