@@ -13,7 +13,6 @@ servers on loopback:
   test DNS (dnsmasq) on 127.0.0.119 if free
 """
 
-import itertools
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -37,6 +37,8 @@ from s2sgate.config import ConfigError, load_config
 from s2sgate.connector import Attempt, ConnectFailed
 from s2sgate.metrics import Metrics
 from s2sgate.service import GatewayService
+from tests.lab import chat
+from tests.lab.chat import conditionOf, isMessage, login, message
 
 HOME_IP, GATEWAY_IP, SECURE_IP, PLAIN_IP, UNREACH_IP = (
     "127.0.0.100", "127.0.0.101", "127.0.0.102", "127.0.0.103", "127.0.0.104")
@@ -45,8 +47,9 @@ FAKE_API_IP = "127.0.0.110"
 ADMIN = f"http://{GATEWAY_IP}:5281"
 SECRET = "component-secret-for-tests"
 TOKEN = "admin-token-for-tests-0123456789"
-RESOURCES = (f"r{i}" for i in itertools.count())
 servers = pytest.mark.servers
+chatBothWays = partial(chat.chatBothWays, HOME_IP)
+bounceFor = partial(chat.bounceFor, HOME_IP)
 
 
 # --- HTTP from tests: urllib in a thread, so the reactor keeps serving ----------------------
@@ -384,52 +387,6 @@ def lab(tmp_path_factory):
             pytest_twisted.blockon(gateway.stopService())
         for server in reversed(started):
             server.stop()
-
-
-async def login(jid, password, ip):
-    from tests.lab.client import connect_client
-    client = await connect_client(reactor, f"{jid}/{next(RESOURCES)}", password, ip)
-    client.send_presence()
-    # Once the server echoes our presence we are available: a message sent to the
-    # bare JID before that would not be delivered to this session.
-    await client.wait_for(lambda e: e.name == "presence" and e.getAttribute("type") is None
-                          and (e.getAttribute("from") or "").startswith(jid + "/"), timeout=10)
-    return client
-
-
-def message(to, stanzaId, body="hi"):
-    return (f"<message xmlns='jabber:client' to='{to}' type='chat' id='{stanzaId}'>"
-            f"<body>{body}</body></message>")
-
-
-def isMessage(stanzaId):
-    return lambda e: e.name == "message" and e.getAttribute("id") == stanzaId
-
-
-def conditionOf(stanza):
-    return [c.name for c in stanza.error.elements() if c.name != "text"][0]
-
-
-async def chatBothWays(remoteJid, password, ip, tag):
-    alice = await login("alice@home.test", "alicepw", HOME_IP)
-    remote = await login(remoteJid, password, ip)
-    try:
-        alice.send(message(remoteJid, f"{tag}-out"))
-        await remote.wait_for(isMessage(f"{tag}-out"), timeout=20)
-        remote.send(message("alice@home.test", f"{tag}-in"))
-        await alice.wait_for(isMessage(f"{tag}-in"), timeout=20)
-    finally:
-        await alice.disconnect()
-        await remote.disconnect()
-
-
-async def bounceFor(to, tag):
-    alice = await login("alice@home.test", "alicepw", HOME_IP)
-    try:
-        alice.send(message(to, tag))
-        return await alice.wait_for(isMessage(tag), timeout=20)
-    finally:
-        await alice.disconnect()
 
 
 async def reloadWith(lab, expect=200, headers=None, **options):

@@ -11,6 +11,7 @@ Every process resolves through the test DNS only.
 """
 
 import itertools
+from functools import partial
 
 import pytest
 import pytest_twisted
@@ -18,7 +19,8 @@ from twisted.internet import reactor, task
 
 from s2sgate.config import parse_config
 from s2sgate.service import GatewayService
-from tests.lab.client import connect_client
+from tests.lab import chat
+from tests.lab.chat import conditionOf, isMessage, login, message
 from tests.lab.dns import TestDNS, pick_dns_ip
 from tests.lab.ejabberd import Ejabberd
 from tests.lab.prosody import Prosody
@@ -30,6 +32,8 @@ HOME_IP, GATEWAY_IP = "127.0.0.30", "127.0.0.31"
 PEER_IP, EJABBERD_IP, SRVONLY_IP = "127.0.0.32", "127.0.0.33", "127.0.0.34"
 SECRET = "component-secret-for-tests"
 RESOURCES = (f"r{i}" for i in itertools.count())
+chatBothWays = partial(chat.chatBothWays, HOME_IP)
+bounceFor = partial(chat.bounceFor, HOME_IP)
 
 
 @pytest.fixture(scope="module")
@@ -85,50 +89,6 @@ def lab(tmp_path_factory):
             server.stop()
 
 
-async def login(jid, password, ip):
-    # A fresh resource per login: no "conflict" with a session still closing.
-    client = await connect_client(reactor, f"{jid}/{next(RESOURCES)}", password, ip)
-    client.send_presence()
-    # Wait for the server's echo of our own presence: only then does it
-    # deliver messages to this session.
-    bare = jid.split("/")[0]
-    await client.wait_for(lambda e: e.name == "presence" and e.getAttribute("type") is None
-                          and e.getAttribute("from", "").startswith(bare + "/"))
-    return client
-
-
-def isMessage(stanzaId):
-    return lambda e: e.name == "message" and e.getAttribute("id") == stanzaId
-
-
-def conditionOf(stanza):
-    return [c.name for c in stanza.error.elements() if c.name != "text"][0]
-
-
-def message(to, stanzaId, body="hi"):
-    return (f"<message xmlns='jabber:client' to='{to}' type='chat' id='{stanzaId}'>"
-            f"<body>{body}</body></message>")
-
-
-async def chatBothWays(remoteJid, password, ip, tag):
-    alice = await login("alice@home.test", "alicepw", HOME_IP)
-    remote = await login(remoteJid, password, ip)
-    try:
-        alice.send(message(remoteJid, f"{tag}-out", "hello from home"))
-        got = await remote.wait_for(isMessage(f"{tag}-out"), timeout=20)
-        assert got.getAttribute("type") == "chat", got.toXml()
-        assert str(got.body) == "hello from home"
-        assert got["from"].startswith("alice@home.test")
-
-        remote.send(message("alice@home.test", f"{tag}-in", "hello from afar"))
-        got = await alice.wait_for(isMessage(f"{tag}-in"), timeout=20)
-        assert got.getAttribute("type") == "chat", got.toXml()
-        assert str(got.body) == "hello from afar"
-    finally:
-        await alice.disconnect()
-        await remote.disconnect()
-
-
 async def rosterSubscription(client, jid):
     """The subscription state of C{jid} in the client's roster (the server's word)."""
     queryId = f"roster-{next(RESOURCES)}"
@@ -160,15 +120,6 @@ async def subscribeBothWays(remoteJid, password, ip):
     finally:
         await alice.disconnect()
         await remote.disconnect()
-
-
-async def bounceFor(to, tag):
-    alice = await login("alice@home.test", "alicepw", HOME_IP)
-    try:
-        alice.send(message(to, tag))
-        return await alice.wait_for(isMessage(tag), timeout=20)
-    finally:
-        await alice.disconnect()
 
 
 @pytest_twisted.ensureDeferred

@@ -13,7 +13,7 @@ The gateway's configuration lives in a file: tests change it and reload
 the running gateway (by SIGHUP), as an operator would.
 """
 
-import itertools
+from functools import partial
 import os
 import signal
 import ssl
@@ -29,7 +29,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from s2sgate.config import load_config
 from s2sgate.service import GatewayService
 from tests.lab.certs import TestCA
-from tests.lab.client import connect_client
+from tests.lab import chat
+from tests.lab.chat import conditionOf, textOf
 from tests.lab.dns import TestDNS, pick_dns_ip
 from tests.lab.ejabberd import Ejabberd
 from tests.lab.prosody import Prosody
@@ -40,7 +41,8 @@ HOME_IP, GATEWAY_IP = "127.0.0.80", "127.0.0.81"
 SECURE_IP, EJABBERD_IP, BAD_IP = "127.0.0.82", "127.0.0.83", "127.0.0.84"
 PLAIN_IP, STRIP_IP, DIRECT_IP = "127.0.0.85", "127.0.0.86", "127.0.0.87"
 SECRET = "component-secret-for-tests"
-RESOURCES = (f"r{i}" for i in itertools.count())
+chatBothWays = partial(chat.chatBothWays, HOME_IP)
+bounceFor = partial(chat.bounceFor, HOME_IP)
 
 
 def gatewayToml(cafile, certfile, nameserver, secure_auth=False, extra_s2s=""):
@@ -171,58 +173,6 @@ def lab(tmp_path_factory):
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
-async def login(jid, password, ip):
-    client = await connect_client(reactor, f"{jid}/{next(RESOURCES)}", password, ip)
-    client.send_presence()
-    # Wait for the server's echo of our own presence: only then does it
-    # deliver messages to this session.
-    bare = jid.split("/")[0]
-    await client.wait_for(lambda e: e.name == "presence" and e.getAttribute("type") is None
-                          and e.getAttribute("from", "").startswith(bare + "/"))
-    return client
-
-
-def message(to, stanzaId, body="hi"):
-    return (f"<message xmlns='jabber:client' to='{to}' type='chat' id='{stanzaId}'>"
-            f"<body>{body}</body></message>")
-
-
-def isMessage(stanzaId):
-    return lambda e: e.name == "message" and e.getAttribute("id") == stanzaId
-
-
-def conditionOf(stanza):
-    return [c.name for c in stanza.error.elements() if c.name != "text"][0]
-
-
-def textOf(stanza):
-    return " ".join(str(c) for c in stanza.error.elements() if c.name == "text")
-
-
-async def chatBothWays(lab, remoteJid, password, ip, tag):
-    alice = await login("alice@home.test", "alicepw", HOME_IP)
-    remote = await login(remoteJid, password, ip)
-    try:
-        alice.send(message(remoteJid, f"{tag}-out", "hello from home"))
-        got = await remote.wait_for(isMessage(f"{tag}-out"), timeout=20)
-        assert got.getAttribute("type") == "chat", got.toXml()
-        remote.send(message("alice@home.test", f"{tag}-in", "hello from afar"))
-        got = await alice.wait_for(isMessage(f"{tag}-in"), timeout=20)
-        assert got.getAttribute("type") == "chat", got.toXml()
-    finally:
-        await alice.disconnect()
-        await remote.disconnect()
-
-
-async def bounceFor(to, tag):
-    alice = await login("alice@home.test", "alicepw", HOME_IP)
-    try:
-        alice.send(message(to, tag))
-        return await alice.wait_for(isMessage(tag), timeout=20)
-    finally:
-        await alice.disconnect()
-
-
 def outboundStream(lab, remote):
     link = lab["gateway"].pool.links.get(("home.test", remote))
     return link.stream if link is not None else None
@@ -251,7 +201,7 @@ async def reloadWith(lab, secure_auth):
 
 @pytest_twisted.ensureDeferred
 async def test_starttls_and_sasl_external_both_ways_with_a_secure_prosody(lab):
-    await chatBothWays(lab, "bob@secure.test", "bobpw", SECURE_IP, "secure")
+    await chatBothWays("bob@secure.test", "bobpw", SECURE_IP, "secure")
     out = outboundStream(lab, "secure.test")
     assert out.secure and out.authMethod == "sasl-external"
     assert out.certificate.status == "valid"
@@ -262,7 +212,7 @@ async def test_starttls_and_sasl_external_both_ways_with_a_secure_prosody(lab):
 
 @pytest_twisted.ensureDeferred
 async def test_starttls_and_sasl_external_both_ways_with_ejabberd(lab):
-    await chatBothWays(lab, "carol@ejsecure.test", "carolpw", EJABBERD_IP, "ejabberd")
+    await chatBothWays("carol@ejsecure.test", "carolpw", EJABBERD_IP, "ejabberd")
     out = outboundStream(lab, "ejsecure.test")
     assert out.secure and out.authMethod == "sasl-external"
     [inbound] = inboundStreams(lab, "ejsecure.test")
@@ -271,7 +221,7 @@ async def test_starttls_and_sasl_external_both_ways_with_ejabberd(lab):
 
 @pytest_twisted.ensureDeferred
 async def test_direct_tls_to_a_prosody_via_xmpps_server(lab):
-    await chatBothWays(lab, "dora@direct.test", "pw", DIRECT_IP, "direct")
+    await chatBothWays("dora@direct.test", "pw", DIRECT_IP, "direct")
     out = outboundStream(lab, "direct.test")
     assert out.directTLS and out.secure
     assert out.authMethod == "sasl-external"
@@ -279,7 +229,7 @@ async def test_direct_tls_to_a_prosody_via_xmpps_server(lab):
 
 @pytest_twisted.ensureDeferred
 async def test_dialback_over_tls_with_an_untrusted_certificate_when_policy_allows(lab):
-    await chatBothWays(lab, "ursula@untrusted.test", "pw", BAD_IP, "untrusted")
+    await chatBothWays("ursula@untrusted.test", "pw", BAD_IP, "untrusted")
     # Its certificate cannot authenticate it to us: it came in with dialback, over TLS.
     [inbound] = inboundStreams(lab, "untrusted.test")
     assert inbound.secure and inbound.authMethod == "dialback"
@@ -316,14 +266,14 @@ async def test_secure_auth_refuses_bad_certificates_with_the_reason(lab):
             assert conditionOf(bounce) == "remote-server-not-found", bounce.toXml()
             assert words in textOf(bounce), textOf(bounce)
         # The secure peer still works under the stricter policy.
-        await chatBothWays(lab, "bob@secure.test", "bobpw", SECURE_IP, "secure-again")
+        await chatBothWays("bob@secure.test", "bobpw", SECURE_IP, "secure-again")
     finally:
         await reloadWith(lab, secure_auth=False)
 
 
 @pytest_twisted.ensureDeferred
 async def test_sighup_with_a_new_certificate_applies_to_new_streams_only(lab):
-    await chatBothWays(lab, "bob@secure.test", "bobpw", SECURE_IP, "before-renewal")
+    await chatBothWays("bob@secure.test", "bobpw", SECURE_IP, "before-renewal")
     established = outboundStream(lab, "secure.test")
     certfile = lab["homeCert"][0]
     oldPem = open(certfile).read()
@@ -337,7 +287,7 @@ async def test_sighup_with_a_new_certificate_applies_to_new_streams_only(lab):
                                             + "-----END CERTIFICATE-----\n")
         assert served == expected
         assert outboundStream(lab, "secure.test") is established and not established.closed
-        await chatBothWays(lab, "bob@secure.test", "bobpw", SECURE_IP, "after-renewal")
+        await chatBothWays("bob@secure.test", "bobpw", SECURE_IP, "after-renewal")
     finally:
         open(certfile, "w").write(oldPem)
 
@@ -359,7 +309,7 @@ def deferToThreadCertificate(ip, port, servername):
 
 @pytest_twisted.ensureDeferred
 async def test_sessions_show_how_each_link_is_secured(lab):
-    await chatBothWays(lab, "bob@secure.test", "bobpw", SECURE_IP, "sessions")
+    await chatBothWays("bob@secure.test", "bobpw", SECURE_IP, "sessions")
     sessions = lab["gateway"].sessions()
     out = [s for s in sessions if s["direction"] == "out" and s["remote"] == "secure.test"]
     assert out and out[0]["auth"] == "sasl-external"
@@ -383,7 +333,7 @@ async def test_failed_attempt_keeps_its_step_by_step_log(lab):
 
 @pytest_twisted.ensureDeferred
 async def test_sighup_applies_a_new_host_policy(lab):
-    await chatBothWays(lab, "carol@ejsecure.test", "carolpw", EJABBERD_IP, "before-deny")
+    await chatBothWays("carol@ejsecure.test", "carolpw", EJABBERD_IP, "before-deny")
     path, gateway = lab["configPath"], lab["gateway"]
     original = path.read_text()
     path.write_text(gatewayToml(lab["ca"].cafile, lab["homeCert"][0], lab["nameserver"],

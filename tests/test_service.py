@@ -1,6 +1,5 @@
 """GatewayService: reload behaviour, in process, without network traffic."""
 
-from twisted.internet import task
 from twisted.internet.testing import MemoryReactorClock
 
 from s2sgate.config import load_config
