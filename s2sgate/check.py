@@ -315,6 +315,16 @@ def _srvLine(service: str, domain: str, target: str) -> str:
     return f"{service}{domain}. 3600 IN SRV 0 5 5269 {target}."
 
 
+def _listRecords(step, records, directTLS):
+    """Put SRV records on a step (summary, details, JSON); return their targets."""
+    step.summary = f"{len(records)} target{'s' if len(records) > 1 else ''}"
+    step.details = [f"priority {r.priority} weight {r.weight} port {r.port} {_targetName(r)}."
+                    for r in records]
+    step.data["records"] = [{"priority": r.priority, "weight": r.weight, "port": r.port,
+                             "target": _targetName(r)} for r in records]
+    return [Target(_targetName(r), r.port, directTLS) for r in records]
+
+
 def _targetName(r: dns.Record_SRV) -> str:
     name = r.target.name
     name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
@@ -551,12 +561,8 @@ class Checker:
         elif xmpps == "dot":
             step.summary = "'.' — direct TLS explicitly not offered"
         else:
-            step.summary = f"{len(xmpps)} target{'s' if len(xmpps) > 1 else ''} (direct TLS, XEP-0368)"
-            step.details = [f"priority {r.priority} weight {r.weight} port {r.port} "
-                            f"{_targetName(r)}." for r in xmpps]
-            step.data["records"] = [{"priority": r.priority, "weight": r.weight,
-                                     "port": r.port, "target": _targetName(r)} for r in xmpps]
-            targets += [Target(_targetName(r), r.port, True) for r in xmpps]
+            targets += _listRecords(step, xmpps, directTLS=True)
+            step.summary += " (direct TLS, XEP-0368)"
         self._add(step)
 
         step = Step("srv", f"SRV {XMPP_SERVER}{d}")
@@ -581,12 +587,7 @@ class Checker:
                 f"the server, e.g. `{example}`"))
             return targets
         if isinstance(xmpp, list):
-            step.summary = f"{len(xmpp)} target{'s' if len(xmpp) > 1 else ''}"
-            step.details = [f"priority {r.priority} weight {r.weight} port {r.port} "
-                            f"{_targetName(r)}." for r in xmpp]
-            step.data["records"] = [{"priority": r.priority, "weight": r.weight,
-                                     "port": r.port, "target": _targetName(r)} for r in xmpp]
-            targets += [Target(_targetName(r), r.port, False) for r in xmpp]
+            targets += _listRecords(step, xmpp, directTLS=False)
             self._add(step)
             return targets
         # No _xmpp-server records at all.

@@ -300,14 +300,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(data, filename)
 
 
-def check_runnable(config: Config) -> None:
-    """
-    Refuse settings that this version of the gateway cannot honour yet,
-    rather than pretend.
-    """
-    return None
-
-
 def parse_config(data: Any, filename: str) -> Config:
     """
     Check C{data} (what C{tomllib} returned) and build the L{Config}.

@@ -18,7 +18,6 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.connector import ConnectFailed
-from s2sgate.metrics import Metrics
 from s2sgate.dialback import NS_DB, NS_DB_FEATURE, dbElement, dbError
 from s2sgate.domain import InvalidDomain, domainOf, isUnambiguous, normalize, rawDomainOf
 from s2sgate.security import NS_SASL, NS_TLS
@@ -57,8 +56,7 @@ class InboundStream(XmlStream):
         self.tlsStarted = False
         self.since = gateway.clock.seconds()
         self.batch = getattr(gateway, "batch", None)
-        metrics = getattr(gateway, "metrics", None)
-        self.metrics = metrics if isinstance(metrics, Metrics) else None
+        self.metrics = getattr(gateway, "metrics", None)
         self._negotiationCall = None
 
     def describe(self):

@@ -82,8 +82,15 @@ class _StreamCollector:
         yield queued
 
 
+class _NullCounter:
+    def inc(self, amount=1):
+        pass
+
+
 class NullMetrics:
     """Counts nothing: for unit tests and tools that run without a registry."""
+
+    bytesIn = bytesOut = _NullCounter()
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None

@@ -11,7 +11,6 @@ condition and text for the bounces.
 """
 
 import collections
-import inspect
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
@@ -21,7 +20,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.connector import Attempt, ConnectFailed, connect
-from s2sgate.metrics import Metrics, NullMetrics
+from s2sgate.metrics import NullMetrics
 from s2sgate.dialback import NS_DB, dbElement, dbErrorReason
 from s2sgate.security import NS_SASL, NS_TLS, SecurityPolicy
 from s2sgate.stream import XmlStream
@@ -70,7 +69,7 @@ class OutboundStream(XmlStream):
         self.failure = None
         self.trace = []          # Attempt per step, for the diagnostic log
         self._negotiationCall = None
-        self.metrics = pool.metrics if isinstance(pool.metrics, Metrics) else None
+        self.metrics = pool.metrics
         self.batch = getattr(pool, "batch", None)
 
     def describe(self):
@@ -435,10 +434,6 @@ class OutboundPool:
         self.connectFn = connectFn
         self.links = {}
         self.maxLinks = 1000
-        try:
-            self._connectTakesAttempts = "attempts" in inspect.signature(connectFn).parameters
-        except (TypeError, ValueError):
-            self._connectTakesAttempts = False
         self.sent = 0
 
     def send(self, local, remote, element):
@@ -502,10 +497,7 @@ class OutboundPool:
             # XEP-0368: _xmpps-server targets first, TLS from the first byte.
             kwargs["direct_tls_factory"] = lambda target: self.tls.clientCreator(
                 remote, local, alpn=True)
-        if self._connectTakesAttempts:
-            kwargs["attempts"] = earlier = []
-        else:
-            earlier = []
+        kwargs["attempts"] = earlier = []
         result = await self.connectFn(self.clock, self.resolver, remote, factory,
                                       timeout=self.config.s2s.outgoing.connection_timeout,
                                       **kwargs)

@@ -20,8 +20,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from s2sgate.component import ComponentLink
-from s2sgate.config import ConfigError, check_runnable, load_config
+from s2sgate.config import ConfigError, load_config
 from s2sgate.dialback import DialbackKeys
+from s2sgate.domain import normalize
 from s2sgate.inbound import InboundFactory
 from s2sgate.metrics import Metrics
 from s2sgate.outbound import OutboundPool
@@ -102,7 +103,7 @@ class GatewayService(service.MultiService):
     log = Logger()
 
     def __init__(self, config, reactor=None, resolver=None, applyLogLevel=False,
-                 handleSignals=False):
+                 handleSignals=False, tls=None):
         service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
@@ -115,7 +116,9 @@ class GatewayService(service.MultiService):
         self.keys = DialbackKeys(s.shared)
         self.policy = Policy(config)
         self.security = SecurityPolicy(s)
-        self.tls = buildTLS(config)
+        # tls: contexts already built from this config (twistd checks them
+        # before start-up); built here otherwise.
+        self.tls = tls if tls is not None else buildTLS(config)
         self.router = Router(config, policy=self.policy, metrics=self.metrics)
         if resolver is None:
             overrides = {a.host: (a.ip_address, a.port) for a in s.address}
@@ -210,7 +213,6 @@ class GatewayService(service.MultiService):
 
     async def connect(self, local, remote):
         """Open and authenticate the outbound stream (local, remote) now."""
-        from s2sgate.domain import normalize
         local, remote = normalize(local), normalize(remote)
         if not self.router.isLocal(local):
             raise ValueError(f"{local} is not one of local_domains")
@@ -225,7 +227,6 @@ class GatewayService(service.MultiService):
 
     def close(self, remote):
         """Close every stream with C{remote}; returns how many."""
-        from s2sgate.domain import normalize
         remote = normalize(remote)
         closed = 0
         for (local, other), link in list(self.pool.links.items()):
@@ -255,7 +256,6 @@ class GatewayService(service.MultiService):
         """
         try:
             new = load_config(self.config.path)
-            check_runnable(new)
             tls = buildTLS(new)
         except ConfigError as e:
             self.log.error("reload refused, still running on the previous config: {error}",

@@ -11,7 +11,7 @@ import sys
 
 from twisted.python import usage
 
-from s2sgate.config import ConfigError, check_runnable, load_config
+from s2sgate.config import ConfigError, load_config
 
 DEFAULT_CONFIG = "/etc/s2sgate/s2sgate.toml"
 
@@ -35,7 +35,6 @@ class Options(usage.Options):
                 self["parsed"] = dataclasses.replace(
                     self["parsed"], log=dataclasses.replace(self["parsed"].log,
                                                             format=self["log-format"]))
-            check_runnable(self["parsed"])
             parent = getattr(self, "parent", None)
             if (self["parsed"].log.format == "json" and parent is not None
                     and not parent.get("nodaemon")):
@@ -44,7 +43,7 @@ class Options(usage.Options):
                                   "discards", 'run "twistd --nodaemon" (-n), as the systemd '
                                   'unit does, or use "text"')
             from s2sgate.service import buildTLS
-            buildTLS(self["parsed"])
+            self["tls"] = buildTLS(self["parsed"])   # a bad certificate stops start-up here
         except ConfigError as e:
             sys.stderr.write(f"s2sgate: {e}\n")
             raise SystemExit(2)
@@ -52,4 +51,5 @@ class Options(usage.Options):
 
 def makeService(options):
     from s2sgate.service import GatewayService
-    return GatewayService(options["parsed"], applyLogLevel=True, handleSignals=True)
+    return GatewayService(options["parsed"], applyLogLevel=True, handleSignals=True,
+                          tls=options.get("tls"))

@@ -36,7 +36,7 @@ class FakeConnector:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, reactor, resolver, domain, factory, *, timeout):
+    def __call__(self, reactor, resolver, domain, factory, *, timeout, attempts=None):
         call = SimpleNamespace(domain=domain, factory=factory, timeout=timeout, d=defer.Deferred())
         self.calls.append(call)
         return call.d

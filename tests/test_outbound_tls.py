@@ -288,7 +288,8 @@ def _fallbackPool(directTLSFails):
     gw = tlsGateway(mode="required")
     calls = []
 
-    async def connectFn(reactor, resolver, domain, factory, *, timeout, direct_tls_factory=None):
+    async def connectFn(reactor, resolver, domain, factory, *, timeout, direct_tls_factory=None,
+                        attempts=None):
         stream = factory.buildProtocol(None)
         stream.makeConnection(StringTransport())
         calls.append("direct" if direct_tls_factory is not None else "starttls")
