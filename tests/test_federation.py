@@ -250,3 +250,19 @@ async def test_stream_to_a_foreign_domain_gets_host_unknown(lab):
         HEADER.format(sender="evil.test", to="elsewhere.test").encode(),
     ])
     assert "host-unknown" in reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_error_from_the_c2s_server_travels_back_to_the_remote_sender(lab):
+    # No such user on home.test (and offline storage is off): Prosody answers
+    # with an error stanza, which the gateway carries back over s2s.
+    bob = await login("bob@prosody.test", "bobpw", PEER_IP)
+    try:
+        bob.send(message("nobody@home.test", "to-nobody"))
+        bounce = await bob.wait_for(isMessage("to-nobody"), timeout=20)
+        assert bounce["type"] == "error"
+        assert bounce["from"] == "nobody@home.test"
+        assert conditionOf(bounce) in ("service-unavailable", "item-not-found",
+                                       "recipient-unavailable")
+    finally:
+        await bob.disconnect()
