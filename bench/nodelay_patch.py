@@ -1,7 +1,7 @@
 """Experiment only (``bench/run.py --nodelay``): run the gateway with TCP_NODELAY on every
 stream it owns, to show what Nagle's algorithm costs in latency.  Patches the class at
 start-up in the gateway's process; s2sgate's own code is unchanged."""
-from s2sgate.stream import XmlStream
+from s2sgate.xmpp.stream import XmlStream
 
 _connectionMade = XmlStream.connectionMade
 

@@ -341,7 +341,7 @@ def feed_all(parser, header, data):
 
 
 def run_ceiling(quick):
-    from s2sgate.xmlparser import StreamParser
+    from s2sgate.xmpp.parser import StreamParser
     n = 20000 if quick else 60000
     data = batch(0, n, to_bare="bob@sink.test", to_full="bob@sink.test/res",
                  frm="alice@home.test/bench")

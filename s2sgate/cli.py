@@ -32,7 +32,7 @@ def _configCheck(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.file)
-        from s2sgate.service import buildTLS
+        from s2sgate.gateway.service import buildTLS
         buildTLS(config)   # certificate and key load and match
     except ConfigError as e:
         print(str(e), file=sys.stderr)

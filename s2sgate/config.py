@@ -14,7 +14,7 @@ L{ConfigError}, whose text is one line::
 
 The result is immutable (frozen dataclasses, tuples) so that the running
 gateway can share it freely.  Domains are stored in the canonical form of
-L{s2sgate.domain.normalize}.  Relative paths (C{certfile}, C{secret_file}, ...)
+L{s2sgate.xmpp.domain.normalize}.  Relative paths (C{certfile}, C{secret_file}, ...)
 are resolved against the directory of the config file, as Prosody does, and
 stored resolved.  Secrets never appear in error messages or in C{repr()}.
 """
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from s2sgate.domain import InvalidDomain, normalize
+from s2sgate.xmpp.domain import InvalidDomain, normalize
 
 __all__ = [
     "ConfigError",

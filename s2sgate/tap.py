@@ -42,7 +42,7 @@ class Options(usage.Options):
                                   "JSON logs go to standard output, which a daemonised twistd "
                                   "discards", 'run "twistd --nodaemon" (-n), as the systemd '
                                   'unit does, or use "text"')
-            from s2sgate.service import buildTLS
+            from s2sgate.gateway.service import buildTLS
             self["tls"] = buildTLS(self["parsed"])   # a bad certificate stops start-up here
         except ConfigError as e:
             sys.stderr.write(f"s2sgate: {e}\n")
@@ -50,6 +50,6 @@ class Options(usage.Options):
 
 
 def makeService(options):
-    from s2sgate.service import GatewayService
+    from s2sgate.gateway.service import GatewayService
     return GatewayService(options["parsed"], applyLogLevel=True, handleSignals=True,
                           tls=options.get("tls"))

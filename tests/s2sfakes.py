@@ -7,11 +7,11 @@ from twisted.internet.testing import StringTransport
 from twisted.words.xish import domish
 
 from s2sgate.config import parse_config
-from s2sgate.dialback import DialbackKeys
-from s2sgate.policy import Policy
-from s2sgate.router import Router
-from s2sgate.security import SecurityPolicy
-from s2sgate.xmlparser import StreamParser
+from s2sgate.auth.dialback import DialbackKeys
+from s2sgate.gateway.policy import Policy
+from s2sgate.gateway.router import Router
+from s2sgate.auth.requirements import SecurityPolicy
+from s2sgate.xmpp.parser import StreamParser
 
 LOCAL = "home.test"
 MUC = "conference.home.test"

@@ -1,5 +1,5 @@
 """
-The admin API, status page and /metrics (s2sgate.admin).
+The admin API, status page and /metrics (s2sgate.ops.admin).
 
 API unit tests run the real admin Site in the test reactor with a fake gateway
 (127.0.0.110).  The `servers` tests run a real gateway with real Prosody
@@ -32,11 +32,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 
-from s2sgate.admin import AdminSite, sessionTotals
+from s2sgate.ops.admin import AdminSite, sessionTotals
 from s2sgate.config import ConfigError, load_config
-from s2sgate.connector import Attempt, ConnectFailed
-from s2sgate.metrics import Metrics
-from s2sgate.service import GatewayService
+from s2sgate.net.connector import Attempt, ConnectFailed
+from s2sgate.ops.metrics import Metrics
+from s2sgate.gateway.service import GatewayService
 from tests.lab import chat
 from tests.lab.chat import conditionOf, isMessage, login, message
 

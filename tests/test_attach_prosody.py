@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from s2sgate.config import parse_config
-from s2sgate.service import GatewayService
+from s2sgate.gateway.service import GatewayService
 from tests.lab.client import connect_client, parse_xml
 from tests.lab.dns import TestDNS, pick_dns_ip
 from tests.lab.prosody import Prosody

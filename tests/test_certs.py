@@ -1,4 +1,4 @@
-"""Peer certificate verdicts: s2sgate.certs (RFC 6125 / RFC 7712 identities)."""
+"""Peer certificate verdicts: s2sgate.auth.certs (RFC 6125 / RFC 7712 identities)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import crypto
 
-from s2sgate.certs import (
+from s2sgate.auth.certs import (
     Identities,
     PeerCertificate,
     TrustStore,
@@ -340,7 +340,7 @@ def test_system_trust_store_does_not_trust_the_test_ca(ca):
 
 
 def test_system_trust_store_has_anchors():
-    import s2sgate.certs as certs
+    import s2sgate.auth.certs as certs
 
     bundle = certs._systemBundle()
     if bundle is None:

@@ -7,7 +7,7 @@ from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
 from twisted.words.xish import domish
 
-from s2sgate.component import ComponentLink, handshakeDigest
+from s2sgate.gateway.component import ComponentLink, handshakeDigest
 
 HEADER = ("<stream:stream xmlns='jabber:component:accept' "
           "xmlns:stream='http://etherx.jabber.org/streams' from='s2s.home.test' id='{id}'>")

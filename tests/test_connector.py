@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_connector -*-
 """
-Tests for L{s2sgate.connector}: every target and address is tried in order,
+Tests for L{s2sgate.net.connector}: every target and address is tried in order,
 failures become per-attempt diagnostics and the right bounce condition.
 No sockets: fake endpoints, or Twisted's MemoryReactorClock.
 """
@@ -17,8 +17,8 @@ from twisted.names import dns, error as dnserror
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from s2sgate.connector import Attempt, ConnectFailed, connect
-from s2sgate.resolver import Address, S2SResolver, Target
+from s2sgate.net.connector import Attempt, ConnectFailed, connect
+from s2sgate.net.resolver import Address, S2SResolver, Target
 from tests.test_resolver import FakeResolver, a, aaaa, result, srv
 
 XS = "_xmpp-server._tcp.b.test"

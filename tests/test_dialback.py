@@ -1,7 +1,7 @@
 import hashlib
 import hmac
 
-from s2sgate.dialback import NS_DB, DialbackKeys, dbElement, dbError, dbErrorReason
+from s2sgate.auth.dialback import NS_DB, DialbackKeys, dbElement, dbError, dbErrorReason
 
 
 def test_key_is_deterministic_for_the_same_receiving_originating_and_id():

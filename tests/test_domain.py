@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from s2sgate.domain import InvalidDomain, domainOf, normalize
+from s2sgate.xmpp.domain import InvalidDomain, domainOf, normalize
 
 
 def test_normalize_lowercases_ascii():

@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from s2sgate.config import parse_config
-from s2sgate.service import GatewayService
+from s2sgate.gateway.service import GatewayService
 from tests.lab import chat
 from tests.lab.chat import conditionOf, isMessage, login, message
 from tests.lab.dns import TestDNS, pick_dns_ip

@@ -2,10 +2,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.python.failure import Failure
 
-from s2sgate.connector import Attempt, ConnectFailed
-from s2sgate.dialback import NS_DB, NS_DB_FEATURE, DialbackKeys
-from s2sgate.inbound import NS_LIMITS, InboundStream
-from s2sgate.xmlparser import NS_STREAMS
+from s2sgate.net.connector import Attempt, ConnectFailed
+from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE, DialbackKeys
+from s2sgate.s2s.inbound import NS_LIMITS, InboundStream
+from s2sgate.xmpp.parser import NS_STREAMS
 from tests.s2sfakes import LOCAL, MUC, REMOTE, SECRET, Output, connect, makeGateway, stanza
 
 NS_DB_DECL = f"xmlns:db='{NS_DB}'"

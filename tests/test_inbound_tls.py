@@ -5,11 +5,11 @@ import dataclasses
 
 from twisted.internet.testing import StringTransport
 
-from s2sgate.certs import PeerCertificate
-from s2sgate.dialback import NS_DB, NS_DB_FEATURE
-from s2sgate.inbound import InboundStream
-from s2sgate.security import NS_SASL, NS_TLS
-from s2sgate.xmlparser import NS_STREAMS
+from s2sgate.auth.certs import PeerCertificate
+from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE
+from s2sgate.s2s.inbound import InboundStream
+from s2sgate.auth.requirements import NS_SASL, NS_TLS
+from s2sgate.xmpp.parser import NS_STREAMS
 from tests.s2sfakes import LOCAL, MUC, REMOTE, Output, makeConfig, makeGateway, stanza
 
 OTHER = "other.test"

@@ -1,6 +1,6 @@
 from twisted.logger import LogPublisher, Logger
 
-from s2sgate.logsetup import applyLevel
+from s2sgate.ops.logsetup import applyLevel
 
 
 def test_level_filter_drops_debug_but_keeps_warnings():
@@ -25,7 +25,7 @@ def test_json_format_writes_one_event_per_line_with_structured_fields():
     import io
     import json
 
-    from s2sgate.logsetup import useJSON
+    from s2sgate.ops.logsetup import useJSON
 
     publisher = LogPublisher()
     publisher.addObserver(lambda e: None)

@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from s2sgate import cli
-from s2sgate.admin import AdminSite
+from s2sgate.ops.admin import AdminSite
 from s2sgate.commands.ops import adminURL
 from s2sgate.config import ConfigError
 from tests.test_admin import FAILURE, SESSIONS, TOKEN, FakeGateway

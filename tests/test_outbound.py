@@ -4,11 +4,11 @@ import pytest
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from s2sgate.connector import Attempt, ConnectFailed
-from s2sgate.dialback import NS_DB
-from s2sgate.outbound import OutboundPool, OutboundStream
-from s2sgate.stanzas import NS_STANZA_ERRORS
-from s2sgate.xmlparser import NS_STREAMS
+from s2sgate.net.connector import Attempt, ConnectFailed
+from s2sgate.auth.dialback import NS_DB
+from s2sgate.s2s.outbound import OutboundPool, OutboundStream
+from s2sgate.xmpp.stanzas import NS_STANZA_ERRORS
+from s2sgate.xmpp.parser import NS_STREAMS
 from tests.s2sfakes import LOCAL, REMOTE, Output, connect, makeGateway, stanza
 
 PEER_ID = "peer-stream-1"
@@ -421,7 +421,7 @@ def test_close_all_cancels_attempts_and_closes_streams():
 
 def test_idle_links_are_forgotten_once_the_table_is_full():
     from twisted.internet import defer
-    from s2sgate.outbound import OutboundPool
+    from s2sgate.s2s.outbound import OutboundPool
     from tests.s2sfakes import makeGateway
 
     gw = makeGateway()

@@ -1,10 +1,10 @@
 """OutboundStream security: STARTTLS, downgrade refusal, certificate policy, SASL EXTERNAL."""
 
-from s2sgate.connector import ConnectFailed
-from s2sgate.dialback import NS_DB
-from s2sgate.outbound import OutboundPool, OutboundStream
-from s2sgate.security import NS_SASL, NS_TLS
-from s2sgate.xmlparser import NS_STREAMS
+from s2sgate.net.connector import ConnectFailed
+from s2sgate.auth.dialback import NS_DB
+from s2sgate.s2s.outbound import OutboundPool, OutboundStream
+from s2sgate.auth.requirements import NS_SASL, NS_TLS
+from s2sgate.xmpp.parser import NS_STREAMS
 from tests.s2sfakes import LOCAL, REMOTE, Output
 from tests.test_inbound_tls import TLSTransport, fresh, selfSigned, tlsGateway, valid
 

@@ -1,4 +1,4 @@
-from s2sgate.policy import Policy
+from s2sgate.gateway.policy import Policy
 from tests.s2sfakes import LOCAL, MUC, REMOTE, makeConfig
 
 

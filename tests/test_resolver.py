@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_resolver -*-
 """
-Tests for L{s2sgate.resolver}: SRV ordering, "." handling, fallback, and
+Tests for L{s2sgate.net.resolver}: SRV ordering, "." handling, fallback, and
 that nothing ever reaches a real nameserver (a fake IResolver answers).
 """
 
@@ -12,7 +12,7 @@ from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns, error as dnserror
 
-from s2sgate.resolver import (
+from s2sgate.net.resolver import (
     Address,
     DNSFailure,
     NoService,

@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 from twisted.words.xish import domish
 
-from s2sgate.router import Router
+from s2sgate.gateway.router import Router
 
 
 def router():

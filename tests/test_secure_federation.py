@@ -27,7 +27,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 
 from s2sgate.config import load_config
-from s2sgate.service import GatewayService
+from s2sgate.gateway.service import GatewayService
 from tests.lab.certs import TestCA
 from tests.lab import chat
 from tests.lab.chat import conditionOf, textOf

@@ -4,9 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from s2sgate.certs import NO_CERTIFICATE, PeerCertificate
+from s2sgate.auth.certs import NO_CERTIFICATE, PeerCertificate
 from s2sgate.config import S2SConfig
-from s2sgate.security import SecurityPolicy
+from s2sgate.auth.requirements import SecurityPolicy
 from tests.s2sfakes import makeConfig
 
 SEC = "sec.test"      # in secure_domains

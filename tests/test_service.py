@@ -3,7 +3,7 @@
 from twisted.internet.testing import MemoryReactorClock
 
 from s2sgate.config import load_config
-from s2sgate.service import GatewayService
+from s2sgate.gateway.service import GatewayService
 
 BASE = """
 local_domains = ["example.com"]

@@ -3,9 +3,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
-from s2sgate.dialback import NS_DB, dbElement
-from s2sgate.stream import NS_SERVER, XmlStream, newStreamId, parseStreamError, streamErrorXml
-from s2sgate.xmlparser import NS_STREAMS
+from s2sgate.auth.dialback import NS_DB, dbElement
+from s2sgate.xmpp.stream import NS_SERVER, XmlStream, newStreamId, parseStreamError, streamErrorXml
+from s2sgate.xmpp.parser import NS_STREAMS
 
 HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
           f"xmlns:db='{NS_DB}' from='a.test' to='b.test' id='x' version='1.0'>").encode()
@@ -204,7 +204,7 @@ def test_writes_inside_a_batch_become_one_write_per_stream():
     from twisted.internet import task
     from twisted.internet.testing import StringTransport
 
-    from s2sgate.stream import WriteBatch, XmlStream
+    from s2sgate.xmpp.stream import WriteBatch, XmlStream
 
     class Recording(StringTransport):
         def __init__(self):
@@ -235,7 +235,7 @@ def test_closing_inside_a_batch_writes_the_held_data_first():
     from twisted.internet import task
     from twisted.internet.testing import StringTransport
 
-    from s2sgate.stream import WriteBatch, XmlStream
+    from s2sgate.xmpp.stream import WriteBatch, XmlStream
 
     batch = WriteBatch()
     stream = XmlStream(task.Clock())
@@ -254,7 +254,7 @@ def test_a_peer_that_stops_reading_is_dropped_past_the_backlog_limit():
     from twisted.internet import task
     from twisted.internet.testing import StringTransport
 
-    from s2sgate.stream import XmlStream
+    from s2sgate.xmpp.stream import XmlStream
 
     class Abortable(StringTransport):
         aborted = False
@@ -279,7 +279,7 @@ def test_a_slow_peer_that_catches_up_is_kept():
     from twisted.internet import task
     from twisted.internet.testing import StringTransport
 
-    from s2sgate.stream import XmlStream
+    from s2sgate.xmpp.stream import XmlStream
 
     stream = XmlStream(task.Clock())
     stream.maxBacklog = 10000

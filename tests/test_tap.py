@@ -90,6 +90,6 @@ def test_the_wheel_ships_the_plugin_and_the_status_page_but_no_plugin_package(tm
     [wheel] = tmp_path.glob("s2sgate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/s2sgate_plugin.py" in names
-    assert "s2sgate/admin/status.html" in names
+    assert "s2sgate/ops/admin/status.html" in names
     assert "twisted/plugins/__init__.py" not in names
     assert not [n for n in names if n.endswith("dropin.cache") or n.startswith("tests/")]

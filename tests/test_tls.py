@@ -1,4 +1,4 @@
-"""TLS contexts (s2sgate.tls) with real handshakes over loopback sockets."""
+"""TLS contexts (s2sgate.auth.tls) with real handshakes over loopback sockets."""
 from __future__ import annotations
 
 import pytest
@@ -13,9 +13,9 @@ from twisted.internet.interfaces import (
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from s2sgate.certs import TrustStore
+from s2sgate.auth.certs import TrustStore
 from s2sgate.config import DomainCert, S2SConfig, parse_config
-from s2sgate.tls import TLSContexts, TLSSetupError, describe, peerCertificates
+from s2sgate.auth.tls import TLSContexts, TLSSetupError, describe, peerCertificates
 from tests.lab.certs import TestCA
 
 
@@ -291,7 +291,7 @@ async def test_tls12_minimum_and_ciphers(ca, certs):
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _OldClient:
-    """A TLS 1.0/1.1-only client, independent of s2sgate.tls."""
+    """A TLS 1.0/1.1-only client, independent of s2sgate.auth.tls."""
 
     def clientConnectionForTLS(self, tlsProtocol):
         ctx = SSL.Context(SSL.TLS_METHOD)

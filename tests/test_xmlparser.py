@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from s2sgate.xmlparser import StreamError, StreamParser
+from s2sgate.xmpp.parser import StreamError, StreamParser
 
 HEADER = (b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
           b" xmlns:db='jabber:server:dialback' to='a.test' version='1.0'>")

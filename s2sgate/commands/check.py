@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_check -*-
 """
 C{s2sgate check DOMAIN}: diagnose federation with one domain, step by step,
-without a running gateway.  See L{s2sgate.check}.
+without a running gateway.  See L{s2sgate.ops.check}.
 
 Exit status: 0 federation can work, 1 it cannot, 2 usage or config error.
 """
@@ -59,7 +59,7 @@ def _fail(text: str) -> int:
 
 def buildOptions(args: argparse.Namespace):
     """L{CheckOptions} from the command line; raise L{ValueError} (one line)."""
-    from s2sgate.check import CheckOptions
+    from s2sgate.ops.check import CheckOptions
     from s2sgate.config import ConfigError, S2SConfig, load_config, parseNameserver
 
     s2s = S2SConfig()
@@ -97,10 +97,10 @@ def buildOptions(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from twisted.internet import task
 
-    from s2sgate.check import Checker, TextPrinter
-    from s2sgate.tls import TLSSetupError
+    from s2sgate.ops.check import Checker, TextPrinter
+    from s2sgate.auth.tls import TLSSetupError
 
-    from s2sgate.domain import InvalidDomain, normalize
+    from s2sgate.xmpp.domain import InvalidDomain, normalize
 
     try:
         normalize(args.domain.rstrip(".") or args.domain)

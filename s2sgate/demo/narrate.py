@@ -103,7 +103,7 @@ class Narrator:
                 self.say(f"  resolve {event['remote']}: s2s.address override -> "
                          f"{override.ip_address}:{override.port} (no DNS)", site)
             return
-        if namespace == "s2sgate.connector" and event.get("step") == "connect" \
+        if namespace == "s2sgate.net.connector" and event.get("step") == "connect" \
                 and event.get("error") is None:
             site = self._siteConnectingTo(event.get("domain"))
             key = (getattr(site, "name", None), event.get("domain"))
@@ -139,7 +139,7 @@ class Narrator:
                 text = text.split(": ", 1)[-1]
             self.say(("! " if kind in _WARNINGS else "") + text, site)
             return
-        if namespace == "s2sgate.connector" and event.get("log_level") in (LogLevel.info,
+        if namespace == "s2sgate.net.connector" and event.get("log_level") in (LogLevel.info,
                                                                            LogLevel.warn):
             # A failed step of an outbound connection attempt.
             self.say("! " + formatEvent(event), self._siteConnectingTo(event.get("domain")))

@@ -387,8 +387,8 @@ class Demo:
             for entity in site.entities.values():
                 entity.onStanza = (lambda e: lambda s: self.deliveries.observe(e, s))(entity)
 
-        from s2sgate.inbound import InboundFactory
-        from s2sgate.service import GatewayService
+        from s2sgate.s2s.inbound import InboundFactory
+        from s2sgate.gateway.service import GatewayService
         for site in self.sites:
             site.config = self._config(site, ca, certs[site.name].certfile)
             site.gateway = GatewayService(site.config, self.reactor)

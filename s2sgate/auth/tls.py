@@ -5,7 +5,7 @@ TLS contexts for s2s streams, one certificate per local domain.
 Every context requests the peer's certificate but never fails the handshake
 because of it: the verify callback always says yes.  The stream judges the
 certificate afterwards with L{TLSContexts.peerVerdict} / L{verify}
-(L{s2sgate.certs.verifyPeer}), by policy.  This is deliberate: Twisted's
+(L{s2sgate.auth.certs.verifyPeer}), by policy.  This is deliberate: Twisted's
 C{optionsForClientTLS} identity check fails open for certificates without
 DNS/SRV subjectAltNames (see DESIGN.md), so it is not used at all.
 
@@ -38,7 +38,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
-from s2sgate.certs import (
+from s2sgate.auth.certs import (
     NO_CERTIFICATE,
     Identities,
     PeerCertificate,
@@ -47,7 +47,7 @@ from s2sgate.certs import (
     matchesDomain,
     verifyPeer,
 )
-from s2sgate.domain import InvalidDomain, normalize
+from s2sgate.xmpp.domain import InvalidDomain, normalize
 
 __all__ = [
     "ALPN_XMPP_SERVER",

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
-from s2sgate.xmlparser import NS_STREAMS, StreamError, StreamParser
+from s2sgate.xmpp.parser import NS_STREAMS, StreamError, StreamParser
 
 NS_STANZAS_STREAM = "urn:ietf:params:xml:ns:xmpp-streams"
 NS_SERVER = "jabber:server"

@@ -40,7 +40,7 @@ __all__ = [
 XMPPS_SERVER = "_xmpps-server._tcp."
 XMPP_SERVER = "_xmpp-server._tcp."
 
-_log = Logger(namespace="s2sgate.resolver")
+_log = Logger(namespace="s2sgate.net.resolver")
 
 
 @dataclass(frozen=True)

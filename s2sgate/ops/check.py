@@ -53,10 +53,10 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.config import DomainCert, S2SConfig
-from s2sgate.connector import describeConnectError
-from s2sgate.dialback import NS_DB, NS_DB_FEATURE
-from s2sgate.domain import InvalidDomain, normalize
-from s2sgate.resolver import (
+from s2sgate.net.connector import describeConnectError
+from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE
+from s2sgate.xmpp.domain import InvalidDomain, normalize
+from s2sgate.net.resolver import (
     XMPP_SERVER,
     XMPPS_SERVER,
     Address,
@@ -64,9 +64,9 @@ from s2sgate.resolver import (
     S2SResolver,
     Target,
 )
-from s2sgate.security import NS_SASL, NS_TLS, SecurityPolicy
-from s2sgate.stream import NS_SERVER, parseStreamError, streamHeader
-from s2sgate.xmlparser import NS_STREAMS, StreamError, StreamParser
+from s2sgate.auth.requirements import NS_SASL, NS_TLS, SecurityPolicy
+from s2sgate.xmpp.stream import NS_SERVER, parseStreamError, streamHeader
+from s2sgate.xmpp.parser import NS_STREAMS, StreamError, StreamParser
 
 __all__ = ["CheckOptions", "Step", "Report", "Checker", "TextPrinter", "CHECK_FROM"]
 
@@ -378,8 +378,8 @@ class Checker:
     @param reactor: the reactor (time, TCP).
     @param options: a L{CheckOptions}.
     @param emit: called with each L{Step} as it is finished.
-    @param tls: a L{s2sgate.tls.TLSContexts} (built from the options when
-        omitted; L{s2sgate.tls.TLSSetupError} for an unusable C{cafile}).
+    @param tls: a L{s2sgate.auth.tls.TLSContexts} (built from the options when
+        omitted; L{s2sgate.auth.tls.TLSSetupError} for an unusable C{cafile}).
     @param resolver: an L{S2SResolver} (built from the options when omitted).
     """
 
@@ -412,7 +412,7 @@ class Checker:
         self.local = CHECK_FROM
 
     def _tlsContexts(self):
-        from s2sgate.tls import TLSContexts, TLSSetupError
+        from s2sgate.auth.tls import TLSContexts, TLSSetupError
 
         try:
             return TLSContexts(self.s2s, self.options.localDomains)
@@ -929,7 +929,7 @@ class Checker:
         self._certificate(conn)
 
     def _certificate(self, conn) -> None:
-        from s2sgate.tls import peerCertificates
+        from s2sgate.auth.tls import peerCertificates
 
         d = self.domain
         step = Step("certificate", "certificate")
@@ -1081,7 +1081,7 @@ class Checker:
     # -- 6. our own certificates ---------------------------------------------------------
 
     async def _localSteps(self) -> None:
-        from s2sgate.tls import LocalCertificate, TLSSetupError
+        from s2sgate.auth.tls import LocalCertificate, TLSSetupError
 
         d = self.domain
         entries: list[tuple[str, str, str]] = []  # (label, domain it serves, path)
@@ -1118,7 +1118,7 @@ class Checker:
                 step.fail(f"{path}: {e.message}", advice, fatal=isOurs)
                 self._add(step)
                 continue
-            from s2sgate.certs import matchesDomain, verifyPeer
+            from s2sgate.auth.certs import matchesDomain, verifyPeer
 
             leaf = cert.leaf
             notAfter = leaf.not_valid_after_utc

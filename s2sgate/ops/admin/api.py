@@ -46,8 +46,8 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from s2sgate.config import ConfigError
-from s2sgate.connector import ConnectFailed
-from s2sgate.domain import InvalidDomain, normalize
+from s2sgate.net.connector import ConnectFailed
+from s2sgate.xmpp.domain import InvalidDomain, normalize
 
 __all__ = ["AdminSite", "AdminResource", "sessionTotals", "CERTIFICATE_AUTH"]
 
@@ -192,7 +192,7 @@ class AdminResource(Resource):
 
     def renderPage(self, request):
         if self.page is None:
-            raise _HTTPError(500, "s2sgate/admin/status.html is missing from this installation; "
+            raise _HTTPError(500, "s2sgate/ops/admin/status.html is missing from this installation; "
                                   "the JSON API (/api/sessions, ...) works")
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", self.pageCSP.encode())

@@ -11,9 +11,9 @@ server.  Anything that cannot be delivered is bounced to its sender.
 
 from twisted.logger import Logger
 
-from s2sgate.domain import InvalidDomain, domainOf
-from s2sgate.metrics import NullMetrics
-from s2sgate.stanzas import STANZA_NAMES, errorReply, shouldBounce
+from s2sgate.xmpp.domain import InvalidDomain, domainOf
+from s2sgate.ops.metrics import NullMetrics
+from s2sgate.xmpp.stanzas import STANZA_NAMES, errorReply, shouldBounce
 
 NS_PING = "urn:xmpp:ping"
 

@@ -19,18 +19,18 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from s2sgate.component import ComponentLink
+from s2sgate.gateway.component import ComponentLink
 from s2sgate.config import ConfigError, load_config
-from s2sgate.dialback import DialbackKeys
-from s2sgate.domain import normalize
-from s2sgate.inbound import InboundFactory
-from s2sgate.metrics import Metrics
-from s2sgate.outbound import OutboundPool
-from s2sgate.policy import Policy
-from s2sgate.resolver import S2SResolver
-from s2sgate.router import Router
-from s2sgate.security import SecurityPolicy
-from s2sgate.stream import WriteBatch
+from s2sgate.auth.dialback import DialbackKeys
+from s2sgate.xmpp.domain import normalize
+from s2sgate.s2s.inbound import InboundFactory
+from s2sgate.ops.metrics import Metrics
+from s2sgate.s2s.outbound import OutboundPool
+from s2sgate.gateway.policy import Policy
+from s2sgate.net.resolver import S2SResolver
+from s2sgate.gateway.router import Router
+from s2sgate.auth.requirements import SecurityPolicy
+from s2sgate.xmpp.stream import WriteBatch
 
 # Settings read once at start: changing them needs a restart.
 RESTART_KEYS = (
@@ -53,7 +53,7 @@ def buildTLS(config):
     s = config.s2s
     if s.use_starttls == "false" and not s.direct_tls_listen:
         return None
-    from s2sgate.tls import TLSContexts, TLSSetupError
+    from s2sgate.auth.tls import TLSContexts, TLSSetupError
     try:
         return TLSContexts(s, config.local_domains)
     except TLSSetupError as e:
@@ -152,7 +152,7 @@ class GatewayService(service.MultiService):
         self.metrics.watch(self)
         self.admin = None
         if config.admin.listen:
-            from s2sgate.admin import AdminService
+            from s2sgate.ops.admin import AdminService
             self.admin = AdminService(self)
             self.admin.setServiceParent(self)
 
@@ -163,7 +163,7 @@ class GatewayService(service.MultiService):
 
     def startService(self):
         if self.applyLogLevel:
-            from s2sgate import logsetup
+            from s2sgate.ops import logsetup
             logsetup.apply(self.config.log)
         if self.handleSignals:
             signal.signal(signal.SIGHUP,
@@ -272,7 +272,7 @@ class GatewayService(service.MultiService):
         # keep their contexts; the policy stops new STARTTLS at once.
         self.pool.config = new
         if self.applyLogLevel:
-            from s2sgate.logsetup import applyLevel
+            from s2sgate.ops.logsetup import applyLevel
             applyLevel(new.log.level)
         self.log.info("configuration reloaded from {path}; new streams use it", path=new.path,
                       event="reload.done")

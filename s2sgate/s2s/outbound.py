@@ -19,12 +19,12 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
-from s2sgate.connector import Attempt, ConnectFailed, connect
-from s2sgate.metrics import NullMetrics
-from s2sgate.dialback import NS_DB, dbElement, dbErrorReason
-from s2sgate.security import NS_SASL, NS_TLS, SecurityPolicy
-from s2sgate.stream import XmlStream
-from s2sgate.xmlparser import NS_STREAMS
+from s2sgate.net.connector import Attempt, ConnectFailed, connect
+from s2sgate.ops.metrics import NullMetrics
+from s2sgate.auth.dialback import NS_DB, dbElement, dbErrorReason
+from s2sgate.auth.requirements import NS_SASL, NS_TLS, SecurityPolicy
+from s2sgate.xmpp.stream import XmlStream
+from s2sgate.xmpp.parser import NS_STREAMS
 
 
 

@@ -17,13 +17,13 @@ from twisted.internet.protocol import Factory
 from twisted.words.xish import domish
 from zope.interface import implementer
 
-from s2sgate.connector import ConnectFailed
-from s2sgate.dialback import NS_DB, NS_DB_FEATURE, dbElement, dbError
-from s2sgate.domain import InvalidDomain, domainOf, isUnambiguous, normalize, rawDomainOf
-from s2sgate.security import NS_SASL, NS_TLS
-from s2sgate.stanzas import STANZA_NAMES
-from s2sgate.stream import XmlStream, newStreamId
-from s2sgate.xmlparser import NS_STREAMS
+from s2sgate.net.connector import ConnectFailed
+from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE, dbElement, dbError
+from s2sgate.xmpp.domain import InvalidDomain, domainOf, isUnambiguous, normalize, rawDomainOf
+from s2sgate.auth.requirements import NS_SASL, NS_TLS
+from s2sgate.xmpp.stanzas import STANZA_NAMES
+from s2sgate.xmpp.stream import XmlStream, newStreamId
+from s2sgate.xmpp.parser import NS_STREAMS
 
 NS_LIMITS = "urn:xmpp:stream-limits:0"
 

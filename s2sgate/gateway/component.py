@@ -19,9 +19,9 @@ from twisted.internet import defer, error as ierror
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from s2sgate.metrics import NullMetrics
-from s2sgate.stanzas import errorReply, setNamespace, shouldBounce
-from s2sgate.stream import NS_COMPONENT, NS_SERVER, XmlStream
+from s2sgate.ops.metrics import NullMetrics
+from s2sgate.xmpp.stanzas import errorReply, setNamespace, shouldBounce
+from s2sgate.xmpp.stream import NS_COMPONENT, NS_SERVER, XmlStream
 
 # Seconds the c2s server has to answer our header and handshake.
 HANDSHAKE_TIMEOUT = 30

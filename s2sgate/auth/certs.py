@@ -4,7 +4,7 @@ Verdicts on a peer's certificate: is the chain trusted, and does the
 certificate name the peer's domain?  (RFC 6120 §13.7, RFC 6125, RFC 7712.)
 
 The TLS handshake itself never fails on the peer's certificate (see
-L{s2sgate.tls}); the stream asks L{verifyPeer} afterwards and decides by
+L{s2sgate.auth.tls}); the stream asks L{verifyPeer} afterwards and decides by
 policy.  Everything here fails closed: a certificate, name or encoding that
 cannot be understood is "no match" or "untrusted", never an error that could
 be mistaken for success.
@@ -35,7 +35,7 @@ from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
 from OpenSSL import crypto
 from service_identity import hazmat as _si
 
-from s2sgate.domain import normalize
+from s2sgate.xmpp.domain import normalize
 
 __all__ = [
     "Identities",

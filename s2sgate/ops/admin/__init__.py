@@ -2,8 +2,8 @@
 """
 The admin listener: JSON API, status page, Prometheus C{/metrics}.
 
-L{AdminService} listens on C{[admin] listen} and serves L{s2sgate.admin.api}.
-It is a child of L{s2sgate.service.GatewayService}; like the s2s listeners,
+L{AdminService} listens on C{[admin] listen} and serves L{s2sgate.ops.admin.api}.
+It is a child of L{s2sgate.gateway.service.GatewayService}; like the s2s listeners,
 failing to bind stops start-up loudly.
 """
 
@@ -11,7 +11,7 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from s2sgate.admin.api import AdminSite, sessionTotals
+from s2sgate.ops.admin.api import AdminSite, sessionTotals
 
 __all__ = ["AdminService", "AdminSite", "sessionTotals"]
 

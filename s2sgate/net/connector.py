@@ -24,11 +24,11 @@ from twisted.internet.endpoints import (
 )
 from twisted.logger import Logger
 
-from s2sgate.resolver import DNSFailure, NoService, S2SResolver, Target
+from s2sgate.net.resolver import DNSFailure, NoService, S2SResolver, Target
 
 __all__ = ["Attempt", "ConnectFailed", "connect", "describeConnectError"]
 
-_log = Logger(namespace="s2sgate.connector")
+_log = Logger(namespace="s2sgate.net.connector")
 
 REMOTE_SERVER_NOT_FOUND = "remote-server-not-found"
 REMOTE_SERVER_TIMEOUT = "remote-server-timeout"
