@@ -5,12 +5,15 @@ from types import SimpleNamespace
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from s2sgate.config import parse_config
-from s2sgate.auth.dialback import DialbackKeys
-from s2sgate.gateway.policy import Policy
-from s2sgate.gateway.router import Router
-from s2sgate.auth.requirements import SecurityPolicy
+from s2sgate.features.dialback import Verdict
+from s2sgate.gateway.router import NoFederation, Router
+from s2sgate.gateway.runtime import Current, Runtime
+from s2sgate.interfaces import IComponentLink
+from s2sgate.s2s.inbound import InboundStream
+from s2sgate.s2s.sessions import SessionTable
 from s2sgate.xmpp.parser import StreamParser
 
 LOCAL = "home.test"
@@ -27,8 +30,12 @@ def makeConfig(**s2s):
                          "s2s": s}, "t.toml")
 
 
-class FakePool:
-    """pool.verify returns a Deferred the test controls."""
+VALID = Verdict(True, "valid")
+INVALID = Verdict(False, "invalid")
+
+
+class FakeVerifier:
+    """verify() returns a Deferred the test controls (fire it with a Verdict)."""
 
     def __init__(self):
         self.requests = []   # (local, remote, streamId, key, deferred)
@@ -39,16 +46,38 @@ class FakePool:
         return d
 
 
-def makeGateway(config=None, **s2s):
+@implementer(IComponentLink)
+class DeliveredList(list):
+    """The c2s side of a router in tests: what it delivers is appended here."""
+
+    state = "up"
+
+    def send(self, element):
+        self.append(element)
+
+    def whenUp(self):
+        return defer.succeed(self)
+
+
+def makeRouter(current, outbound=NoFederation):
+    return Router(current, outbound=outbound, local=lambda onStanza, onBounce: DeliveredList())
+
+
+def makeGateway(config=None, tls=None, **s2s):
+    """The parts a stream is built from, with a real runtime, router and session table."""
     config = config or makeConfig(**s2s)
-    policy = Policy(config)
-    router = Router(config, policy=policy)
-    router.delivered = []
-    router.toLocal = router.delivered.append
-    return SimpleNamespace(config=config, clock=task.Clock(), router=router, policy=policy,
-                           pool=FakePool(), keys=DialbackKeys(config.s2s.shared),
-                           security=SecurityPolicy(config.s2s), tls=None,
-                           inboundStreams=set())
+    current = Current(Runtime.build(config, tls=tls))
+    router = makeRouter(current)
+    router.delivered = router.local
+    return SimpleNamespace(config=config, clock=task.Clock(), current=current,
+                           runtime=current.runtime, router=router, verifier=FakeVerifier(),
+                           keys=current.runtime.keys, sessions=SessionTable(), tls=tls)
+
+
+def inbound(gw, directTLS=False):
+    """An InboundStream on C{gw}'s parts (not connected yet)."""
+    return InboundStream(gw.clock, gw.current.runtime, gw.router, gw.verifier, gw.sessions,
+                         directTLS=directTLS)
 
 
 def connect(protocol):

@@ -32,11 +32,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 
-from s2sgate.ops.admin import AdminSite, sessionTotals
 from s2sgate.config import ConfigError, load_config
+from s2sgate.gateway.service import Connected, GatewayService
 from s2sgate.net.connector import Attempt, ConnectFailed
+from s2sgate.ops.admin import AdminSite, sessionTotals
 from s2sgate.ops.metrics import Metrics
-from s2sgate.gateway.service import GatewayService
 from tests.lab import chat
 from tests.lab.chat import conditionOf, isMessage, login, message
 
@@ -114,11 +114,7 @@ class FakeGateway:
         self.clock.advance(1_700_000_100)
         self.metrics = Metrics()
         self.metrics.stanza("out", 3)
-        self.router = SimpleNamespace(isLocal=lambda d: d == "home.test")
-        self.policy = SimpleNamespace(check=lambda local, remote: (
-            (False, "not-allowed", f"federation between {local} and {remote} is not allowed")
-            if remote == "denied.test" else (True, None, None)))
-        self.pool = SimpleNamespace(links={})
+        self.reused = set()
         self.closed = []
         self.reloadError = None
         self.needsRestart = []
@@ -134,6 +130,13 @@ class FakeGateway:
                 "buffered": 0, "problem": None}
 
     async def connect(self, local, remote):
+        # The refusals GatewayService.connect makes (tests/test_service.py).
+        if local != "home.test":
+            raise ValueError(f"{local} is not one of local_domains (home.test)")
+        if remote == "home.test":
+            raise ValueError(f"{remote} is served here; connect to a remote domain")
+        if remote == "denied.test":
+            raise PermissionError(f"federation between {local} and {remote} is not allowed")
         if remote == "unreach.test":
             raise ConnectFailed("remote-server-not-found", FAILURE["text"],
                                 [Attempt("connect", "192.0.2.9:5269 (unreach.test)",
@@ -142,9 +145,10 @@ class FakeGateway:
                  Attempt("tls", remote, "TLSv1.3 TLS_AES_256_GCM_SHA384; certificate valid: ok",
                          ok=True),
                  Attempt("auth", remote, "authenticated with sasl-external", ok=True)]
-        self.pool.links[(local, remote)] = SimpleNamespace(
-            stream=SimpleNamespace(trace=trace, closing=False, closed=False))
-        return dict(SESSIONS[0], remote=remote, pairs=[[local, remote]], stanzas_out=0)
+        reused = (local, remote) in self.reused
+        self.reused.add((local, remote))
+        return Connected(dict(SESSIONS[0], remote=remote, pairs=[[local, remote]],
+                              stanzas_out=0), reused, trace)
 
     def close(self, remote):
         self.closed.append(remote)

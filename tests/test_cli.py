@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from s2sgate import __version__
 from s2sgate.cli import build_parser, main
 

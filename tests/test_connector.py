@@ -13,7 +13,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
+from twisted.names import error as dnserror
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
@@ -187,7 +188,7 @@ def test_direct_tls_targets_first_when_enabled():
         return optionsForClientTLS("b.test")
 
     proto, target, _ = result(
-        connect(None, res, "b.test", factory(), endpointFor=ep, direct_tls_factory=tlsFactory)
+        connect(None, res, "b.test", factory(), endpointFor=ep, directTLS=tlsFactory)
     )
     assert target == Target("tls.b.test", 5223, True)
     assert asked == [target]

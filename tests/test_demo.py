@@ -19,10 +19,10 @@ from twisted.internet.testing import StringTransport
 from twisted.words.xish import domish
 
 from s2sgate.auth.certs import TrustStore, identitiesOf, matchesDomain, verifyPeer
+from s2sgate.auth.tls import LocalCertificate
 from s2sgate.cli import main
 from s2sgate.demo.c2s import C2SStandIn
 from s2sgate.demo.pki import OID_SRV_NAME, DemoCA
-from s2sgate.auth.tls import LocalCertificate
 
 S2SGATE = Path(sys.executable).with_name("s2sgate")
 

@@ -2,11 +2,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.python.failure import Failure
 
-from s2sgate.net.connector import Attempt, ConnectFailed
 from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE, DialbackKeys
-from s2sgate.s2s.inbound import NS_LIMITS, InboundStream
+from s2sgate.net.connector import Attempt, ConnectFailed
+from s2sgate.s2s.inbound import NS_LIMITS
 from s2sgate.xmpp.parser import NS_STREAMS
-from tests.s2sfakes import LOCAL, MUC, REMOTE, SECRET, Output, connect, makeGateway, stanza
+from tests.s2sfakes import (
+    INVALID,
+    LOCAL,
+    MUC,
+    REMOTE,
+    SECRET,
+    VALID,
+    Output,
+    connect,
+    inbound,
+    makeGateway,
+    stanza,
+)
 
 NS_DB_DECL = f"xmlns:db='{NS_DB}'"
 
@@ -27,7 +39,7 @@ def dbVerify(sender, to, streamId, key):
 def opened(**s2s):
     """An InboundStream with a header from REMOTE to LOCAL already received."""
     gw = makeGateway(**s2s)
-    stream = InboundStream(gw)
+    stream = inbound(gw)
     out = Output(connect(stream))
     stream.dataReceived(header())
     return gw, stream, out
@@ -36,7 +48,7 @@ def opened(**s2s):
 def authenticated(remote=REMOTE, local=LOCAL, gw=None):
     gw, stream, out = opened() if gw is None else gw
     stream.dataReceived(dbResult(remote, local))
-    gw.pool.requests[-1][-1].callback("valid")
+    gw.verifier.requests[-1][-1].callback(VALID)
     return gw, stream, out
 
 
@@ -49,7 +61,7 @@ def dbResults(out):
 
 def test_header_to_a_non_local_domain_is_host_unknown():
     gw = makeGateway()
-    stream = InboundStream(gw)
+    stream = inbound(gw)
     out = Output(connect(stream))
     stream.dataReceived(header(to="elsewhere.test"))
     assert out.streamError() == "host-unknown"
@@ -58,7 +70,7 @@ def test_header_to_a_non_local_domain_is_host_unknown():
 
 def test_header_without_to_is_host_unknown():
     gw = makeGateway()
-    stream = InboundStream(gw)
+    stream = inbound(gw)
     out = Output(connect(stream))
     stream.dataReceived(header(to=None))
     assert out.streamError() == "host-unknown"
@@ -66,7 +78,7 @@ def test_header_without_to_is_host_unknown():
 
 def test_header_with_wrong_default_namespace_is_invalid_namespace():
     gw = makeGateway()
-    stream = InboundStream(gw)
+    stream = inbound(gw)
     out = Output(connect(stream))
     stream.dataReceived(header(ns="jabber:client"))
     assert out.streamError() == "invalid-namespace"
@@ -98,7 +110,7 @@ def test_features_advertise_xep_0478_limits_with_the_stanza_size_limit():
 
 def test_pre_1_0_header_gets_no_features():
     gw = makeGateway()
-    stream = InboundStream(gw)
+    stream = inbound(gw)
     out = Output(connect(stream))
     stream.dataReceived(header(version=None))
     assert out.named("features", NS_STREAMS) == []
@@ -109,7 +121,7 @@ def test_stream_ids_are_unique_and_long():
     gw = makeGateway()
     ids = set()
     for _ in range(200):
-        stream = InboundStream(gw)
+        stream = inbound(gw)
         connect(stream)
         stream.dataReceived(header())
         ids.add(stream.streamId)
@@ -119,9 +131,9 @@ def test_stream_ids_are_unique_and_long():
 
 def test_stream_registers_with_the_gateway_and_leaves_on_close():
     gw, stream, out = opened()
-    assert stream in gw.inboundStreams
+    assert stream in gw.sessions.streams()
     stream.connectionLost(Failure(Exception("gone")))
-    assert stream not in gw.inboundStreams
+    assert stream not in gw.sessions.streams()
 
 
 # receiving role
@@ -130,7 +142,7 @@ def test_stream_registers_with_the_gateway_and_leaves_on_close():
 def test_db_result_asks_the_pool_to_verify_with_stream_id_and_key():
     gw, stream, out = opened()
     stream.dataReceived(dbResult(key="  thekey "))
-    [(local, remote, streamId, key, _)] = gw.pool.requests
+    [(local, remote, streamId, key, _)] = gw.verifier.requests
     assert (local, remote, streamId, key) == (LOCAL, REMOTE, stream.streamId, "thekey")
 
 
@@ -138,7 +150,7 @@ def test_repeated_db_result_while_pending_is_not_verified_twice():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())
     stream.dataReceived(dbResult())
-    assert len(gw.pool.requests) == 1
+    assert len(gw.verifier.requests) == 1
 
 
 def test_valid_verify_answer_sends_db_result_valid():
@@ -159,7 +171,7 @@ def test_stanza_after_valid_dialback_is_passed_to_the_router():
 def test_invalid_verify_answer_sends_db_result_invalid():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())
-    gw.pool.requests[0][-1].callback("invalid")
+    gw.verifier.requests[0][-1].callback(INVALID)
     [result] = dbResults(out)
     assert result["type"] == "invalid"
 
@@ -167,7 +179,7 @@ def test_invalid_verify_answer_sends_db_result_invalid():
 def test_stanza_after_invalid_dialback_is_refused():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())
-    gw.pool.requests[0][-1].callback("invalid")
+    gw.verifier.requests[0][-1].callback(INVALID)
     stream.dataReceived(stanza().toXml().encode())
     assert gw.router.delivered == []
     assert out.streamError() == "invalid-from"
@@ -176,7 +188,7 @@ def test_stanza_after_invalid_dialback_is_refused():
 def test_verify_failure_sends_dialback_error_with_the_condition():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())
-    gw.pool.requests[0][-1].errback(ConnectFailed(
+    gw.verifier.requests[0][-1].errback(ConnectFailed(
         "remote-server-timeout", "nobody answered", [Attempt("connect", REMOTE, "timeout")]))
     [result] = dbResults(out)
     assert result["type"] == "error"
@@ -189,7 +201,7 @@ def test_verify_failure_sends_dialback_error_with_the_condition():
 def test_unexpected_verify_failure_sends_remote_server_not_found():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())
-    gw.pool.requests[0][-1].errback(RuntimeError("boom"))
+    gw.verifier.requests[0][-1].errback(RuntimeError("boom"))
     [result] = dbResults(out)
     [error] = [e for e in result.elements() if e.name == "error"]
     assert "remote-server-not-found" in [c.name for c in error.elements()]
@@ -198,7 +210,7 @@ def test_unexpected_verify_failure_sends_remote_server_not_found():
 def test_db_result_for_a_non_local_domain_is_item_not_found_without_verify():
     gw, stream, out = opened()
     stream.dataReceived(dbResult(to="elsewhere.test"))
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
     [result] = dbResults(out)
     assert result["type"] == "error"
     assert out.streamError() is None
@@ -213,7 +225,7 @@ def test_db_result_without_from_is_improper_addressing():
 def test_host_policy_deny_is_a_policy_violation_stream_error():
     gw, stream, out = opened(host_policy=[{"host": REMOTE, "policy": "deny"}])
     stream.dataReceived(dbResult())
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
     assert out.streamError() == "policy-violation"
 
 
@@ -226,7 +238,7 @@ def test_disabled_local_domain_is_a_policy_violation_stream_error():
 def test_verify_answer_after_close_sends_nothing():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())
-    d = gw.pool.requests[0][-1]
+    d = gw.verifier.requests[0][-1]
     stream.connectionLost(Failure(Exception("gone")))
     # closing cancels the pending verify
     assert d.called
@@ -285,9 +297,9 @@ def test_two_pairs_on_one_stream_are_authenticated_separately():
 def test_second_pair_on_one_stream_after_its_own_dialback_is_accepted():
     gw, stream, out = authenticated()
     stream.dataReceived(dbResult(to=MUC))
-    (local, remote, streamId, key, d) = gw.pool.requests[-1]
+    (local, remote, streamId, key, d) = gw.verifier.requests[-1]
     assert (local, remote, streamId) == (MUC, REMOTE, stream.streamId)
-    d.callback("valid")
+    d.callback(VALID)
     stream.dataReceived(stanza(to=f"room@{MUC}").toXml().encode())
     stream.dataReceived(stanza().toXml().encode())
     assert len(gw.router.delivered) == 2
@@ -357,7 +369,7 @@ def test_negotiation_timeout_does_not_wait_for_a_pending_verify():
 def test_a_stream_whose_verify_failed_does_not_stay_open():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())
-    gw.pool.requests[0][-1].callback("invalid")
+    gw.verifier.requests[0][-1].callback(INVALID)
     gw.clock.advance(gw.config.s2s.negotiation_timeout)
     assert out.streamError() == "connection-timeout"
 
@@ -367,13 +379,13 @@ def test_more_than_ten_pending_dialback_requests_is_a_policy_violation():
     for i in range(11):
         stream.dataReceived(dbResult(sender=f"r{i}.test"))
     assert out.streamError() == "policy-violation"
-    assert len(gw.pool.requests) == 10
+    assert len(gw.verifier.requests) == 10
 
 
 def test_nothing_after_a_stream_error_is_handled():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())
-    gw.pool.requests[0][-1].callback("valid")
+    gw.verifier.requests[0][-1].callback(VALID)
     stream.dataReceived(stanza(sender="x@elsewhere.test").toXml().encode()
                         + stanza().toXml().encode())
     assert out.streamError() == "invalid-from"
@@ -382,7 +394,7 @@ def test_nothing_after_a_stream_error_is_handled():
 
 def test_an_oversized_stream_header_is_refused():
     gw = makeGateway(stanza_size_limit=10000)
-    stream = InboundStream(gw)
+    stream = inbound(gw)
     out = Output(connect(stream))
     stream.dataReceived(b"<stream:stream xmlns='jabber:server' "
                         b"xmlns:stream='http://etherx.jabber.org/streams' to='" + b"a" * 50000)
@@ -392,7 +404,7 @@ def test_an_oversized_stream_header_is_refused():
 def test_a_from_domain_read_differently_by_idna_2003_is_refused():
     gw, stream, out = opened()
     stream.dataReceived(dbResult(sender="xn--fa-hia.de"))
-    gw.pool.requests[0][-1].callback("valid")
+    gw.verifier.requests[0][-1].callback(VALID)
     stream.dataReceived(stanza(sender="admin@faß.de").toXml().encode())
     assert out.streamError() == "invalid-from"
     assert gw.router.delivered == []
@@ -407,7 +419,7 @@ def test_oversized_stanza_is_policy_violation():
 
 def test_doctype_is_restricted_xml():
     gw = makeGateway()
-    stream = InboundStream(gw)
+    stream = inbound(gw)
     transport = connect(stream)
     stream.dataReceived(b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]>" + header())
     data = transport.value()

@@ -7,10 +7,20 @@ from twisted.internet.testing import StringTransport
 
 from s2sgate.auth.certs import PeerCertificate
 from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE
-from s2sgate.s2s.inbound import InboundStream
 from s2sgate.auth.requirements import NS_SASL, NS_TLS
+from s2sgate.config import HostPolicy
 from s2sgate.xmpp.parser import NS_STREAMS
-from tests.s2sfakes import LOCAL, MUC, REMOTE, Output, makeConfig, makeGateway, stanza
+from tests.s2sfakes import (
+    LOCAL,
+    MUC,
+    REMOTE,
+    VALID,
+    Output,
+    inbound,
+    makeConfig,
+    makeGateway,
+    stanza,
+)
 
 OTHER = "other.test"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -73,14 +83,13 @@ class TLSTransport(StringTransport):
 
 
 def tlsGateway(mode="required", secure_auth=False, secure_domains=(), insecure_domains=(),
-               **tls):
+               denied=(), **tls):
     base = makeConfig()
     s2s = dataclasses.replace(base.s2s, use_starttls=mode, secure_auth=secure_auth,
                               secure_domains=tuple(secure_domains),
-                              insecure_domains=tuple(insecure_domains))
-    gw = makeGateway(dataclasses.replace(base, s2s=s2s))
-    gw.tls = FakeTLS(**tls)
-    return gw
+                              insecure_domains=tuple(insecure_domains),
+                              host_policy=tuple(HostPolicy(d, "deny") for d in denied))
+    return makeGateway(dataclasses.replace(base, s2s=s2s), tls=FakeTLS(**tls))
 
 
 def header(to=LOCAL, sender=REMOTE):
@@ -109,7 +118,7 @@ def fresh(transport):
 
 def opened(sender=REMOTE, to=LOCAL, **kw):
     gw = tlsGateway(**kw)
-    stream = InboundStream(gw)
+    stream = inbound(gw)
     transport = TLSTransport()
     stream.makeConnection(transport)
     out = Output(transport)
@@ -223,7 +232,7 @@ def test_plaintext_sent_after_starttls_in_the_same_packet_is_ignored():
     gw, stream, out = opened(mode="required")
     stream.dataReceived(STARTTLS + dbResult())
     assert len(out.named("proceed", NS_TLS)) == 1
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
     assert out.streamError() is None
 
 
@@ -264,7 +273,7 @@ def test_dialback_before_tls_under_required_is_a_policy_violation():
     gw, stream, out = opened(mode="required")
     stream.dataReceived(dbResult())
     assert out.streamError() == "policy-violation"
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
     assert stream.pairs == set()
 
 
@@ -279,7 +288,7 @@ def test_dialback_before_tls_from_a_secure_domain_under_optional_is_a_policy_vio
     gw, stream, out = opened(mode="optional", secure_domains=[REMOTE])
     stream.dataReceived(dbResult())
     assert out.streamError() == "policy-violation"
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
 
 
 def test_dialback_before_tls_with_an_unnormalized_secure_domain_is_still_refused():
@@ -287,7 +296,7 @@ def test_dialback_before_tls_with_an_unnormalized_secure_domain_is_still_refused
     # normalization must still demand a certificate.
     gw, stream, out = opened(mode="optional", secure_domains=[REMOTE])
     stream.dataReceived(dbResult(sender=REMOTE.upper()))
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
     assert stream.pairs == set()
     [error] = dbResults(out)
     assert dbErrorOf(error)[0] == "not-authorized"
@@ -296,7 +305,7 @@ def test_dialback_before_tls_with_an_unnormalized_secure_domain_is_still_refused
 def test_dialback_before_tls_under_optional_is_verified():
     gw, stream, out = opened(mode="optional")
     stream.dataReceived(dbResult())
-    assert len(gw.pool.requests) == 1
+    assert len(gw.verifier.requests) == 1
 
 
 def test_stanza_before_tls_under_required_is_refused_and_not_delivered():
@@ -316,7 +325,7 @@ def test_sasl_before_tls_is_not_authorized():
 
 def test_pre_1_0_header_under_required_without_tls_is_a_policy_violation():
     gw = tlsGateway(mode="required")
-    stream = InboundStream(gw)
+    stream = inbound(gw)
     transport = TLSTransport()
     stream.makeConnection(transport)
     out = Output(transport)
@@ -356,7 +365,7 @@ def test_external_with_empty_authzid_succeeds_and_authenticates_the_pair():
     assert len(out.named("success", NS_SASL)) == 1
     assert stream.pairs == {(REMOTE, LOCAL)}
     assert stream.authMethod == "sasl-external"
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
 
 
 def test_external_success_restarts_the_stream_without_mechanisms():
@@ -439,9 +448,8 @@ def test_second_sasl_auth_after_success_is_a_policy_violation():
 
 
 def test_external_for_a_blocked_domain_is_a_policy_violation():
-    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)})
-    gw.policy.check = lambda local, remote: (False, "deny", f"{remote} is blocked")
-    gw.policy.refuse = lambda *a: None
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)},
+                              denied=[REMOTE])
     stream.dataReceived(auth("="))
     assert out.streamError() == "policy-violation"
     assert out.named("success", NS_SASL) == []
@@ -456,7 +464,7 @@ def test_db_result_for_a_domain_the_certificate_covers_is_valid_at_once():
     stream.dataReceived(dbResult())
     [result] = dbResults(out)
     assert (result["type"], result["from"], result["to"]) == ("valid", LOCAL, REMOTE)
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
     assert stream.pairs == {(REMOTE, LOCAL)}
     assert stream.authMethod == "dialback-without-dialback"
 
@@ -467,16 +475,16 @@ def test_db_result_for_another_domain_the_certificate_covers_is_valid_at_once():
     [result] = dbResults(out)
     assert result["type"] == "valid"
     assert stream.pairs == {(OTHER, LOCAL)}
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
 
 
 def test_db_result_with_a_name_mismatch_falls_back_to_dialback_without_secure_auth():
     gw, stream, out = secured(mode="required")
     stream.dataReceived(dbResult())
     assert dbResults(out) == []
-    [(local, remote, streamId, key, d)] = gw.pool.requests
+    [(local, remote, streamId, key, d)] = gw.verifier.requests
     assert (local, remote, streamId, key) == (LOCAL, REMOTE, stream.streamId, "abc")
-    d.callback("valid")
+    d.callback(VALID)
     assert stream.authMethod == "dialback"
 
 
@@ -489,7 +497,7 @@ def test_db_result_with_an_untrusted_certificate_under_secure_auth_is_not_author
     condition, text = dbErrorOf(result)
     assert condition == "not-authorized"
     assert "self-signed certificate" in text and REMOTE in text
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
     assert stream.pairs == set()
     assert not out.update().ended   # the stream stays open for other domains
 
@@ -501,7 +509,7 @@ def test_db_result_with_a_name_mismatch_under_required_trusted_is_not_authorized
     condition, text = dbErrorOf(result)
     assert condition == "not-authorized"
     assert "not valid for remote.test" in text
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
 
 
 def test_db_result_for_a_secure_domain_with_an_untrusted_certificate_is_not_authorized():
@@ -510,7 +518,7 @@ def test_db_result_for_a_secure_domain_with_an_untrusted_certificate_is_not_auth
     stream.dataReceived(dbResult())
     [result] = dbResults(out)
     assert dbErrorOf(result)[0] == "not-authorized"
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
 
 
 def test_insecure_domain_may_use_dialback_with_an_untrusted_certificate_under_secure_auth():
@@ -518,8 +526,8 @@ def test_insecure_domain_may_use_dialback_with_an_untrusted_certificate_under_se
                               verdicts={REMOTE: selfSigned()})
     stream.dataReceived(dbResult())
     assert dbResults(out) == []
-    [request] = gw.pool.requests
-    request[-1].callback("valid")
+    [request] = gw.verifier.requests
+    request[-1].callback(VALID)
     assert stream.pairs == {(REMOTE, LOCAL)}
     assert stream.authMethod == "dialback"
 
@@ -528,14 +536,14 @@ def test_insecure_domain_may_use_dialback_without_tls_under_optional_secure_auth
     gw, stream, out = opened(mode="optional", secure_auth=True, insecure_domains=[REMOTE])
     assert (NS_DB_FEATURE, "dialback") in features(out)
     stream.dataReceived(dbResult())
-    assert len(gw.pool.requests) == 1
+    assert len(gw.verifier.requests) == 1
 
 
 def test_other_domain_without_tls_under_optional_secure_auth_is_a_policy_violation():
     gw, stream, out = opened(mode="optional", secure_auth=True, insecure_domains=[OTHER])
     stream.dataReceived(dbResult())
     assert out.streamError() == "policy-violation"
-    assert gw.pool.requests == []
+    assert gw.verifier.requests == []
 
 
 def test_certificate_verdict_is_asked_once_per_domain():

@@ -8,7 +8,8 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
-from twisted.names import client as dnsclient, error as dnserror
+from twisted.names import client as dnsclient
+from twisted.names import error as dnserror
 from twisted.words.xish import xmlstream as xish
 
 from tests.lab.client import connect_client

@@ -273,8 +273,10 @@ def test_untrusted_certificate_is_refused(tls1, rogue):
 def test_testca_variants(ca):
     """Every certificate kind the security tests need, checked with openssl."""
     import subprocess
+
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
+
     from tests.lab.certs import OID_SRV_NAME, OID_XMPP_ADDR
 
     def load(certfile):

@@ -1,4 +1,4 @@
-from twisted.logger import LogPublisher, Logger
+from twisted.logger import Logger, LogPublisher
 
 from s2sgate.ops.logsetup import applyLevel
 

@@ -14,9 +14,9 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from s2sgate import cli
-from s2sgate.ops.admin import AdminSite
 from s2sgate.commands.ops import adminURL
 from s2sgate.config import ConfigError
+from s2sgate.ops.admin import AdminSite
 from tests.test_admin import FAILURE, SESSIONS, TOKEN, FakeGateway
 
 API_IP = "127.0.0.111"

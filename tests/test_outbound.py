@@ -3,12 +3,16 @@ from types import SimpleNamespace
 import pytest
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from s2sgate.net.connector import Attempt, ConnectFailed
 from s2sgate.auth.dialback import NS_DB
-from s2sgate.s2s.outbound import OutboundPool, OutboundStream
-from s2sgate.xmpp.stanzas import NS_STANZA_ERRORS
+from s2sgate.features.dialback import DialbackVerify, Verdict
+from s2sgate.interfaces import IConnector
+from s2sgate.net.connector import Attempt, ConnectFailed, Connection
+from s2sgate.s2s.negotiation import InitiatingStream
+from s2sgate.s2s.outbound import OutboundPool
 from s2sgate.xmpp.parser import NS_STREAMS
+from s2sgate.xmpp.stanzas import NS_STANZA_ERRORS
 from tests.s2sfakes import LOCAL, REMOTE, Output, connect, makeGateway, stanza
 
 PEER_ID = "peer-stream-1"
@@ -30,39 +34,54 @@ def dbAnswer(kind, name="result", extra="", inner=""):
     return f"<db:{name} from='{REMOTE}' to='{LOCAL}' type='{kind}'{extra}>{inner}</db:{name}>".encode()
 
 
+@implementer(IConnector)
 class FakeConnector:
-    """connectFn: records each call, returns a Deferred the test fires."""
+    """Records each call, returns a Deferred the test fires (with a Connection)."""
 
     def __init__(self):
         self.calls = []
 
-    def __call__(self, reactor, resolver, domain, factory, *, timeout, attempts=None):
-        call = SimpleNamespace(domain=domain, factory=factory, timeout=timeout, d=defer.Deferred())
+    def connect(self, domain, factory, directTLS=None):
+        call = SimpleNamespace(domain=domain, factory=factory, directTLS=directTLS,
+                               d=defer.Deferred())
         self.calls.append(call)
         return call.d
 
 
-def makePool(**s2s):
+def makePool(connector=None, **s2s):
     gw = makeGateway(**s2s)
-    connector = FakeConnector()
-    pool = OutboundPool(gw.config, gw.clock, None, gw.router, gw.keys, connectFn=connector)
+    connector = connector if connector is not None else FakeConnector()
+    pool = OutboundPool(gw.clock, gw.current, connector, gw.sessions, gw.router.bounce)
     return gw, pool, connector
 
 
-def newStream(mode="result", verify=None, **s2s):
+def newStream(**s2s):
     gw, pool, connector = makePool(**s2s)
-    stream = OutboundStream(pool, LOCAL, REMOTE, mode=mode, verify=verify)
+    stream = pool.newStream(LOCAL, REMOTE, gw.runtime)
     out = Output(connect(stream))
     results = []
     stream.ready.addBoth(results.append)
     return gw, pool, stream, out, results
 
 
+def newVerifyLeg(streamId="their-id", key="their-key", **s2s):
+    """A verify leg's stream as the Verifier builds it: its step keeps the verdict."""
+    gw = makeGateway(**s2s)
+    step = DialbackVerify(streamId, key)
+    stream = InitiatingStream(gw.clock, LOCAL, REMOTE,
+                              [s(gw.runtime) for s in gw.runtime.verifySteps] + [step],
+                              requirements=gw.runtime.requirements, limits=gw.runtime.limits)
+    out = Output(connect(stream))
+    results = []
+    stream.ready.addBoth(results.append)
+    return gw, step, stream, out, results
+
+
 def succeed(call, answer=b"valid"):
     """Complete connection attempt C{call}: connect, negotiate, dialback valid."""
     stream = call.factory.buildProtocol(None)
     out = Output(connect(stream))
-    call.d.callback((stream, None, None))
+    call.d.callback(Connection(stream, None, None))
     stream.dataReceived(peerHeader() + FEATURES)
     stream.dataReceived(dbAnswer(answer.decode()))
     return stream, out
@@ -105,7 +124,7 @@ def test_stream_sends_db_result_with_the_key_for_the_peer_stream_id_after_featur
     stream.dataReceived(FEATURES)
     [result] = out.named("result", NS_DB)
     assert (result["from"], result["to"]) == (LOCAL, REMOTE)
-    assert str(result) == pool.keys.generate(REMOTE, LOCAL, PEER_ID)
+    assert str(result) == gw.keys.generate(REMOTE, LOCAL, PEER_ID)
     assert b"<db:result" in out.transport.value()
 
 
@@ -113,7 +132,7 @@ def test_pre_1_0_peer_gets_db_result_right_after_its_header():
     gw, pool, stream, out, results = newStream()
     stream.dataReceived(peerHeader(version=None))
     [result] = out.named("result", NS_DB)
-    assert str(result) == pool.keys.generate(REMOTE, LOCAL, PEER_ID)
+    assert str(result) == gw.keys.generate(REMOTE, LOCAL, PEER_ID)
 
 
 def test_peer_header_without_id_fails_ready():
@@ -128,7 +147,6 @@ def test_db_result_valid_fires_ready_with_the_stream():
     gw, pool, stream, out, results = newStream()
     stream.dataReceived(peerHeader() + FEATURES + dbAnswer("valid"))
     assert results == [stream]
-    assert stream.state == "ready"
     assert stream.authMethod == "dialback"
 
 
@@ -198,8 +216,8 @@ def test_required_starttls_with_use_starttls_false_fails_ready():
     assert out.named("result", NS_DB) == []
 
 
-def test_verify_mode_sends_db_verify_with_id_and_key():
-    gw, pool, stream, out, results = newStream(mode="verify", verify=("their-id", "their-key"))
+def test_verify_leg_sends_db_verify_with_id_and_key():
+    gw, step, stream, out, results = newVerifyLeg()
     stream.dataReceived(peerHeader() + FEATURES)
     [verify] = out.named("verify", NS_DB)
     assert (verify["from"], verify["to"], verify["id"], str(verify)) == (
@@ -208,33 +226,20 @@ def test_verify_mode_sends_db_verify_with_id_and_key():
 
 
 @pytest.mark.parametrize("kind", ["valid", "invalid"])
-def test_verify_mode_returns_the_answer_type(kind):
-    gw, pool, stream, out, results = newStream(mode="verify", verify=("their-id", "their-key"))
+def test_verify_leg_keeps_the_answer_as_its_verdict(kind):
+    gw, step, stream, out, results = newVerifyLeg()
     stream.dataReceived(peerHeader() + FEATURES + dbAnswer(kind, name="verify", extra=" id='their-id'"))
-    assert results == [kind]
+    assert results == [stream]
+    assert step.verdict == Verdict(kind == "valid", kind)
     assert out.update().ended
 
 
-def test_verify_mode_error_answer_carries_the_reason():
-    gw, pool, stream, out, results = newStream(mode="verify", verify=("their-id", "their-key"))
+def test_verify_leg_error_answer_carries_the_reason():
+    gw, step, stream, out, results = newVerifyLeg()
     stream.dataReceived(peerHeader() + FEATURES + dbAnswer(
         "error", name="verify",
         inner=f"<error type='cancel'><item-not-found xmlns='{NS_STANZA_ERRORS}'/></error>"))
-    assert results == ["error:item-not-found"]
-
-
-def test_pool_verify_returns_the_answer():
-    gw, pool, connector = makePool()
-    answers = []
-    defer.ensureDeferred(pool.verify(LOCAL, REMOTE, "their-id", "k")).addBoth(answers.append)
-    [call] = connector.calls
-    assert call.domain == REMOTE
-    assert call.timeout == gw.config.s2s.outgoing.connection_timeout
-    stream = call.factory.buildProtocol(None)
-    connect(stream)
-    call.d.callback((stream, None, None))
-    stream.dataReceived(peerHeader() + FEATURES + dbAnswer("valid", name="verify"))
-    assert answers == ["valid"]
+    assert step.verdict == Verdict(False, "error: item-not-found")
 
 
 def test_pool_open_survives_negotiation_finishing_before_connect_returns():
@@ -245,7 +250,7 @@ def test_pool_open_survives_negotiation_finishing_before_connect_returns():
     stream = call.factory.buildProtocol(None)
     connect(stream)
     stream.dataReceived(peerHeader() + FEATURES + dbAnswer("valid"))
-    call.d.callback((stream, None, None))
+    call.d.callback(Connection(stream, None, None))
     assert streams == [stream]
 
 
@@ -355,7 +360,7 @@ def test_only_one_retry_is_scheduled_during_backoff():
     failWith(connector.calls[0])
     for i in range(3):
         pool.send(LOCAL, REMOTE, local(str(i)))
-    gw.clock.advance(pool.config.s2s.max_retry_delay)
+    gw.clock.advance(gw.config.s2s.max_retry_delay)
     assert len(connector.calls) == 2
 
 
@@ -419,17 +424,14 @@ def test_close_all_cancels_attempts_and_closes_streams():
     assert connector.calls[1].d.called
 
 
-def test_idle_links_are_forgotten_once_the_table_is_full():
-    from twisted.internet import defer
-    from s2sgate.s2s.outbound import OutboundPool
-    from tests.s2sfakes import makeGateway
-
-    gw = makeGateway()
-
-    def connectFn(*args, **kwargs):
+@implementer(IConnector)
+class FailingConnector:
+    def connect(self, domain, factory, directTLS=None):
         return defer.fail(ConnectFailed("remote-server-not-found", "nope", []))
 
-    pool = OutboundPool(gw.config, gw.clock, None, gw.router, gw.keys, connectFn=connectFn)
+
+def test_idle_links_are_forgotten_once_the_table_is_full():
+    gw, pool, _ = makePool(connector=FailingConnector())
     pool.maxLinks = 5
     for i in range(20):
         pool.send("home.test", f"r{i}.test", local(str(i)))

@@ -1,9 +1,15 @@
 """OutboundStream security: STARTTLS, downgrade refusal, certificate policy, SASL EXTERNAL."""
 
-from s2sgate.net.connector import ConnectFailed
+from zope.interface import implementer
+
 from s2sgate.auth.dialback import NS_DB
-from s2sgate.s2s.outbound import OutboundPool, OutboundStream
 from s2sgate.auth.requirements import NS_SASL, NS_TLS
+from s2sgate.features.dialback import DialbackVerify
+from s2sgate.interfaces import IConnector
+from s2sgate.net.connector import ConnectFailed, Connection
+from s2sgate.net.resolver import Target
+from s2sgate.s2s.negotiation import InitiatingStream
+from s2sgate.s2s.outbound import OutboundPool
 from s2sgate.xmpp.parser import NS_STREAMS
 from tests.s2sfakes import LOCAL, REMOTE, Output
 from tests.test_inbound_tls import TLSTransport, fresh, selfSigned, tlsGateway, valid
@@ -27,12 +33,17 @@ def features(*parts):
     return ("<stream:features>" + "".join(parts) + "</stream:features>").encode()
 
 
-def newStream(mode="required", mustSecure=None, verify=None, **kw):
+def newStream(mode="required", verify=None, **kw):
     gw = tlsGateway(mode=mode, **kw)
-    pool = OutboundPool(gw.config, gw.clock, None, gw.router, gw.keys, connectFn=None,
-                        tls=gw.tls)
-    stream = OutboundStream(pool, LOCAL, REMOTE, mode="verify" if verify else "result",
-                            verify=verify)
+    pool = OutboundPool(gw.clock, gw.current, None, gw.sessions, gw.router.bounce)
+    if verify:
+        runtime = gw.runtime
+        steps = [s(runtime) for s in runtime.verifySteps] + [DialbackVerify(*verify)]
+        stream = InitiatingStream(gw.clock, LOCAL, REMOTE, steps,
+                                  requirements=runtime.requirements, tls=runtime.tls,
+                                  limits=runtime.limits)
+    else:
+        stream = pool.newStream(LOCAL, REMOTE, gw.runtime)
     transport = TLSTransport()
     stream.makeConnection(transport)
     out = Output(transport)
@@ -72,7 +83,6 @@ def test_sends_starttls_when_offered_and_tls_enabled():
     stream.dataReceived(peerHeader() + features(f"<starttls xmlns='{NS_TLS}'/>", DIALBACK))
     assert len(out.named("starttls", NS_TLS)) == 1
     assert out.named("result", NS_DB) == []
-    assert stream.state == "starttls"
 
 
 def test_does_not_send_starttls_under_false():
@@ -218,7 +228,6 @@ def test_sends_external_when_offered_and_our_certificate_covers_local():
     assert auth["mechanism"] == "EXTERNAL"
     assert str(auth) == "="
     assert out.named("result", NS_DB) == []
-    assert stream.state == "sasl"
 
 
 def test_external_success_restarts_and_is_ready_after_the_features():
@@ -231,7 +240,6 @@ def test_external_success_restarts_and_is_ready_after_the_features():
     stream.dataReceived(peerHeader("peer-3") + features(DIALBACK))
     assert results == [stream]
     assert stream.authMethod == "sasl-external"
-    assert stream.state == "ready"
     assert out.named("result", NS_DB) == []
     assert (stream.trace[-1].step, stream.trace[-1].ok) == ("auth", True)
 
@@ -240,7 +248,7 @@ def test_external_failure_falls_back_to_dialback():
     gw, pool, stream, out, results = secured(verdicts={REMOTE: valid(REMOTE)})
     stream.dataReceived(SASL_FAILURE)
     [result] = out.named("result", NS_DB)
-    assert str(result) == pool.keys.generate(REMOTE, LOCAL, "peer-2")
+    assert str(result) == gw.keys.generate(REMOTE, LOCAL, "peer-2")
     assert results == []
     stream.dataReceived(f"<db:result from='{REMOTE}' to='{LOCAL}' type='valid'/>".encode())
     assert results == [stream]
@@ -288,21 +296,23 @@ def _fallbackPool(directTLSFails):
     gw = tlsGateway(mode="required")
     calls = []
 
-    async def connectFn(reactor, resolver, domain, factory, *, timeout, direct_tls_factory=None,
-                        attempts=None):
-        stream = factory.buildProtocol(None)
-        stream.makeConnection(StringTransport())
-        calls.append("direct" if direct_tls_factory is not None else "starttls")
-        if direct_tls_factory is not None:
-            stream.directTLS = True
-            if directTLSFails:
-                stream._fail("remote-server-not-found", "certificate for remote.test has expired")
-                return stream, None, None
-        stream._established("dialback")
-        return stream, None, None
+    @implementer(IConnector)
+    class MemoryConnector:
+        async def connect(self, domain, factory, directTLS=None):
+            stream = factory.buildProtocol(None)
+            stream.makeConnection(StringTransport())
+            calls.append("direct" if directTLS is not None else "starttls")
+            target = Target(domain, 5270 if directTLS else 5269, directTLS is not None)
+            if directTLS is not None:
+                stream.directTLS = True
+                if directTLSFails:
+                    stream.fail("remote-server-not-found",
+                                "certificate for remote.test has expired")
+                    return Connection(stream, target, None)
+            stream.established("dialback")
+            return Connection(stream, target, None)
 
-    pool = OutboundPool(gw.config, gw.clock, None, gw.router, gw.keys, connectFn=connectFn,
-                        tls=gw.tls)
+    pool = OutboundPool(gw.clock, gw.current, MemoryConnector(), gw.sessions, gw.router.bounce)
     return pool, calls
 
 
@@ -313,7 +323,7 @@ def test_a_failed_direct_tls_target_falls_back_to_the_starttls_targets():
     results = []
     defer.ensureDeferred(pool.open(LOCAL, REMOTE)).addBoth(results.append)
     assert calls == ["direct", "starttls"]
-    assert isinstance(results[0], OutboundStream) and not results[0].directTLS
+    assert results[0].authMethod == "dialback" and not results[0].directTLS
 
 
 def test_a_working_direct_tls_target_is_used_without_a_second_connection():

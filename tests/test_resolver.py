@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
+from twisted.names import error as dnserror
 
 from s2sgate.net.resolver import (
     Address,
@@ -20,7 +21,6 @@ from s2sgate.net.resolver import (
     Target,
     orderSRV,
 )
-
 
 # -- helpers -----------------------------------------------------------------
 
@@ -210,7 +210,7 @@ def test_srv_server_failure_is_dns_failure():
 def test_override_skips_dns():
     """An overridden domain is connected to directly; DNS is never asked."""
     r, fake = make(overrides={"b.test": ("192.0.2.7", 5270)})
-    assert result(r.targets("b.test", direct_tls=True)) == [Target("192.0.2.7", 5270)]
+    assert result(r.targets("b.test", directTLS=True)) == [Target("192.0.2.7", 5270)]
     assert result(r.addresses("192.0.2.7", 5270)) == [Address("192.0.2.7", 5270, 4)]
     assert fake.queries == []
 
@@ -224,7 +224,7 @@ def test_direct_tls_targets_first():
         (XSS, dns.SRV): [srv(XSS, "tls.b.test", 5223)],
         (XS, dns.SRV): [srv(XS, "plain.b.test", 5269)],
     })
-    assert result(r.targets("b.test", direct_tls=True)) == [
+    assert result(r.targets("b.test", directTLS=True)) == [
         Target("tls.b.test", 5223, True),
         Target("plain.b.test", 5269, False),
     ]
@@ -243,7 +243,7 @@ def test_xmpp_dot_but_xmpps_targets():
         (XSS, dns.SRV): [srv(XSS, "tls.b.test", 5223)],
         (XS, dns.SRV): [srv(XS, ".", 0)],
     })
-    assert result(r.targets("b.test", direct_tls=True)) == [Target("tls.b.test", 5223, True)]
+    assert result(r.targets("b.test", directTLS=True)) == [Target("tls.b.test", 5223, True)]
 
 
 def test_both_dot_is_no_service():
@@ -252,13 +252,13 @@ def test_both_dot_is_no_service():
         (XS, dns.SRV): [srv(XS, ".", 0)],
     })
     with pytest.raises(NoService):
-        result(r.targets("b.test", direct_tls=True))
+        result(r.targets("b.test", directTLS=True))
 
 
 def test_xmpp_dot_and_no_xmpps_is_no_service():
     r, _ = make({(XS, dns.SRV): [srv(XS, ".", 0)]})
     with pytest.raises(NoService):
-        result(r.targets("b.test", direct_tls=True))
+        result(r.targets("b.test", directTLS=True))
 
 
 def test_xmpps_timeout_alone_is_not_fatal():
@@ -267,7 +267,7 @@ def test_xmpps_timeout_alone_is_not_fatal():
         (XSS, dns.SRV): dnserror.DNSQueryTimeoutError("x"),
         (XS, dns.SRV): [srv(XS, "plain.b.test", 5269)],
     })
-    assert result(r.targets("b.test", direct_tls=True)) == [Target("plain.b.test", 5269)]
+    assert result(r.targets("b.test", directTLS=True)) == [Target("plain.b.test", 5269)]
 
 
 # -- addresses ---------------------------------------------------------------

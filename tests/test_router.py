@@ -1,16 +1,15 @@
-from types import SimpleNamespace
-
 from twisted.words.xish import domish
+from zope.interface import implementer
 
-from s2sgate.gateway.router import Router
+from s2sgate.gateway.runtime import Current, Runtime
+from s2sgate.interfaces import IOutbound
+from tests.s2sfakes import makeConfig, makeRouter
 
 
-def router():
-    config = SimpleNamespace(local_domains=("home.test", "conference.home.test"),
-                             component=SimpleNamespace(jid="s2s.home.test"))
-    r = Router(config)
-    r.delivered = []
-    r.toLocal = r.delivered.append
+def router(**kw):
+    """A Router for home.test and conference.home.test; what it delivers is in .delivered."""
+    r = makeRouter(Current(Runtime.build(makeConfig())), **kw)
+    r.delivered = r.local
     return r
 
 
@@ -86,9 +85,17 @@ def test_ping_to_the_gateway_is_answered():
     assert (reply["type"], reply["id"], reply["to"]) == ("result", "p1", "alice@home.test/pc")
 
 
+@implementer(IOutbound)
+class Recording:
+    def __init__(self, bounce):
+        self.sent = []
+
+    def send(self, local, remote, element):
+        self.sent.append((local, remote))
+
+
 def test_remote_bound_stanza_goes_to_outbound_with_its_domain_pair():
-    r = router()
-    sent = []
-    r.outbound = SimpleNamespace(send=lambda l, rem, e: sent.append((l, rem)))
+    r = router(outbound=Recording)
     r.fromLocal(stanza(to="Bob@Remote.TEST/x"))
-    assert sent == [("home.test", "remote.test")]
+    assert r.outbound.sent == [("home.test", "remote.test")]
+    assert r.delivered == []

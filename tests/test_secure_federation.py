@@ -13,11 +13,11 @@ The gateway's configuration lives in a file: tests change it and reload
 the running gateway (by SIGHUP), as an operator would.
 """
 
-from functools import partial
 import os
 import signal
-import ssl
 import socket
+import ssl
+from functools import partial
 
 import pytest
 import pytest_twisted
@@ -28,8 +28,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from s2sgate.config import load_config
 from s2sgate.gateway.service import GatewayService
-from tests.lab.certs import TestCA
 from tests.lab import chat
+from tests.lab.certs import TestCA
 from tests.lab.chat import conditionOf, textOf
 from tests.lab.dns import TestDNS, pick_dns_ip
 from tests.lab.ejabberd import Ejabberd
@@ -179,7 +179,7 @@ def outboundStream(lab, remote):
 
 
 def inboundStreams(lab, remote):
-    return [s for s in lab["gateway"].inboundStreams if any(r == remote for r, _ in s.pairs)]
+    return [s for s in lab["gateway"].sessionTable.streams("in") if any(r == remote for r, _ in s.pairs)]
 
 
 async def reloadWith(lab, secure_auth):
@@ -189,7 +189,7 @@ async def reloadWith(lab, secure_auth):
     gateway = lab["gateway"]
     gateway.pool.closeAll()
     gateway.pool.links.clear()
-    for stream in list(gateway.inboundStreams):
+    for stream in gateway.sessionTable.streams("in"):
         stream.closeStream(wait=0.1)
     os.kill(os.getpid(), signal.SIGHUP)
     for _ in range(100):

@@ -1,12 +1,12 @@
-"""SecurityPolicy: what use_starttls, secure_auth, secure_domains and insecure_domains demand."""
+"""Requirements: what use_starttls, secure_auth, secure_domains and insecure_domains demand."""
 
 from types import SimpleNamespace
 
 import pytest
 
 from s2sgate.auth.certs import NO_CERTIFICATE, PeerCertificate
+from s2sgate.auth.requirements import Requirements
 from s2sgate.config import S2SConfig
-from s2sgate.auth.requirements import SecurityPolicy
 from tests.s2sfakes import makeConfig
 
 SEC = "sec.test"      # in secure_domains
@@ -14,7 +14,7 @@ INS = "ins.test"      # in insecure_domains
 OTHER = "other.test"  # in neither
 
 def policy(mode, secureAuth=False, secure=(SEC,), insecure=(INS,)):
-    return SecurityPolicy(SimpleNamespace(use_starttls=mode, secure_auth=secureAuth,
+    return Requirements(SimpleNamespace(use_starttls=mode, secure_auth=secureAuth,
                                           secure_domains=secure, insecure_domains=insecure))
 
 
@@ -142,7 +142,7 @@ def test_name_mismatch_is_trusted_but_not_valid_for_dialback():
 
 def test_policy_from_config_uses_normalized_domain_lists():
     config = makeConfig(insecure_domains=["Ins.TEST"])
-    p = SecurityPolicy(config.s2s)
+    p = Requirements(config.s2s)
     assert p.mode == "false"
     assert not p.tlsEnabled
     assert p.insecureDomains == {INS}
@@ -150,6 +150,6 @@ def test_policy_from_config_uses_normalized_domain_lists():
 
 
 def test_policy_for_the_default_s2s_config_requires_tls_but_not_trust():
-    p = SecurityPolicy(S2SConfig())   # use_starttls defaults to "required"
+    p = Requirements(S2SConfig())   # use_starttls defaults to "required"
     assert p.mustEncrypt(OTHER)
     assert not p.mustBeTrusted(OTHER)

@@ -29,8 +29,11 @@ def gateway(tmp_path, extra=""):
 def test_reload_applies_a_new_host_policy(tmp_path):
     gw, path = gateway(tmp_path)
     path.write_text(BASE.format(extra='host_policy = [ { host = "spam.test", policy = "deny" } ]'))
+    before = gw.current.runtime
     assert gw.reload() == []
-    assert gw.router.policy.check("example.com", "spam.test")[0] is False
+    assert gw.current.runtime.policy.check("example.com", "spam.test")[0] is False
+    assert before.policy.check("example.com", "spam.test")[0] is True
+    assert gw.config.s2s.host_policy and gw.current.runtime.keys is before.keys
 
 
 def test_reload_reports_settings_that_need_a_restart(tmp_path):

@@ -4,8 +4,8 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from s2sgate.auth.dialback import NS_DB, dbElement
-from s2sgate.xmpp.stream import NS_SERVER, XmlStream, newStreamId, parseStreamError, streamErrorXml
 from s2sgate.xmpp.parser import NS_STREAMS
+from s2sgate.xmpp.stream import NS_SERVER, XmlStream, newStreamId, parseStreamError, streamErrorXml
 
 HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
           f"xmlns:db='{NS_DB}' from='a.test' to='b.test' id='x' version='1.0'>").encode()

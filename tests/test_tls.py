@@ -14,8 +14,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from s2sgate.auth.certs import TrustStore
-from s2sgate.config import DomainCert, S2SConfig, parse_config
 from s2sgate.auth.tls import TLSContexts, TLSSetupError, describe, peerCertificates
+from s2sgate.config import DomainCert, S2SConfig, parse_config
 from tests.lab.certs import TestCA
 
 

@@ -318,6 +318,7 @@ class TrustStore:
 
     def __init__(self, cafile: str | os.PathLike[str] | None = None):
         self.cafile = os.fspath(cafile) if cafile is not None else None
+        self._anchors: list[crypto.X509] | None = None
         if self.cafile is not None:
             # Raises OSError / ValueError for an unreadable or empty file.
             self._anchors = _loadPEMCertificates(self.cafile)
@@ -345,7 +346,7 @@ class TrustStore:
             if self._capath is not None:
                 store.load_locations(None, self._capath)  # hashed c_rehash directory
         else:
-            anchors = self._anchors
+            anchors = self._anchors or []
         for cert in anchors:
             try:
                 store.add_cert(cert)
@@ -413,6 +414,8 @@ def verifyPeer(storeBuilder: Any, leaf: Any, chain: Sequence[Any] | None,
     except Exception as e:
         return PeerCertificate("untrusted", f"unreadable certificate ({_oneLine(e)})")
     identities = identitiesOf(leafCrypto)
+    notAfter: _dt.datetime | None
+    notBefore: _dt.datetime | None
     try:
         notAfter = leafCrypto.not_valid_after_utc
         notBefore = leafCrypto.not_valid_before_utc

@@ -11,11 +11,12 @@ What the configuration demands of a stream's security, per remote domain.
   insecure_domains                  may always authenticate with dialback
 """
 
-NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
-NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+from s2sgate.xmpp.namespaces import NS_SASL, NS_TLS  # noqa: F401 (re-exported)
 
 
-class SecurityPolicy:
+class Requirements:
+    """The one object that answers "what does policy demand of this peer"."""
+
     def __init__(self, s2sConfig):
         s = s2sConfig
         self.mode = s.use_starttls

@@ -155,7 +155,7 @@ def _acceptAnyCertificate(conn, cert, errno, depth, ok) -> bool:
     return True
 
 
-def _selectXmppServer(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+def _selectXmppServer(conn: SSL.Connection, offered: list[bytes]) -> Any:
     if ALPN_XMPP_SERVER in offered:
         return ALPN_XMPP_SERVER
     # No overlap: continue without ALPN (XEP-0368 peers may not send it).

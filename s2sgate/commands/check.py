@@ -59,8 +59,8 @@ def _fail(text: str) -> int:
 
 def buildOptions(args: argparse.Namespace):
     """L{CheckOptions} from the command line; raise L{ValueError} (one line)."""
-    from s2sgate.ops.check import CheckOptions
     from s2sgate.config import ConfigError, S2SConfig, load_config, parseNameserver
+    from s2sgate.ops.check import CheckOptions
 
     s2s = S2SConfig()
     local: tuple[str, ...] = ()
@@ -97,9 +97,8 @@ def buildOptions(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from twisted.internet import task
 
-    from s2sgate.ops.check import Checker, TextPrinter
     from s2sgate.auth.tls import TLSSetupError
-
+    from s2sgate.ops.check import Checker, TextPrinter
     from s2sgate.xmpp.domain import InvalidDomain, normalize
 
     try:

@@ -387,12 +387,11 @@ class Demo:
             for entity in site.entities.values():
                 entity.onStanza = (lambda e: lambda s: self.deliveries.observe(e, s))(entity)
 
-        from s2sgate.s2s.inbound import InboundFactory
         from s2sgate.gateway.service import GatewayService
         for site in self.sites:
             site.config = self._config(site, ca, certs[site.name].certfile)
             site.gateway = GatewayService(site.config, self.reactor)
-            site.inbound.target = InboundFactory(site.gateway)
+            site.inbound.target = site.gateway.inboundFactory()
             self.say(f"s2sgate for {', '.join(site.domains)}: s2s on {LOOPBACK}:{site.s2sPort} "
                      "(use_starttls = required; certificate names "
                      f"{site.certDomain} only; config {site.config.path})", site)

@@ -15,10 +15,13 @@ import hashlib
 import random
 
 from twisted.application import service
-from twisted.internet import defer, error as ierror
+from twisted.internet import defer
+from twisted.internet import error as ierror
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from s2sgate.interfaces import IComponentLink
 from s2sgate.ops.metrics import NullMetrics
 from s2sgate.xmpp.stanzas import errorReply, setNamespace, shouldBounce
 from s2sgate.xmpp.stream import NS_COMPONENT, NS_SERVER, XmlStream
@@ -44,9 +47,8 @@ class ComponentStream(XmlStream):
     def __init__(self, link, clock):
         cfg = link.config
         XmlStream.__init__(self, clock, maxStanzaBytes=link.maxStanzaBytes,
-                           keepalive=cfg.keepalive)
+                           keepalive=cfg.keepalive, batch=link.batch)
         self.link = link
-        self.batch = getattr(link, "batch", None)
         self.state = "connecting"
         self.failure = None
         self._handshakeCall = None
@@ -106,6 +108,7 @@ class ComponentStream(XmlStream):
         self.link._linkDown(self, reason)
 
 
+@implementer(IComponentLink)
 class ComponentLink(service.Service):
     """
     Keeps the component connection up and buffers while it is down.
@@ -115,14 +118,16 @@ class ComponentLink(service.Service):
     @param onStanza: called with each stanza the c2s server sends us.
     @param onBounce: called with each error reply for a stanza that could
         not be handed to the c2s server (it goes back to its remote sender).
+    @param batch: the gateway's L{WriteBatch}, or None.
     """
 
     log = Logger()
     initialDelay = 1.0
 
     def __init__(self, config, clock, connect, onStanza, onBounce,
-                 maxStanzaBytes=524288, rng=None, metrics=None):
+                 maxStanzaBytes=524288, rng=None, metrics=None, batch=None):
         self.config = config
+        self.batch = batch
         self.clock = clock
         self.connectTo = connect
         self.onStanza = onStanza

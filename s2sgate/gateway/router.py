@@ -10,53 +10,59 @@ server.  Anything that cannot be delivered is bounced to its sender.
 """
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from s2sgate.xmpp.domain import InvalidDomain, domainOf
+from s2sgate.interfaces import IOutbound
 from s2sgate.ops.metrics import NullMetrics
+from s2sgate.xmpp.domain import InvalidDomain, domainOf
 from s2sgate.xmpp.stanzas import STANZA_NAMES, errorReply, shouldBounce
 
 NS_PING = "urn:xmpp:ping"
 
 
+@implementer(IOutbound)
 class NoFederation:
     """
-    Stand-in for the outbound side when s2s is not available: every
-    remote-bound stanza is bounced with C{remote-server-not-found}.
+    The outbound side when s2s is not available: every remote-bound stanza
+    is bounced with C{remote-server-not-found}.
     """
 
-    def __init__(self, router):
-        self.router = router
+    def __init__(self, bounce):
+        self.bounce = bounce
 
     def send(self, local, remote, element):
-        self.router.bounce(element, "remote-server-not-found",
-                           f"federation with {remote} is not available")
+        self.bounce(element, "remote-server-not-found",
+                    f"federation with {remote} is not available")
 
 
 class Router:
     """
-    Classify and route stanzas.
+    Classify and route stanzas between the c2s server and the s2s side.
 
-    @ivar toLocal: callable handing a stanza to the c2s server (the
-        component link's C{send}); set by the service.
-    @ivar outbound: object with C{send(local, remote, element)}.
-    @ivar policy: object with C{check(local, remote) -> (ok, condition, text)},
-        or None to allow everything.
+    The router is the hub of the data flow, so it builds its two
+    neighbours itself and hands each the methods it calls back:
+
+      c2s server --local--> fromLocal --> outbound.send(local, remote, stanza)
+      c2s server <--local-- deliverLocal <-- fromRemote <-- inbound streams
+                                          <-- bounce <-- outbound failures
+
+    @param current: the L{Current} runtime (policy, local domains).
+    @param outbound: C{outbound(bounce=...) -> IOutbound}.
+    @param local: C{local(onStanza=..., onBounce=...) -> IComponentLink}.
     """
 
     log = Logger()
 
-    def __init__(self, config, toLocal=None, outbound=None, policy=None, metrics=None):
-        self.config = config
-        self.localDomains = frozenset(config.local_domains)
-        self.componentJid = config.component.jid
-        self.toLocal = toLocal
-        self.outbound = outbound if outbound is not None else NoFederation(self)
-        self.policy = policy
+    def __init__(self, current, *, outbound, local, metrics=None):
+        self.current = current
+        self.componentJid = current.runtime.config.component.jid
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.bounced = 0
+        self.outbound = outbound(bounce=self.bounce)
+        self.local = local(onStanza=self.fromLocal, onBounce=self.bounceFromLocalSide)
 
     def isLocal(self, domain):
-        return domain in self.localDomains
+        return self.current.runtime.isLocal(domain)
 
     # from the c2s server
 
@@ -96,12 +102,12 @@ class Router:
             self.bounce(element, "service-unavailable",
                         f"{remote} is a local domain; the c2s server delivers it itself")
             return
-        if self.policy is not None:
-            ok, condition, text = self.policy.check(local, remote)
-            if not ok:
-                self.policy.refuse("outbound", local, remote, text)
-                self.bounce(element, condition, text)
-                return
+        policy = self.current.runtime.policy
+        ok, condition, text = policy.check(local, remote)
+        if not ok:
+            policy.refuse("outbound", local, remote, text)
+            self.bounce(element, condition, text)
+            return
         self.metrics.stanza("out")
         self.outbound.send(local, remote, element)
 
@@ -128,7 +134,7 @@ class Router:
         self.deliverLocal(element)
 
     def deliverLocal(self, element):
-        self.toLocal(element)
+        self.local.send(element)
 
     def bounce(self, element, condition, text=None):
         """Send the error reply for a local sender's stanza back to the c2s server."""

@@ -11,6 +11,7 @@ negotiated; changes that need a restart are reported as such.
 """
 
 import signal
+from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
@@ -19,17 +20,19 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from s2sgate.gateway.component import ComponentLink
 from s2sgate.config import ConfigError, load_config
-from s2sgate.auth.dialback import DialbackKeys
-from s2sgate.xmpp.domain import normalize
-from s2sgate.s2s.inbound import InboundFactory
-from s2sgate.ops.metrics import Metrics
-from s2sgate.s2s.outbound import OutboundPool
-from s2sgate.gateway.policy import Policy
-from s2sgate.net.resolver import S2SResolver
+from s2sgate.gateway.component import ComponentLink
 from s2sgate.gateway.router import Router
-from s2sgate.auth.requirements import SecurityPolicy
+from s2sgate.gateway.runtime import Current, Runtime
+from s2sgate.interfaces import IResolver
+from s2sgate.net.connector import Connector
+from s2sgate.net.resolver import S2SResolver
+from s2sgate.ops.metrics import Metrics
+from s2sgate.s2s.inbound import InboundFactory
+from s2sgate.s2s.outbound import OutboundPool
+from s2sgate.s2s.sessions import SessionTable
+from s2sgate.s2s.verify import Verifier
+from s2sgate.xmpp.domain import normalize
 from s2sgate.xmpp.stream import WriteBatch
 
 # Settings read once at start: changing them needs a restart.
@@ -97,56 +100,84 @@ class ListenerService(service.Service):
             return self.port.stopListening()
 
 
+@dataclass(frozen=True)
+class Connected:
+    """What L{GatewayService.connect} did: the session, whether it existed, its steps."""
+
+    session: dict
+    reused: bool
+    trace: list
+
+
 class GatewayService(service.MultiService):
-    """Everything one s2sgate process runs."""
+    """
+    Everything one s2sgate process runs, built in the order the data flows.
+
+    @param resolver: an L{IResolver} (tests); the configured one otherwise.
+    @param connector: an L{IConnector} (tests); the resolver's otherwise.
+    @param tls: TLS contexts already built from this config (twistd checks
+        them before start-up); built here otherwise.
+    @param componentLink: C{(onStanza, onBounce) -> IComponentLink}, a
+        service (tests); the XEP-0114 L{ComponentLink} otherwise.
+    @param features: C{steps}, C{offers}, ... to register instead of
+        L{s2sgate.features}' defaults (see L{Runtime.build}).
+    """
 
     log = Logger()
 
     def __init__(self, config, reactor=None, resolver=None, applyLogLevel=False,
-                 handleSignals=False, tls=None):
+                 handleSignals=False, tls=None, connector=None, componentLink=None,
+                 features=None):
         service.MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
         self.applyLogLevel = applyLogLevel
         self.handleSignals = handleSignals
-        self.config = self.startConfig = config
-        self.reactor = self.clock = reactor
+        self.startConfig = config
+        self.reactor = reactor
         s = config.s2s
         self.metrics = Metrics()
-        self.keys = DialbackKeys(s.shared)
-        self.policy = Policy(config)
-        self.security = SecurityPolicy(s)
-        # tls: contexts already built from this config (twistd checks them
-        # before start-up); built here otherwise.
-        self.tls = tls if tls is not None else buildTLS(config)
-        self.router = Router(config, policy=self.policy, metrics=self.metrics)
-        if resolver is None:
-            overrides = {a.host: (a.ip_address, a.port) for a in s.address}
-            resolver = S2SResolver(reactor, timeout=s.dns.timeout, retries=s.dns.retries,
-                                   nameservers=s.dns.nameservers, port=s.outgoing.port,
-                                   ip_versions=s.outgoing.ip_versions, overrides=overrides)
-        self.resolver = _TimedResolver(resolver, reactor, self.metrics)
-        self.pool = OutboundPool(config, reactor, self.resolver, self.router, self.keys,
-                                 security=self.security, tls=self.tls, metrics=self.metrics)
-        self.router.outbound = self.pool
-        self.inboundStreams = set()
-        c = config.component
-        endpoint = HostnameEndpoint(reactor, c.host, c.port, timeout=10)
-        self.link = ComponentLink(c, reactor, endpoint.connect, onStanza=self.router.fromLocal,
-                                  onBounce=self.router.bounceFromLocalSide,
-                                  maxStanzaBytes=s.stanza_size_limit, metrics=self.metrics)
-        self.router.toLocal = self.link.send
-        self.link.setServiceParent(self)
+        self.current = Current(Runtime.build(
+            config, tls=tls if tls is not None else buildTLS(config), **(features or {})))
         # One write batch for all streams: a chunk read from one stream
         # becomes one write per stream it touches.
-        self.batch = self.pool.batch = self.link.batch = WriteBatch()
+        self.batch = WriteBatch()
+        self.sessionTable = SessionTable()
+        if connector is None:
+            if resolver is None:
+                overrides = {a.host: (a.ip_address, a.port) for a in s.address}
+                resolver = S2SResolver(reactor, timeout=s.dns.timeout, retries=s.dns.retries,
+                                       nameservers=s.dns.nameservers, port=s.outgoing.port,
+                                       ip_versions=s.outgoing.ip_versions, overrides=overrides)
+            connector = Connector(reactor, TimedResolver(resolver, reactor, self.metrics),
+                                  timeout=s.outgoing.connection_timeout)
+        self.connector = connector
+        if componentLink is None:
+            c = config.component
+            endpoint = HostnameEndpoint(reactor, c.host, c.port, timeout=10)
+
+            def componentLink(onStanza, onBounce):
+                return ComponentLink(c, reactor, endpoint.connect, onStanza=onStanza,
+                                     onBounce=onBounce, maxStanzaBytes=s.stanza_size_limit,
+                                     metrics=self.metrics, batch=self.batch)
+        self.router = Router(
+            self.current, metrics=self.metrics,
+            outbound=lambda bounce: OutboundPool(
+                reactor, self.current, connector, self.sessionTable, bounce,
+                batch=self.batch, metrics=self.metrics),
+            local=componentLink)
+        self.pool = self.router.outbound
+        self.link = self.router.local
+        self.link.setServiceParent(self)
+        self.verifier = Verifier(reactor, connector, self.current, batch=self.batch,
+                                 metrics=self.metrics)
         self.listeners = []
         for description in s.listen:
-            self._listen(description, InboundFactory(self))
+            self._listen(description, self.inboundFactory())
         for description in s.direct_tls_listen:
             # XEP-0368: TLS from the first byte, certificate chosen by SNI.
-            factory = TLSMemoryBIOFactory(_DirectTLSCreator(self), False,
-                                          InboundFactory(self, directTLS=True))
+            factory = TLSMemoryBIOFactory(_DirectTLSCreator(self.current), False,
+                                          self.inboundFactory(directTLS=True))
             self._listen(description, factory)
 
         self.metrics.watch(self)
@@ -155,6 +186,25 @@ class GatewayService(service.MultiService):
             from s2sgate.ops.admin import AdminService
             self.admin = AdminService(self)
             self.admin.setServiceParent(self)
+
+    @property
+    def config(self):
+        """The configuration in use (the last one loaded)."""
+        return self.current.runtime.config
+
+    @property
+    def clock(self):
+        return self.reactor
+
+    @property
+    def tls(self):
+        return self.current.runtime.tls
+
+    def inboundFactory(self, directTLS=False):
+        """The factory of this gateway's inbound streams (its listeners use it)."""
+        return InboundFactory(self.reactor, self.current, self.router, self.verifier,
+                              self.sessionTable, directTLS=directTLS, batch=self.batch,
+                              metrics=self.metrics)
 
     def _listen(self, description, factory):
         listener = ListenerService(self.reactor, description, factory)
@@ -174,7 +224,7 @@ class GatewayService(service.MultiService):
 
     def stopService(self):
         self.pool.closeAll()
-        for stream in list(self.inboundStreams):
+        for stream in self.sessionTable.streams("in"):
             stream.closeStream(wait=1)
         return service.MultiService.stopService(self)
 
@@ -182,24 +232,7 @@ class GatewayService(service.MultiService):
 
     def sessions(self):
         """One dict per s2s stream, inbound and outbound, for operators."""
-        result = []
-        for link in self.pool.links.values():
-            stream = link.stream
-            if stream is None or stream.closed or stream.closing:
-                continue
-            result.append(_session("out", stream, stream.local, stream.remote,
-                                   [[stream.local, stream.remote]], stream.certificate,
-                                   stanzasIn=0, stanzasOut=stream.stanzasOut,
-                                   queue=len(link.queue)))
-        for stream in self.inboundStreams:
-            if stream.closing or stream.closed:
-                continue
-            remote = stream.remoteHeader or next((r for r, _ in stream.pairs), None)
-            result.append(_session("in", stream, stream.local, remote,
-                                   sorted([r, l] for r, l in stream.pairs),
-                                   stream.certificates.get(remote),
-                                   stanzasIn=stream.stanzasIn, stanzasOut=0, queue=0))
-        return result
+        return self.sessionTable.describe(queued=self.pool.queued)
 
     def failureLog(self):
         """The recent failed outbound attempts, newest first, with their steps."""
@@ -212,32 +245,33 @@ class GatewayService(service.MultiService):
                 "problem": self.link.lastProblem[1] if self.link.lastProblem else None}
 
     async def connect(self, local, remote):
-        """Open and authenticate the outbound stream (local, remote) now."""
+        """
+        Open and authenticate the outbound stream (local, remote) now.
+        Raises ValueError (not a local / remote domain), PermissionError
+        (policy) or L{ConnectFailed}.
+        """
         local, remote = normalize(local), normalize(remote)
-        if not self.router.isLocal(local):
-            raise ValueError(f"{local} is not one of local_domains")
-        if self.router.isLocal(remote):
-            raise ValueError(f"{remote} is a local domain")
-        ok, _, text = self.policy.check(local, remote)
+        runtime = self.current.runtime
+        if not runtime.isLocal(local):
+            raise ValueError(f"{local} is not one of local_domains "
+                             f"({', '.join(runtime.config.local_domains)})")
+        if runtime.isLocal(remote) or remote == runtime.config.component.jid:
+            raise ValueError(f"{remote} is served here; connect to a remote domain")
+        ok, _, text = runtime.policy.check(local, remote)
         if not ok:
             raise PermissionError(text)
+        reused = self.sessionTable.outgoing(local, remote) is not None
         stream = await self.pool.connectNow(local, remote)
-        return next(s for s in self.sessions()
-                    if s["direction"] == "out" and s["stream_id"] == stream.streamId)
+        session = next(s for s in self.sessions()
+                       if s["direction"] == "out" and s["stream_id"] == stream.streamId)
+        return Connected(session, reused, list(stream.trace))
 
     def close(self, remote):
         """Close every stream with C{remote}; returns how many."""
-        remote = normalize(remote)
-        closed = 0
-        for (local, other), link in list(self.pool.links.items()):
-            if other == remote and link.stream is not None:
-                link.stream.closeStream()
-                closed += 1
-        for stream in list(self.inboundStreams):
-            if stream.remoteHeader == remote or any(r == remote for r, _ in stream.pairs):
-                stream.closeStream()
-                closed += 1
-        return closed
+        streams = self.sessionTable.withPeer(normalize(remote))
+        for stream in streams:
+            stream.closeStream()
+        return len(streams)
 
     def _reloadFromSignal(self):
         """SIGHUP: reload; a refused file is already logged in one line."""
@@ -263,14 +297,12 @@ class GatewayService(service.MultiService):
             raise
         # Compare with what the process started with: that is what runs.
         needsRestart = [key for key, get in RESTART_KEYS if get(self.startConfig) != get(new)]
-        self.config = new
-        self.policy = self.router.policy = Policy(new)
-        self.security = self.pool.security = SecurityPolicy(new.s2s)
-        if tls is not None or self.tls is None:
-            self.tls = self.pool.tls = tls
-        # else: TLS switched off, but listeners and streams started with it
-        # keep their contexts; the policy stops new STARTTLS at once.
-        self.pool.config = new
+        old = self.current.runtime
+        if tls is None and old.tls is not None:
+            # TLS switched off, but listeners and streams started with it
+            # keep their contexts; the requirements stop new STARTTLS at once.
+            tls = old.tls
+        self.current.swap(old.reloaded(new, tls))
         if self.applyLogLevel:
             from s2sgate.ops.logsetup import applyLevel
             applyLevel(new.log.level)
@@ -282,23 +314,8 @@ class GatewayService(service.MultiService):
         return needsRestart
 
 
-def _session(direction, stream, local, remote, pairs, certificate, *, stanzasIn, stanzasOut,
-             queue):
-    return {
-        "direction": direction, "local": local, "remote": remote, "pairs": pairs,
-        "stream_id": stream.streamId, "peer": str(getattr(stream, "peerAddress", "") or ""),
-        "tls": dict(stream.tlsInfo) if stream.secure else None,
-        "direct_tls": bool(getattr(stream, "directTLS", False)),
-        "certificate": None if certificate is None else {
-            "status": certificate.status, "reason": certificate.reason,
-            "names": certificate.identities.describe() if certificate.identities else ""},
-        "auth": stream.authMethod, "since": stream.since,
-        "stanzas_in": stanzasIn, "stanzas_out": stanzasOut,
-        "bytes_in": stream.bytesIn, "bytes_out": stream.bytesOut, "queue": queue,
-    }
-
-
-class _TimedResolver:
+@implementer(IResolver)
+class TimedResolver:
     """Time every DNS step for the metrics; otherwise the wrapped resolver."""
 
     def __init__(self, resolver, clock, metrics):
@@ -306,31 +323,29 @@ class _TimedResolver:
         self._clock = clock
         self._metrics = metrics
 
-    def __getattr__(self, name):
-        return getattr(self._resolver, name)
-
-    async def targets(self, *args, **kwargs):
+    async def targets(self, domain, directTLS=False):
         start = self._clock.seconds()
         try:
-            return await self._resolver.targets(*args, **kwargs)
+            return await self._resolver.targets(domain, directTLS=directTLS)
         finally:
             self._metrics.dnsTime(self._clock.seconds() - start)
 
-    async def addresses(self, *args, **kwargs):
+    async def addresses(self, host, port):
         start = self._clock.seconds()
         try:
-            return await self._resolver.addresses(*args, **kwargs)
+            return await self._resolver.addresses(host, port)
         finally:
             self._metrics.dnsTime(self._clock.seconds() - start)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
 class _DirectTLSCreator:
-    """Ask the gateway's current TLS contexts at each connection, so reloads apply."""
+    """Ask the current runtime's TLS contexts at each connection, so reloads apply."""
 
-    def __init__(self, gateway):
-        self.gateway = gateway
+    def __init__(self, current):
+        self.current = current
 
     def serverConnectionForTLS(self, tlsProtocol):
-        return self.gateway.tls.directTLSServerCreator().serverConnectionForTLS(tlsProtocol)
+        creator = self.current.runtime.tls.directTLSServerCreator()
+        return creator.serverConnectionForTLS(tlsProtocol)
 

@@ -13,8 +13,8 @@ text for the bounce.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from twisted.internet import defer, error
 from twisted.internet.endpoints import (
@@ -23,10 +23,13 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from s2sgate.net.resolver import DNSFailure, NoService, S2SResolver, Target
+from s2sgate.interfaces import IConnector
+from s2sgate.net.resolver import Address, DNSFailure, NoService, S2SResolver, Target
 
-__all__ = ["Attempt", "ConnectFailed", "connect", "describeConnectError"]
+__all__ = ["Attempt", "ConnectFailed", "Connection", "Connector", "connect",
+           "describeConnectError", "endpointFor"]
 
 _log = Logger(namespace="s2sgate.net.connector")
 
@@ -72,13 +75,56 @@ def describeConnectError(exc: BaseException) -> tuple[str, bool]:
     return (text[0] if text else type(exc).__name__), False
 
 
-def _defaultEndpointFor(reactor, timeout):
-    def endpointFor(ip: str, port: int, family: int):
-        if family == 6:
-            return TCP6ClientEndpoint(reactor, ip, port, timeout=timeout)
-        return TCP4ClientEndpoint(reactor, ip, port, timeout=timeout)
+def endpointFor(reactor, address: Address, timeout: float, tlsCreator=None):
+    """
+    The client endpoint of one address: an IP, never a host name (a name
+    would go to the machine's resolver); TLS from the first byte with
+    C{tlsCreator}.
+    """
+    endpoint: Any
+    if address.family == 6:
+        endpoint = TCP6ClientEndpoint(reactor, address.ip, address.port, timeout=timeout)
+    else:
+        endpoint = TCP4ClientEndpoint(reactor, address.ip, address.port, timeout=timeout)
+    if tlsCreator is not None:
+        endpoint = wrapClientTLS(tlsCreator, endpoint)
+    return endpoint
 
-    return endpointFor
+
+def _defaultEndpointFor(reactor, timeout):
+    def tcpEndpoint(ip: str, port: int, family: int):
+        return endpointFor(reactor, Address(ip, port, family), timeout)
+
+    return tcpEndpoint
+
+
+@dataclass
+class Connection:
+    """A connected outbound stream: how it was found, and what failed before."""
+
+    protocol: Any
+    target: Target | None
+    address: Address | None
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@implementer(IConnector)
+class Connector:
+    """L{connect} with the gateway's resolver and timeout (the L{IConnector} of the pool)."""
+
+    def __init__(self, reactor, resolver, timeout: float = 10,
+                 endpointFor: Callable[[str, int, int], object] | None = None):
+        self.reactor = reactor
+        self.resolver = resolver
+        self.timeout = timeout
+        self.endpointFor = endpointFor
+
+    async def connect(self, domain, factory, directTLS=None) -> Connection:
+        attempts: list[Attempt] = []
+        protocol, target, address = await connect(
+            self.reactor, self.resolver, domain, factory, timeout=self.timeout,
+            directTLS=directTLS, endpointFor=self.endpointFor, attempts=attempts)
+        return Connection(protocol, target, address, attempts)
 
 
 async def connect(
@@ -88,7 +134,7 @@ async def connect(
     factory,
     *,
     timeout: float = 10,
-    direct_tls_factory: Callable[[Target], object] | None = None,
+    directTLS: Callable[[Target], Any] | None = None,
     log: Logger | None = None,
     endpointFor: Callable[[str, int, int], object] | None = None,
     attempts: list[Attempt] | None = None,
@@ -97,7 +143,7 @@ async def connect(
     Connect C{factory} to C{domain}; return C{(protocol, target, address)}.
 
     @param timeout: TCP connect timeout per address, in seconds.
-    @param direct_tls_factory: C{target -> IOpenSSLClientConnectionCreator};
+    @param directTLS: C{target -> IOpenSSLClientConnectionCreator};
         when given, C{_xmpps-server} targets are looked up and connected
         with TLS from the first byte (XEP-0368). Otherwise they are not
         looked up at all.
@@ -132,7 +178,7 @@ async def connect(
         return ConnectFailed(condition, text, attempts)
 
     try:
-        targets = await resolver.targets(domain, direct_tls=direct_tls_factory is not None)
+        targets = await resolver.targets(domain, directTLS=directTLS is not None)
     except NoService as e:
         record("dns", domain, e.text, False)
         raise fail(e.text) from None
@@ -150,9 +196,9 @@ async def connect(
             lastDNS = e.text
             continue
         for address in addresses:
-            endpoint = endpointFor(address.ip, address.port, address.family)
-            if target.direct_tls:
-                endpoint = wrapClientTLS(direct_tls_factory(target), endpoint)
+            endpoint: Any = endpointFor(address.ip, address.port, address.family)
+            if target.direct_tls and directTLS is not None:
+                endpoint = wrapClientTLS(directTLS(target), endpoint)
             # Name the host (or, for an override, the domain) next to the IP.
             where = f"{address} ({target.host if target.host != address.ip else domain})"
             if target.direct_tls:

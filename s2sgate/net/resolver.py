@@ -24,7 +24,11 @@ from typing import Iterable, Mapping
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.names import client, dns, error as dnserror
+from twisted.names import client, dns
+from twisted.names import error as dnserror
+from zope.interface import implementer
+
+from s2sgate.interfaces import IResolver
 
 __all__ = [
     "Target",
@@ -136,6 +140,7 @@ _NONE = "none"  # NXDOMAIN / NODATA / no SRV records in the answer
 _DOT = "dot"  # the single "." target
 
 
+@implementer(IResolver)
 class S2SResolver:
     """
     Resolve remote XMPP domains for outgoing s2s connections.
@@ -217,11 +222,11 @@ class S2SResolver:
         records = [r for r in records if _srvTargetName(r) != ""]
         return orderSRV(records, self.rng)
 
-    async def targets(self, domain: str, direct_tls: bool = False) -> list[Target]:
+    async def targets(self, domain: str, directTLS: bool = False) -> list[Target]:
         """
         Return the ordered targets for C{domain}.
 
-        With C{direct_tls}, C{_xmpps-server} targets come first. Raises
+        With C{directTLS}, C{_xmpps-server} targets come first. Raises
         L{NoService} for the "." target, L{DNSFailure} when the
         C{_xmpp-server} lookup fails (timeout: C{timedOut=True}) and no
         direct TLS targets were found.
@@ -231,7 +236,7 @@ class S2SResolver:
             return [Target(str(ip), int(port))]
 
         xmppsD = None
-        if direct_tls:
+        if directTLS:
             xmppsD = defer.ensureDeferred(self._srv(XMPPS_SERVER + domain))
         xmppD = defer.ensureDeferred(self._srv(XMPP_SERVER + domain))
 

@@ -40,22 +40,16 @@ from typing import Any, Callable
 
 import idna
 from twisted.internet import defer
-from twisted.internet.defer import DeferredQueue
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
-from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.names import dns, error as dnsError
-from twisted.words.xish import domish
+from twisted.names import dns
+from twisted.names import error as dnsError
 from zope.interface import implementer
 
+from s2sgate.auth.requirements import Requirements
 from s2sgate.config import DomainCert, S2SConfig
-from s2sgate.net.connector import describeConnectError
-from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE
-from s2sgate.xmpp.domain import InvalidDomain, normalize
+from s2sgate.features.starttls import DirectTLS, StartTLS
+from s2sgate.interfaces import INegotiationObserver, IStep
+from s2sgate.net.connector import ConnectFailed, describeConnectError, endpointFor
 from s2sgate.net.resolver import (
     XMPP_SERVER,
     XMPPS_SERVER,
@@ -64,9 +58,9 @@ from s2sgate.net.resolver import (
     S2SResolver,
     Target,
 )
-from s2sgate.auth.requirements import NS_SASL, NS_TLS, SecurityPolicy
-from s2sgate.xmpp.stream import NS_SERVER, parseStreamError, streamHeader
-from s2sgate.xmpp.parser import NS_STREAMS, StreamError, StreamParser
+from s2sgate.s2s.negotiation import PEER_REFUSALS, Finished, InitiatingStream, StreamLimits
+from s2sgate.xmpp.domain import InvalidDomain, normalize
+from s2sgate.xmpp.features import StreamFeatures
 
 __all__ = ["CheckOptions", "Step", "Report", "Checker", "TextPrinter", "CHECK_FROM"]
 
@@ -184,67 +178,106 @@ class CheckOptions:
     configPath: str | None = None
 
 
-# --- the stream probe ----------------------------------------------------------
+# --- the recording trace ---------------------------------------------------------
 
 
-@implementer(IHandshakeListener)
-class ProbeStream(Protocol):
+@implementer(INegotiationObserver)
+class _Recorder:
     """
-    A client stream driven from a coroutine: every parser event, the TLS
-    handshake and the end of the connection land in L{events} as
-    C{(kind, value)}: C{header}, C{element}, C{end}, C{error}
-    (a L{StreamError}), C{tls}, C{lost} (a Failure).
+    What the gateway's own negotiation of one probe stream went through,
+    for the report.  C{onEvent} is called at each event (the per-event
+    timeout is restarted there).
     """
 
-    def __init__(self, maxStanzaBytes: int = 524288):
-        self.events: DeferredQueue = DeferredQueue()
-        self.parser = StreamParser(self._header, self._element, self._end,
-                                   maxStanzaBytes=maxStanzaBytes)
-        self.lost = False
+    def __init__(self, onEvent: Callable[[], None]):
+        self.onEvent = onEvent
+        self.headers: list = []
+        self.features: list[StreamFeatures] = []
+        self.direct = False
+        self.tlsRequested = False
+        self.connection = None      # the pyOpenSSL connection once TLS is up
+        self.errorReceived: tuple[str, str | None] | None = None
+        self.errorSent: tuple[str, str | None] | None = None
+        self.ended = False
+        self.timedOut = False
+        self.lost: str | None = None
 
-    def _header(self, e):
-        self.events.put(("header", e))
+    def headerReceived(self, header):
+        self.headers.append(header)
+        self.onEvent()
 
-    def _element(self, e):
-        self.events.put(("element", e))
+    def featuresReceived(self, features):
+        self.features.append(features)
+        self.onEvent()
 
-    def _end(self):
-        self.events.put(("end", None))
+    def tlsStarted(self, direct):
+        self.direct = self.direct or direct
+        self.tlsRequested = True
+        self.onEvent()
 
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            self.parser.feed(data)
-        except StreamError as e:
-            self.events.put(("error", e))
-            self.transport.abortConnection()
+    def tlsEstablished(self, connection):
+        self.connection = connection
+        self.onEvent()
 
-    def handshakeCompleted(self) -> None:
-        self.events.put(("tls", None))
+    def streamErrorReceived(self, condition, text):
+        self.errorReceived = (condition, text)
 
-    def connectionLost(self, reason) -> None:
-        self.lost = True
-        self.events.put(("lost", reason))
+    def streamErrorSent(self, condition, text):
+        self.errorSent = (condition, text)
 
-    def sendHeader(self, to: str, frm: str) -> None:
-        self.transport.write(streamHeader(
-            NS_SERVER, {"from": frm, "to": to, "version": "1.0"},
-            extraNs=(("db", NS_DB),)))
+    def streamEnded(self):
+        self.ended = True
 
-    def send(self, element: domish.Element) -> None:
-        self.transport.write(element.toXml().encode("utf-8"))
+    def connectionLost(self, reason):
+        self.lost = _oneLine(reason.getErrorMessage())
 
-    def close(self) -> None:
-        if not self.lost:
-            try:
-                self.transport.write(b"</stream:stream>")
-            except Exception:
-                pass
-            self.transport.loseConnection()
+    def waitingFor(self) -> str:
+        """What the peer had not sent yet when the stream stopped."""
+        if self.direct and self.connection is None:
+            return "a TLS handshake"
+        if not self.headers:
+            return "a stream header"
+        if not self.features:
+            return "stream features"
+        if self.features[0].starttls and not self.direct and not self.tlsRequested:
+            return "an answer to <starttls/>"
+        if self.tlsRequested and self.connection is None:
+            return "a TLS handshake"
+        if self.connection is not None and not self.direct and len(self.headers) < 2:
+            return "a stream header"
+        return "stream features"
 
-    async def next(self, reactor, timeout: float):
-        d = self.events.get()
-        d.addTimeout(timeout, reactor)
-        return await d
+
+@implementer(IStep)
+class _ReportFeatures:
+    """The probe's last step: keep the features authentication would run on, and stop."""
+
+    name = "auth"
+
+    def __init__(self):
+        self.features: StreamFeatures | None = None
+
+    def applies(self, stream, features):
+        return features is not None
+
+    async def run(self, stream, features):
+        self.features = features
+        return Finished()
+
+
+class _ProbeRequirements:
+    """
+    The probe asks for TLS whenever it is offered and refuses nothing
+    itself: the report judges each step with the configured policy.
+    """
+
+    tlsEnabled = True
+
+    def mustEncrypt(self, remote=None):
+        return False
+
+    def mustBeTrusted(self, remote):
+        return False
 
 
 class _Probe(Exception):
@@ -258,53 +291,6 @@ class _Probe(Exception):
         self.summary = summary
         self.advice = [a for a in advice if a]
         self.condition = condition
-
-
-# Stream errors by which a peer says it will not accept us (our certificate).
-AUTH_CONDITIONS = ("not-authorized", "policy-violation")
-
-
-@dataclass
-class Features:
-    starttls: bool = False
-    starttlsRequired: bool = False
-    dialback: bool = False
-    mechanisms: list[str] = field(default_factory=list)
-    other: list[str] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, element: domish.Element) -> "Features":
-        f = cls()
-        for child in element.elements():
-            key = (child.uri, child.name)
-            if key == (NS_TLS, "starttls"):
-                f.starttls = True
-                f.starttlsRequired = any(c.name == "required" for c in child.elements())
-            elif key == (NS_SASL, "mechanisms"):
-                f.mechanisms = [str(m).strip() for m in child.elements()
-                                if m.name == "mechanism"]
-            elif key == (NS_DB_FEATURE, "dialback"):
-                f.dialback = True
-            else:
-                f.other.append(f"{{{child.uri}}}{child.name}" if child.uri else child.name)
-        return f
-
-    def toJSON(self) -> dict[str, Any]:
-        return {"starttls": self.starttls, "starttls_required": self.starttlsRequired,
-                "dialback": self.dialback, "sasl_mechanisms": list(self.mechanisms),
-                "other": list(self.other)}
-
-    def describe(self) -> str:
-        parts = []
-        if self.starttls:
-            parts.append("STARTTLS (required)" if self.starttlsRequired else "STARTTLS")
-        if self.mechanisms:
-            parts.append("SASL " + " ".join(self.mechanisms))
-        if self.dialback:
-            parts.append("dialback")
-        if self.other:
-            parts.append(f"{len(self.other)} other")
-        return ", ".join(parts) or "none"
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -391,7 +377,7 @@ class Checker:
         self.options = options
         self.emit = emit
         self.s2s = options.s2s
-        self.policy = SecurityPolicy(self.s2s)
+        self.policy = Requirements(self.s2s)
         self.now = now or _dt.datetime.now(_dt.timezone.utc)
         self.report = Report(options.domain)
         self.tlsProblem: str | None = None
@@ -666,15 +652,10 @@ class Checker:
 
     # -- 2. TCP -------------------------------------------------------------------------
 
-    def _endpoint(self, address: Address):
-        timeout = self.options.timeout
-        if address.family == 6:
-            return TCP6ClientEndpoint(self.reactor, address.ip, address.port, timeout=timeout)
-        return TCP4ClientEndpoint(self.reactor, address.ip, address.port, timeout=timeout)
-
     async def _reach(self, address: Address) -> tuple[bool, str, bool]:
+        endpoint = endpointFor(self.reactor, address, self.options.timeout)
         try:
-            proto = await self._endpoint(address).connect(Factory.forProtocol(Protocol))
+            proto = await endpoint.connect(Factory.forProtocol(Protocol))
         except Exception as e:
             text, timedOut = describeConnectError(e)
             return False, text, timedOut
@@ -722,145 +703,90 @@ class Checker:
     # -- 3.-5. stream, TLS, certificate, authentication ---------------------------------
 
     async def _negotiate(self, target: Target, address: Address) -> None:
+        """
+        Run the gateway's own negotiation steps (TLS as the gateway does it)
+        against one address, stop before authenticating, and report what the
+        recording trace saw.
+        """
         d, where = self.domain, _where(address, target)
         stream = Step("stream", "stream")
         stream.data = {"address": str(address), "host": target.host,
-                       "direct_tls": target.direct_tls, "from": self.local}
+                       "direct_tls": target.direct_tls, "from": self.local, "where": where}
         tlsStep = Step("tls", "TLS")
-        proto = ProbeStream(self.s2s.stanza_size_limit)
-        endpoint = self._endpoint(address)
-        if target.direct_tls:
-            endpoint = wrapClientTLS(self.tls.clientCreator(d, self.local, alpn=True), endpoint)
+        timeout = self.options.timeout
+        idle: list = []
+
+        def restartTimer():
+            if idle and idle[0].active():
+                idle[0].cancel()
+            idle[:] = [self.reactor.callLater(timeout, expire)]
+
+        def expire():
+            recorder.timedOut = True
+            if probe.transport is not None:
+                probe.transport.abortConnection()
+
+        recorder = _Recorder(restartTimer)
+        last = _ReportFeatures()
+        probe = InitiatingStream(
+            self.reactor, self.local, d, [DirectTLS(), StartTLS(), last],
+            requirements=_ProbeRequirements(), tls=self.tls,
+            limits=StreamLimits(self.s2s.stanza_size_limit, None, 1e9), observer=recorder)
+        creator = self.tls.clientCreator(d, self.local, alpn=True) if target.direct_tls else None
+        endpoint = endpointFor(self.reactor, address, timeout, tlsCreator=creator)
         try:
-            await endpoint.connect(Factory.forProtocol(lambda: proto))
+            await endpoint.connect(Factory.forProtocol(lambda: probe))
         except Exception as e:
             text, _ = describeConnectError(e)
             self._add(stream.fail(f"cannot connect to {where} any more ({text})"))
             self._skipRemote("no connection", fromStep="tls")
             return
-        self._phase = "stream"
+        restartTimer()
+        ready = probe.ready
         try:
-            await self._converse(proto, target, where, stream, tlsStep)
-        except _Probe as p:
-            self._probeFailed(p, stream, tlsStep)
+            await ready
+            failed = None
+        except ConnectFailed as e:
+            failed = e
         finally:
-            proto.close()
+            if idle and idle[0].active():
+                idle[0].cancel()
+            probe.closeStream(wait=1)
+        self._report(recorder, last.features, failed, target, where, stream, tlsStep)
 
-    def _probeFailed(self, p: "_Probe", stream: Step, tlsStep: Step) -> None:
-        """Put a failed stream conversation into the right step."""
-        added = lambda step: any(s is step for s in self.report.steps)  # noqa: E731
-        if p.condition in AUTH_CONDITIONS and added(tlsStep):
-            # After TLS the peer judged us (our certificate) and said no.
-            if not added(stream):
-                self._add(stream.warn(f"{stream.data.get('where')}: the peer ended the "
-                                      "stream before its features"))
-            self._auth(None, secure=True, refused=p)
-            return
-        if self._phase == "stream":
-            self._add(stream.fail(p.summary, *p.advice))
-            if not added(tlsStep):
-                self._skipRemote("no stream", fromStep="tls")
-            else:
-                self._skip("authentication", "authentication", "no stream")
-        elif self._phase == "tls":
-            self._add(tlsStep.fail(p.summary, *p.advice, fatal=self.policy.mustEncrypt(self.domain)))
-            self._skip("certificate", "certificate", "no TLS")
-            if not added(stream):
-                self._skip("stream", "stream", "no TLS")
-            self._skip("authentication", "authentication", "no TLS")
-        else:
-            step = Step("authentication", "authentication")
-            self._add(step.fail(p.summary, *p.advice))
-
-    async def _expect(self, proto: ProbeStream, timeout: float, what: str, where: str):
-        """The next event that is not a keepalive; L{_Probe} on errors and timeouts."""
-        try:
-            kind, value = await proto.next(self.reactor, timeout)
-        except defer.TimeoutError:
-            raise _Probe(f"{where} sent no {what} within {timeout:g} s",
-                         "is this port served by an XMPP server (and not a proxy or "
-                         "another service)? try --timeout with a larger value") from None
-        if kind == "lost":
-            raise _Probe(f"{where} closed the connection instead of sending {what} "
-                         f"({_oneLine(value.getErrorMessage())})",
-                         "check the server's log; the port may belong to another "
-                         "service, or the server may refuse our address") from None
-        if kind == "error":
-            raise _Probe(f"{where} sent invalid XML ({value}): not an XMPP server?",
-                         "make sure the SRV record points at the XMPP server's s2s port "
-                         "(5269, or 5270 for direct TLS)")
-        if kind == "end":
-            raise _Probe(f"{where} closed the stream instead of sending {what}")
-        if kind == "element" and (value.uri, value.name) == (NS_STREAMS, "error"):
-            condition, text = parseStreamError(value)
-            raise _Probe(*self._streamErrorAdvice(condition, text, where),
-                         condition=condition)
-        return kind, value
-
-    def _streamErrorAdvice(self, condition: str, text: str | None, where: str):
+    def _report(self, r: _Recorder, finalFeatures, failed, target, where, stream, tlsStep):
+        """Turn the recorded negotiation into the stream, TLS, certificate and auth steps."""
         d = self.domain
-        summary = f"{where} sent stream error {condition}" + (f" ({text})" if text else "")
-        if condition == "host-unknown":
-            return summary, (f"the server at {where} does not serve {d}: add {d} as a host "
-                             f"(Prosody: VirtualHost \"{d}\"; ejabberd: hosts), or fix the "
-                             "SRV record so that it points at the server that does")
-        if condition in ("not-authorized", "policy-violation"):
-            return summary, (f"{d} refuses servers it cannot authenticate; it may require a "
-                             "valid certificate from us (run check with --config so that "
-                             "ours is presented)")
-        return summary, "see the text of the error and the remote server's log"
-
-    async def _header(self, proto, where, timeout):
-        kind, header = await self._expect(proto, timeout, "a stream header", where)
-        if kind != "header":
-            raise _Probe(f"{where} sent <{getattr(header, 'name', kind)}/> before a stream header")
-        if (header.uri, header.name) != (NS_STREAMS, "stream"):
-            raise _Probe(f"{where} answered with <{header.name}/>, not an XMPP stream",
-                         "make sure the SRV record points at the XMPP s2s port")
-        return header
-
-    async def _features(self, proto, where, timeout) -> Features:
-        while True:
-            kind, e = await self._expect(proto, timeout, "stream features", where)
-            if kind == "element" and (e.uri, e.name) == (NS_STREAMS, "features"):
-                return Features.parse(e)
-
-    async def _converse(self, proto, target, where, stream, tlsStep):
-        d, timeout = self.domain, self.options.timeout
-        stream.data["where"] = where
-        proto.sendHeader(d, self.local)
         if target.direct_tls:
-            # TLS comes first: judge it before the stream.
-            self._phase = "tls"
-            try:
-                kind, _ = await self._expect(proto, timeout, "a TLS handshake", where)
-            except _Probe as p:
-                raise _Probe(f"the direct TLS handshake with {where} failed: {p.summary}",
-                             f"port {target.port} is published as _xmpps-server (direct "
-                             "TLS): the server must speak TLS there (ALPN xmpp-server); "
-                             "remove the SRV record if it does not") from None
-            if kind != "tls":
-                raise _Probe(f"{where}: TLS did not come first on a direct TLS port")
+            if r.connection is None:
+                p = self._stopped(r, where, failed)
+                self._probeFailed(_Probe(
+                    f"the direct TLS handshake with {where} failed: {p.summary}",
+                    f"port {target.port} is published as _xmpps-server (direct "
+                    "TLS): the server must speak TLS there (ALPN xmpp-server); "
+                    "remove the SRV record if it does not"), stream, tlsStep, "tls")
+                return
             tlsStep.summary = "direct TLS (XEP-0368)"
-            self._tlsDone(proto, tlsStep, direct=True)
-            self._phase = "stream"
-
-        header = await self._header(proto, where, timeout)
-        version = header.getAttribute("version", "0.0")
-        peerFrom = header.getAttribute("from")
-        stream.data.update({"id": header.getAttribute("id"), "version": version,
-                            "peer_from": peerFrom})
-        stream.details.append(f"stream id {header.getAttribute('id')!r}, version {version}, "
-                              f"from {peerFrom!r} (we sent from {self.local!r})")
-        if peerFrom and peerFrom.lower() != d:
-            stream.warn(None, f"the peer answered as {peerFrom!r}, not {d}: its server "
-                              f"configuration may not know {d}")
-        if version < "1.0":
-            features = Features()
+            self._tlsDone(r.connection, tlsStep, direct=True)
+        if r.headers:
+            header = r.headers[0]
+            version = header.getAttribute("version", "0.0")
+            peerFrom = header.getAttribute("from")
+            stream.data.update({"id": header.getAttribute("id"), "version": version,
+                                "peer_from": peerFrom})
+            stream.details.append(f"stream id {header.getAttribute('id')!r}, version {version}, "
+                                  f"from {peerFrom!r} (we sent from {self.local!r})")
+            if peerFrom and peerFrom.lower() != d:
+                stream.warn(None, f"the peer answered as {peerFrom!r}, not {d}: its server "
+                                  f"configuration may not know {d}")
+        if not r.headers or not r.features:
+            self._probeFailed(self._stopped(r, where, failed), stream, tlsStep, "stream")
+            return
+        features = r.features[0]
+        if features.legacy:
             stream.warn(f"{where} speaks pre-1.0 XMPP: no stream features, no STARTTLS",
                         f"upgrade the server at {where}")
         else:
-            features = await self._features(proto, where, timeout)
             stream.summary = (f"XMPP {version} with {where}; features: "
                               f"{features.describe()}")
         stream.data["features"] = features.toJSON()
@@ -873,35 +799,97 @@ class Checker:
             self._noTLS(features, tlsStep)
             self._auth(features, secure=False)
             return
-        self._phase = "tls"
-        proto.send(domish.Element((NS_TLS, "starttls")))
-        kind, answer = await self._expect(proto, timeout, "an answer to <starttls/>", where)
-        if kind != "element" or answer.uri != NS_TLS or answer.name != "proceed":
-            raise _Probe(f"{where} refused STARTTLS (<{getattr(answer, 'name', kind)}/>)",
-                         "check the remote server's certificate and TLS configuration "
-                         "and its log")
-        proto.transport.startTLS(self.tls.clientCreator(d, self.local))
-        proto.parser.reset()
-        proto.sendHeader(d, self.local)
-        try:
-            kind, _ = await self._expect(proto, timeout, "a TLS handshake", where)
-        except _Probe as p:
-            raise _Probe(f"the TLS handshake with {where} failed: {p.summary}",
-                         "check the remote server's TLS setup (TLS 1.2 or later; its "
-                         "certificate and key)") from None
-        if kind != "tls":
-            raise _Probe(f"{where}: unexpected data before the TLS handshake finished")
+        if not r.tlsRequested:
+            if failed is not None and not (r.timedOut or r.lost or r.ended or r.errorReceived
+                                           or r.errorSent):
+                p = _Probe(f"{where} refused STARTTLS",
+                           "check the remote server's certificate and TLS configuration "
+                           "and its log")
+            else:
+                p = self._stopped(r, where, failed)
+            self._probeFailed(p, stream, tlsStep, "tls")
+            return
+        if r.connection is None:
+            p = self._stopped(r, where, failed)
+            self._probeFailed(_Probe(f"the TLS handshake with {where} failed: {p.summary}",
+                                     "check the remote server's TLS setup (TLS 1.2 or later; "
+                                     "its certificate and key)"), stream, tlsStep, "tls")
+            return
         tlsStep.summary = "STARTTLS"
-        self._tlsDone(proto, tlsStep, direct=False)
-        self._phase = "auth"
-        await self._header(proto, where, timeout)
-        self._auth(await self._features(proto, where, timeout), secure=True)
+        self._tlsDone(r.connection, tlsStep, direct=False)
+        if finalFeatures is None or len(r.features) < 2:
+            self._probeFailed(self._stopped(r, where, failed), stream, tlsStep, "auth")
+            return
+        self._auth(finalFeatures, secure=True)
+
+    def _stopped(self, r: _Recorder, where: str, failed) -> "_Probe":
+        """Why the peer stopped before sending what the negotiation waited for."""
+        what, timeout = r.waitingFor(), self.options.timeout
+        if r.errorReceived is not None:
+            condition, text = r.errorReceived
+            return _Probe(*self._streamErrorAdvice(condition, text, where), condition=condition)
+        if r.errorSent is not None:
+            condition, text = r.errorSent
+            return _Probe(f"{where} sent invalid XML ({condition}: {text}): not an XMPP server?",
+                          "make sure the SRV record points at the XMPP server's s2s port "
+                          "(5269, or 5270 for direct TLS)")
+        if r.timedOut:
+            return _Probe(f"{where} sent no {what} within {timeout:g} s",
+                          "is this port served by an XMPP server (and not a proxy or "
+                          "another service)? try --timeout with a larger value")
+        if r.ended:
+            return _Probe(f"{where} closed the stream instead of sending {what}")
+        if r.lost is not None:
+            return _Probe(f"{where} closed the connection instead of sending {what} "
+                          f"({r.lost})",
+                          "check the server's log; the port may belong to another "
+                          "service, or the server may refuse our address")
+        return _Probe(f"{where}: negotiation stopped: {failed.text if failed else 'no reason'}")
+
+    def _probeFailed(self, p: "_Probe", stream: Step, tlsStep: Step, phase: str) -> None:
+        """Put a failed stream conversation into the right step."""
+        added = lambda step: any(s is step for s in self.report.steps)  # noqa: E731
+        if p.condition in PEER_REFUSALS and added(tlsStep):
+            # After TLS the peer judged us (our certificate) and said no.
+            if not added(stream):
+                self._add(stream.warn(f"{stream.data.get('where')}: the peer ended the "
+                                      "stream before its features"))
+            self._auth(None, secure=True, refused=p)
+            return
+        if phase == "stream":
+            self._add(stream.fail(p.summary, *p.advice))
+            if not added(tlsStep):
+                self._skipRemote("no stream", fromStep="tls")
+            else:
+                self._skip("authentication", "authentication", "no stream")
+        elif phase == "tls":
+            self._add(tlsStep.fail(p.summary, *p.advice, fatal=self.policy.mustEncrypt(self.domain)))
+            self._skip("certificate", "certificate", "no TLS")
+            if not added(stream):
+                self._skip("stream", "stream", "no TLS")
+            self._skip("authentication", "authentication", "no TLS")
+        else:
+            step = Step("authentication", "authentication")
+            self._add(step.fail(p.summary, *p.advice))
+
+    def _streamErrorAdvice(self, condition: str, text: str | None, where: str):
+        d = self.domain
+        summary = f"{where} sent stream error {condition}" + (f" ({text})" if text else "")
+        if condition == "host-unknown":
+            return summary, (f"the server at {where} does not serve {d}: add {d} as a host "
+                             f"(Prosody: VirtualHost \"{d}\"; ejabberd: hosts), or fix the "
+                             "SRV record so that it points at the server that does")
+        if condition in PEER_REFUSALS:
+            return summary, (f"{d} refuses servers it cannot authenticate; it may require a "
+                             "valid certificate from us (run check with --config so that "
+                             "ours is presented)")
+        return summary, "see the text of the error and the remote server's log"
 
     def _presentedCertificate(self) -> bool:
         """Whether we present a certificate that covers our C{from} domain."""
         return self.local != CHECK_FROM and self.tls.ourCertificateCovers(self.local)
 
-    def _noTLS(self, features: Features, step: Step) -> None:
+    def _noTLS(self, features: StreamFeatures, step: Step) -> None:
         d = self.domain
         advice = (f"enable TLS on {d}'s server with a certificate for {d} (Prosody: "
                   "s2s_require_encryption = true; ejabberd: s2s_use_starttls: required)")
@@ -914,9 +902,8 @@ class Checker:
         self._add(step)
         self._skip("certificate", "certificate", "no TLS")
 
-    def _tlsDone(self, proto: ProbeStream, step: Step, direct: bool) -> None:
+    def _tlsDone(self, conn, step: Step, direct: bool) -> None:
         d = self.domain
-        conn = proto.transport.getHandle()
         info = self.tls.describe(conn)
         step.data = dict(info, direct_tls=direct)
         step.summary = (f"{step.summary}: {info.get('version')} {info.get('cipher')}"
@@ -994,7 +981,7 @@ class Checker:
             return f"{d} is in s2s.secure_domains: only a valid certificate authenticates it"
         return "secure_auth = true: only valid certificates authenticate servers"
 
-    def _auth(self, features: Features | None, secure: bool,
+    def _auth(self, features: StreamFeatures | None, secure: bool,
               refused: "_Probe | None" = None) -> None:
         """
         Both directions: can we authenticate to the peer (SASL EXTERNAL with
@@ -1004,13 +991,13 @@ class Checker:
         """
         d = self.domain
         step = Step("authentication", "authentication")
-        features = features or Features()
-        external = "EXTERNAL" in features.mechanisms
+        features = features or StreamFeatures()
+        external = features.offersMechanism("EXTERNAL")
         presented = self._presentedCertificate()
         cert = self.peerCertificate
         certBad = cert is not None and not cert.valid
         step.data = {"after_tls": secure, "sasl_external": external,
-                     "sasl_mechanisms": features.mechanisms, "dialback": features.dialback,
+                     "sasl_mechanisms": list(features.mechanisms), "dialback": features.dialback,
                      "our_certificate_presented": presented,
                      "refused": refused.summary if refused else None}
         if refused is not None:

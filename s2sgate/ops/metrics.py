@@ -76,7 +76,7 @@ class _StreamCollector:
             counts[key] = counts.get(key, 0) + 1
         for key, value in sorted(counts.items()):
             streams.add_metric(list(key), value)
-        queued.add_metric(["outbound"], sum(len(l.queue) for l in self.gateway.pool.links.values()))
+        queued.add_metric(["outbound"], sum(len(link.queue) for link in self.gateway.pool.links.values()))
         queued.add_metric(["component"], len(self.gateway.link.buffer))
         yield streams
         yield queued

@@ -18,12 +18,12 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
-from s2sgate.xmpp.parser import NS_STREAMS, StreamError, StreamParser
+from s2sgate.xmpp.namespaces import NS_COMPONENT, NS_SERVER, NS_STREAMS
+from s2sgate.xmpp.namespaces import NS_STREAM_ERRORS as NS_STANZAS_STREAM
+from s2sgate.xmpp.parser import StreamError, StreamParser
 
-NS_STANZAS_STREAM = "urn:ietf:params:xml:ns:xmpp-streams"
-NS_SERVER = "jabber:server"
-NS_COMPONENT = "jabber:component:accept"
-NS_DIALBACK = "jabber:server:dialback"
+__all__ = ["NS_COMPONENT", "NS_SERVER", "WriteBatch", "XmlStream", "newStreamId",
+           "parseStreamError", "streamErrorXml", "streamHeader"]
 
 
 def newStreamId():
@@ -100,21 +100,24 @@ class XmlStream(Protocol):
     Framing and limits shared by all streams.
 
     @ivar namespace: the stream's default namespace.
-    @ivar clock: an L{IReactorTime}, so tests can drive timers.
+    @param clock: an L{IReactorTime}, so tests can drive timers.
+    @param batch: the L{WriteBatch} shared by the gateway's streams, or None.
+    @param metrics: a L{Metrics} counting bytes, or None.
     """
 
     log = Logger()
     namespace = NS_SERVER
-    extraNamespaces = ()
-    metrics = None   # a Metrics counting bytes, when set
+    extraNamespaces: tuple[tuple[str, str], ...] = ()
     # A peer that stops reading: what we still write to it piles up in the
     # transport.  Give up on the stream past this much, or this long.
     maxBacklog = 16 * 1024 * 1024
     maxBlockedSeconds = 120
-    batch = None     # a WriteBatch shared by the gateway's streams, when set
 
-    def __init__(self, clock, maxStanzaBytes=524288, idleTimeout=None, keepalive=None):
+    def __init__(self, clock, maxStanzaBytes=524288, idleTimeout=None, keepalive=None,
+                 batch=None, metrics=None):
         self.clock = clock
+        self.batch = batch
+        self.metrics = metrics
         self.maxStanzaBytes = maxStanzaBytes
         self.idleTimeout = idleTimeout
         self.keepaliveInterval = keepalive

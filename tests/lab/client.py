@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from twisted.internet import defer, error
-from twisted.words.protocols.jabber import client, jid as jidmod, xmlstream
+from twisted.words.protocols.jabber import client, xmlstream
+from twisted.words.protocols.jabber import jid as jidmod
 from twisted.words.xish import domish
 from twisted.words.xish.xmlstream import STREAM_END_EVENT
 

@@ -220,25 +220,13 @@ class AdminResource(Resource):
     def apiConnect(self, request):
         local = self._domainArg(request, "local")
         remote = self._domainArg(request, "remote")
-        gateway = self.gateway
-        if not gateway.router.isLocal(local):
-            raise _HTTPError(400, f"{local} is not one of local_domains "
-                                  f"({', '.join(gateway.config.local_domains)})")
-        if gateway.router.isLocal(remote) or remote == gateway.config.component.jid:
-            raise _HTTPError(400, f"{remote} is served here; connect to a remote domain")
-        ok, condition, text = gateway.policy.check(local, remote)
-        if not ok:
-            raise _HTTPError(403, text)
         return defer.ensureDeferred(self._connect(request, local, remote))
 
     async def _connect(self, request, local, remote):
         gateway = self.gateway
-        link = gateway.pool.links.get((local, remote))
-        reused = bool(link is not None and link.stream is not None and not link.stream.closing
-                      and not link.stream.closed)
         started = gateway.clock.seconds()
         try:
-            session = await gateway.connect(local, remote)
+            connected = await gateway.connect(local, remote)
         except ConnectFailed as e:
             steps = [_step(a) for a in e.attempts]
             if not steps:
@@ -256,11 +244,8 @@ class AdminResource(Resource):
             return self.json(request, {"error": str(e)}, 403)
         except ValueError as e:
             return self.json(request, {"error": str(e)}, 400)
-        link = gateway.pool.links.get((local, remote))
-        stream = link.stream if link is not None else None
-        trace = getattr(stream, "trace", None) or []
-        return self.json(request, {"session": session, "reused": reused,
-                                   "steps": [_step(a) for a in trace]})
+        return self.json(request, {"session": connected.session, "reused": connected.reused,
+                                   "steps": [_step(a) for a in connected.trace]})
 
     def apiClose(self, request):
         remote = self._domainArg(request, "remote")

@@ -1,0 +1,88 @@
+# -*- test-case-name: tests.test_sessions -*-
+"""
+The session table: every open s2s stream, both directions, and the
+authenticated pairs each one carries.
+
+The outbound links find their stream here, the admin API, the status
+page, the metrics and C{s2sgate sessions} read it; nothing else keeps a
+list of streams.  A stream is tracked when it connects, indexed by pair
+when a pair is authenticated on it, and forgotten when it closes.
+"""
+
+from zope.interface import implementer
+
+from s2sgate.interfaces import ISessionTable
+
+
+@implementer(ISessionTable)
+class SessionTable:
+    def __init__(self):
+        self._streams = set()
+        self._outgoing = {}    # (local, remote) -> stream
+
+    def track(self, session):
+        self._streams.add(session)
+
+    def authenticated(self, session, sender, receiver):
+        self._streams.add(session)
+        if session.direction == "out":
+            self._outgoing[(sender, receiver)] = session
+
+    def untrack(self, session):
+        self._streams.discard(session)
+        for pair in [p for p, s in self._outgoing.items() if s is session]:
+            del self._outgoing[pair]
+
+    def outgoing(self, local, remote):
+        stream = self._outgoing.get((local, remote))
+        if stream is None or stream.closing:
+            # Our closing tag is out: anything written now would be lost.
+            return None
+        return stream
+
+    def streams(self, direction=None):
+        """Open streams (authenticated or not), optionally of one direction."""
+        return [s for s in self._streams if direction is None or s.direction == direction]
+
+    def live(self):
+        """Streams that are neither closing nor closed."""
+        return [s for s in self._streams if not (s.closing or s.closed)]
+
+    def withPeer(self, remote):
+        """Live streams that carry a pair with C{remote}."""
+        return [s for s in self.live() if s.peer == remote or (
+            s.direction == "in" and any(r == remote for r, _ in s.pairs))]
+
+    def describe(self, queued=lambda local, remote: 0):
+        """One dict per live authenticated outbound stream and per live inbound stream."""
+        result = []
+        for stream in self.live():
+            if stream.direction == "out":
+                if not stream.authMethod:
+                    continue
+                result.append(sessionInfo(stream, [[stream.local, stream.remote]],
+                                          stanzasIn=0, stanzasOut=stream.stanzasOut,
+                                          queue=queued(stream.local, stream.remote),
+                                          certificate=stream.certificate))
+            else:
+                remote = stream.peer
+                result.append(sessionInfo(stream, sorted([sender, to] for sender, to in stream.pairs),
+                                          stanzasIn=stream.stanzasIn, stanzasOut=0, queue=0,
+                                          certificate=stream.certificates.get(remote)))
+        return result
+
+
+def sessionInfo(stream, pairs, *, stanzasIn, stanzasOut, queue, certificate):
+    """What operators see of one stream (admin API, status page, CLI)."""
+    return {
+        "direction": stream.direction, "local": stream.local, "remote": stream.peer,
+        "pairs": pairs, "stream_id": stream.streamId, "peer": str(stream.peerAddress or ""),
+        "tls": dict(stream.tlsInfo) if stream.secure else None,
+        "direct_tls": bool(stream.directTLS),
+        "certificate": None if certificate is None else {
+            "status": certificate.status, "reason": certificate.reason,
+            "names": certificate.identities.describe() if certificate.identities else ""},
+        "auth": stream.authMethod, "since": stream.since,
+        "stanzas_in": stanzasIn, "stanzas_out": stanzasOut,
+        "bytes_in": stream.bytesIn, "bytes_out": stream.bytesOut, "queue": queue,
+    }

@@ -1,0 +1,12 @@
+"""The XML namespaces of s2s streams, in one place."""
+
+NS_STREAMS = "http://etherx.jabber.org/streams"
+NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_SERVER = "jabber:server"
+NS_COMPONENT = "jabber:component:accept"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_DB = "jabber:server:dialback"
+NS_DB_FEATURE = "urn:xmpp:features:dialback"
+NS_LIMITS = "urn:xmpp:stream-limits:0"

@@ -1,0 +1,67 @@
+"""The session table: every stream, its pairs, what operators see of it."""
+
+from s2sgate.s2s.sessions import SessionTable
+
+
+class Stream:
+    """What the table reads of a stream (hashable, as streams are)."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def stream(direction, pairs=(), peer="remote.test", closing=False, **kw):
+    values = dict(direction=direction, pairs=set(pairs), peer=peer, closing=closing,
+                  closed=False, local="home.test", remote=peer, streamId="s1", peerAddress=None,
+                  secure=False, tlsInfo={}, directTLS=False, authMethod="dialback", since=0.0,
+                  stanzasIn=2, stanzasOut=3, bytesIn=10, bytesOut=20, certificate=None,
+                  certificates={})
+    values.update(kw)
+    return Stream(**values)
+
+
+def test_an_authenticated_outbound_stream_is_found_by_its_pair_until_it_closes():
+    table = SessionTable()
+    out = stream("out")
+    table.authenticated(out, "home.test", "remote.test")
+    assert table.outgoing("home.test", "remote.test") is out
+    assert table.outgoing("home.test", "other.test") is None
+    table.untrack(out)
+    assert table.outgoing("home.test", "remote.test") is None
+    assert table.streams() == []
+
+
+def test_a_closing_outbound_stream_is_not_offered_for_new_stanzas():
+    table = SessionTable()
+    out = stream("out", closing=True)
+    table.authenticated(out, "home.test", "remote.test")
+    assert table.outgoing("home.test", "remote.test") is None
+
+
+def test_inbound_streams_are_tracked_before_authentication_and_never_used_outbound():
+    table = SessionTable()
+    inbound = stream("in", authMethod=None)
+    table.track(inbound)
+    table.authenticated(inbound, "remote.test", "home.test")
+    assert table.streams("in") == [inbound] and table.streams("out") == []
+    assert table.outgoing("home.test", "remote.test") is None
+
+
+def test_with_peer_finds_inbound_streams_by_any_authenticated_sender():
+    table = SessionTable()
+    inbound = stream("in", pairs={("other.test", "home.test")}, peer="remote.test")
+    table.track(inbound)
+    assert table.withPeer("other.test") == [inbound]
+    assert table.withPeer("home.test") == []
+
+
+def test_describe_lists_authenticated_outbound_and_all_inbound_streams():
+    table = SessionTable()
+    table.track(stream("out", authMethod=None))          # not authenticated: not shown
+    out = stream("out")
+    table.authenticated(out, "home.test", "remote.test")
+    table.track(stream("in", pairs={("remote.test", "home.test")}))
+    rows = sorted(table.describe(queued=lambda local, remote: 7), key=lambda r: r["direction"])
+    assert [(r["direction"], r["pairs"], r["queue"]) for r in rows] == [
+        ("in", [["remote.test", "home.test"]], 0), ("out", [["home.test", "remote.test"]], 7)]
+    assert rows[1]["stanzas_out"] == 3 and rows[0]["stanzas_in"] == 2
