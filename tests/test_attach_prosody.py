@@ -20,6 +20,7 @@ pytestmark = pytest.mark.servers
 
 HOME_IP = "127.0.0.40"
 SECRET = "component-secret-for-tests"
+STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,37 @@ async def checkBounceAndInjection(gateway):
 @pytest_twisted.ensureDeferred
 async def test_remote_bound_message_comes_back_as_remote_server_not_found(gateway):
     await checkBounceAndInjection(gateway)
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_the_gateway_prosody_bounces_from_the_remote_address(gateway):
+    """mod_component's bounce: from the address the stanza was for, the
+    component named only in <error by=…>."""
+    link = gateway.link
+    link.stopService()
+    try:
+        for _ in range(200):
+            if link.stream is None:
+                break
+            await task.deferLater(reactor, 0.05)
+        assert link.stream is None
+        alice = await loginAlice()
+        try:
+            alice.send("<message xmlns='jabber:client' to='bob@remote.test' type='chat' "
+                       "id='away1'><body>anyone?</body></message>")
+            bounce = await alice.wait_for(lambda e: e.name == "message" and e.getAttribute("id") == "away1")
+            assert (bounce["type"], bounce["from"], bounce["to"]) == (
+                "error", "bob@remote.test", alice.jid.full())
+            assert (bounce.error["type"], bounce.error["by"]) == ("wait", "s2s.home.test")
+            assert [(c.uri, c.name, str(c)) for c in bounce.error.elements()] == [
+                (STANZAS, "remote-server-timeout", ""),
+                (STANZAS, "text", "Component unavailable"),
+                ("xmpp:prosody.im/protocol/component", "not-connected", "")]
+        finally:
+            await alice.disconnect()
+    finally:
+        link.startService()
+    await link.whenUp()
 
 
 @pytest_twisted.ensureDeferred

@@ -31,10 +31,12 @@ def pick_dns_ip(preferred="127.0.0.53", port=53) -> str:
 class TestDNS:
     __test__ = False  # not a pytest class
 
-    def __init__(self, workdir, ip="127.0.0.53", port=53):
+    def __init__(self, workdir, ip="127.0.0.53", port=53, fallback=True):
+        """C{fallback=False}: only C{ip}, never another candidate address."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.requested_ip = ip
+        self.fallback = fallback
         self.ip = ip
         self.port = port
         self.records: list[str] = []
@@ -61,7 +63,10 @@ class TestDNS:
     def start(self):
         if self.proc is not None:
             return self
-        self.ip = pick_dns_ip(self.requested_ip, self.port)
+        if self.fallback:
+            self.ip = pick_dns_ip(self.requested_ip, self.port)
+        elif not _udp_free(self.requested_ip, self.port):
+            raise ProcError(f"{self.requested_ip}:{self.port} is in use; no test DNS")
         lines = [
             "no-resolv", "no-hosts", "no-poll", "bind-interfaces",
             f"listen-address={self.ip}", f"port={self.port}",

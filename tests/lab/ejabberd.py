@@ -42,6 +42,15 @@ class Ejabberd:
     our own certfiles) and ``s2s_cafile`` (peer certificates on s2s);
     ``dialback``: load ``mod_s2s_dialback`` (default True).
 
+    As the c2s server the gateway attaches to: ``s2s=False`` (no ``ejabberd_s2s_in``
+    listener, ``s2s_access: none``, no dialback: ejabberd federates nothing itself);
+    ``components``: ``{jid: secret}``, one ``ejabberd_service`` listener on ``ip``:5347
+    with ``check_from: false``; ``modules``: ``{name: {option: value}}`` added to
+    ``modules:``; ``beams``: compiled modules copied into the runtime dir and put on
+    the code path with ``-pa`` in ``ERL_OPTIONS`` (``ejabberdctl`` resets ``ERL_LIBS``);
+    ``dist_ip``: the address of the Erlang distribution listener and the node's host
+    part (default: 127.0.0.1, node ``ejabberd_<name>@localhost``).
+
     ``s2s_use_starttls`` in 23.01 accepts only false/true/optional/required;
     "required_trusted" is gone. Here it is a lab alias for ``required`` without
     dialback: then the certificate is the only way in or out (outgoing, ejabberd checks
@@ -61,7 +70,8 @@ class Ejabberd:
 
     def __init__(self, workdir, name, ip, *, host, users=(), dns=None,
                  s2s_use_starttls="false", extra_yaml="", certfile=None, cafile=None,
-                 dialback=True):
+                 dialback=True, s2s=True, components=None, modules=None, beams=(),
+                 dist_ip=None):
         self.name = name
         self.ip = ip
         self.host = host
@@ -76,11 +86,16 @@ class Ejabberd:
         self.s2s_use_starttls = mode
         self.certfile = Path(certfile) if certfile else None
         self.cafile = Path(cafile) if cafile else None
-        self.dialback = dialback
+        self.s2s = s2s
+        self.dialback = dialback and s2s
+        self.components = dict(components or {})
+        self.modules = dict(modules or {})
+        self.beams = [Path(b) for b in beams]
+        self.dist_ip = dist_ip
         self.extra_yaml = extra_yaml
         self.link = Path(workdir) / name
         self.base: Path | None = None
-        self.node = f"ejabberd_{name.replace('-', '_')}@localhost"
+        self.node = f"ejabberd_{name.replace('-', '_')}@{dist_ip or 'localhost'}"
         self.proc: Proc | None = None
 
     # -- paths ------------------------------------------------------------
@@ -102,15 +117,29 @@ class Ejabberd:
         for d in (self.confdir, self.spool, self.logs):
             d.mkdir()
         self.link.parent.mkdir(parents=True, exist_ok=True)
-        if self.link.is_symlink() or self.link.exists():
+        if self.link.is_dir() and not self.link.is_symlink():
+            # The logs of an earlier run of a restarted server: keep them.
+            runs = 1
+            while self.link.with_name(f"{self.name}.run{runs}").exists():
+                runs += 1
+            self.link.rename(self.link.with_name(f"{self.name}.run{runs}"))
+        elif self.link.is_symlink() or self.link.exists():
             self.link.unlink()
         self.link.symlink_to(self.base)
         (self.confdir / "ejabberd.yml").write_text(self._yaml())
-        (self.confdir / "ejabberdctl.cfg").write_text(
-            f'ERLANG_NODE={self.node}\n'
-            f'ERL_DIST_PORT={_free_port()}\n'
-            'INET_DIST_INTERFACE=127.0.0.1\n'
-            'ERL_EPMD_ADDRESS=127.0.0.1\n')
+        dist_ip = self.dist_ip or "127.0.0.1"
+        ctl_cfg = (f'ERLANG_NODE={self.node}\n'
+                   f'ERL_DIST_PORT={_free_port(dist_ip)}\n'
+                   f'INET_DIST_INTERFACE={dist_ip}\n'
+                   f'ERL_EPMD_ADDRESS={dist_ip}\n')
+        if self.beams:
+            # Not below a folder named ejabberd-*: code:lib_dir(ejabberd) would point there.
+            ebin = self.base / "lib" / "s2sgate" / "ebin"
+            ebin.mkdir(parents=True)
+            for beam in self.beams:
+                shutil.copy(beam, ebin / beam.name)
+            ctl_cfg += f'ERL_OPTIONS="-pa {ebin}"\n'
+        (self.confdir / "ejabberdctl.cfg").write_text(ctl_cfg)
         # Copies: user ejabberd cannot read inside pytest's 0700 basetemp.
         if self.certfile is not None:
             (self.confdir / "certs").mkdir()
@@ -141,7 +170,7 @@ log_rotate_count: 0
 {self._tls_yaml()}auth_method: internal
 auth_password_format: plain
 s2s_use_starttls: {self.s2s_use_starttls}
-s2s_access: s2s
+s2s_access: {"s2s" if self.s2s else "none"}
 acl:
   local:
     user_regexp: ""
@@ -164,16 +193,38 @@ listen:
     module: ejabberd_c2s
     max_stanza_size: 262144
     access: c2s
-  - port: 5269
-    ip: "{self.ip}"
-    module: ejabberd_s2s_in
-modules:
+{self._s2s_listener_yaml()}{self._component_listener_yaml()}modules:
   mod_roster: {{}}
   mod_disco: {{}}
   mod_ping: {{}}
 {"  mod_s2s_dialback: {}" if self.dialback else ""}
+{self._modules_yaml()}
 {self.extra_yaml}
 """
+
+    def _s2s_listener_yaml(self) -> str:
+        if not self.s2s:
+            return ""
+        return f"""  - port: 5269
+    ip: "{self.ip}"
+    module: ejabberd_s2s_in
+"""
+
+    def _component_listener_yaml(self) -> str:
+        if not self.components:
+            return ""
+        y = ["  - port: 5347", f'    ip: "{self.ip}"', "    module: ejabberd_service",
+             "    check_from: false", "    hosts:"]
+        for jid, secret in self.components.items():
+            y += [f'      "{jid}":', f'        password: "{secret}"']
+        return "\n".join(y) + "\n"
+
+    def _modules_yaml(self) -> str:
+        y = []
+        for name, opts in self.modules.items():
+            y.append(f"  {name}:" + ("" if opts else " {}"))
+            y += [f'    {k}: "{v}"' for k, v in opts.items()]
+        return "\n".join(y)
 
     def _tls_yaml(self) -> str:
         y = []
@@ -209,7 +260,7 @@ modules:
     def start(self):
         if self.proc is not None and self.proc.running():
             return self
-        for p in (5222, 5269):
+        for p in self._ports():
             if port_open(self.ip, p):
                 raise RuntimeError(f"{self.name}: {self.ip}:{p} already in use")
         self._prepare()
@@ -218,7 +269,8 @@ modules:
                          logfile=self.logs / "foreground.out").start()
         try:
             self.proc.wait_port(self.ip, 5222, timeout=30)
-            self.proc.wait_port(self.ip, 5269, timeout=10)
+            for p in self._ports()[1:]:
+                self.proc.wait_port(self.ip, p, timeout=10)
             for jid, password in self.users:
                 user, host = jid.split("@", 1)
                 r = self.ctl("register", user, host, password)
@@ -230,6 +282,14 @@ modules:
             raise RuntimeError(f"{e}\n--- ejabberd log tail ---\n"
                                + "\n".join(self.log_text().splitlines()[-40:])) from None
         return self
+
+    def _ports(self):
+        return [5222] + ([5269] if self.s2s else []) + ([5347] if self.components else [])
+
+    def restart(self):
+        """A fresh start: new runtime dir, users registered again (rosters are gone)."""
+        self.stop()
+        return self.start()
 
     def stop(self):
         if self.proc is None:
@@ -268,3 +328,24 @@ modules:
             except OSError:
                 pass
         return "\n".join(out)
+
+
+def build_module(source, outdir) -> Path:
+    """Compile an ejabberd module with erlc against Debian's ejabberd, as
+    docs/attach-ejabberd.md tells operators to; returns the .beam.
+
+    Debian installs p1_xmpp as ``p1_xmpp-<vsn>``, so ``-include_lib("xmpp/...")``
+    needs an include folder with a link ``xmpp -> p1_xmpp-<vsn>``."""
+    [ejabberd] = sorted(Path("/usr/lib").glob("*/ejabberd-[0-9]*"))[-1:]
+    [xmpp] = sorted(Path("/usr/lib/erlang/lib").glob("p1_xmpp-*"))[-1:]
+    outdir = Path(outdir)
+    include = outdir / "include"
+    include.mkdir(parents=True, exist_ok=True)
+    if not (include / "xmpp").is_symlink():
+        (include / "xmpp").symlink_to(xmpp)
+    r = subprocess.run(["erlc", "-Werror", "-I", str(ejabberd / "include"), "-I", str(include),
+                        "-pa", str(ejabberd / "ebin"), "-o", str(outdir), str(source)],
+                       check=False, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"erlc {source} failed:\n{r.stdout}{r.stderr}")
+    return outdir / (Path(source).stem + ".beam")
