@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.python.failure import Failure
@@ -68,12 +69,70 @@ def test_header_to_a_non_local_domain_is_host_unknown():
     assert out.ended
 
 
-def test_header_without_to_is_host_unknown():
+def verifyOnly(version="1.0", sender=REMOTE):
+    """A stream an older server opens without 'to', to our authoritative side."""
     gw = makeGateway()
     stream = inbound(gw)
     out = Output(connect(stream))
-    stream.dataReceived(header(to=None))
+    stream.dataReceived(header(to=None, sender=sender, version=version))
+    return gw, stream, out
+
+
+def test_header_without_to_is_answered_as_a_verify_only_stream():
+    gw, stream, out = verifyOnly()
+    out.update()
+    assert out.streamError() is None
+    assert out.header.getAttribute("from") is None and out.header["id"] == stream.streamId
+    [features] = out.named("features", NS_STREAMS)
+    assert [c.name for c in features.elements()] == ["dialback", "limits"]
+
+
+@pytest.mark.parametrize("version", ["1.0", None])
+def test_verify_only_stream_answers_db_verify_for_a_local_domain(version):
+    gw, stream, out = verifyOnly(version=version)
+    key = gw.keys.generate(REMOTE, LOCAL, "their-stream")
+    stream.dataReceived(dbVerify(REMOTE, LOCAL, "their-stream", key))
+    stream.dataReceived(dbVerify(REMOTE, MUC, "their-stream", "wrong"))
+    answers = [(v["from"], v["to"], v["id"], v["type"]) for v in out.named("verify", NS_DB)]
+    assert answers == [(LOCAL, REMOTE, "their-stream", "valid"),
+                       (MUC, REMOTE, "their-stream", "invalid")]
+    assert out.streamError() is None
+
+
+def test_verify_only_stream_refuses_db_verify_for_a_domain_it_does_not_serve():
+    gw, stream, out = verifyOnly(version=None)
+    stream.dataReceived(dbVerify(REMOTE, "elsewhere.test", "id", "k"))
+    [answer] = out.named("verify", NS_DB)
+    assert answer["type"] == "error" and answer.error.firstChildElement().name == "item-not-found"
+
+
+def test_verify_only_stream_refuses_a_db_result_with_host_unknown():
+    gw, stream, out = verifyOnly()
+    stream.dataReceived(dbResult())
     assert out.streamError() == "host-unknown"
+    assert gw.verifier.requests == [] and stream.pairs == set()
+
+
+def test_verify_only_stream_refuses_stanzas_with_host_unknown():
+    gw, stream, out = verifyOnly()
+    stream.dataReceived(stanza().toXml().encode())
+    assert out.streamError() == "host-unknown"
+    assert gw.router.delivered == []
+
+
+def test_pre_1_0_originating_stream_authenticates_with_dialback_at_once():
+    gw = makeGateway()
+    stream = inbound(gw)
+    out = Output(connect(stream))
+    stream.dataReceived(header(version=None))
+    assert out.named("features", NS_STREAMS) == []
+    stream.dataReceived(dbResult())
+    gw.verifier.requests[-1][-1].callback(VALID)
+    [result] = out.named("result", NS_DB)
+    assert (result["from"], result["to"], result["type"]) == (LOCAL, REMOTE, "valid")
+    stream.dataReceived(stanza().toXml().encode())
+    [delivered] = gw.router.delivered
+    assert (delivered["from"], delivered["to"]) == (f"juliet@{REMOTE}/balcony", f"romeo@{LOCAL}")
 
 
 def test_header_with_wrong_default_namespace_is_invalid_namespace():

@@ -59,7 +59,7 @@ class SaslExternalOffer:
         self.done = False
 
     def advertise(self, stream, features):
-        if self.done or not stream.mayAuthenticate():
+        if self.done or stream.verifyOnly or not stream.mayAuthenticate():
             return
         certificate = stream.certificateFor(stream.remoteHeader)
         if certificate is not None and certificate.status == "valid":

@@ -16,7 +16,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.xmpp.domain import InvalidDomain, domainOf, isUnambiguous, normalize, rawDomainOf
-from s2sgate.xmpp.namespaces import NS_LIMITS, NS_SERVER, NS_STREAMS
+from s2sgate.xmpp.namespaces import NS_DB, NS_LIMITS, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.stanzas import STANZA_NAMES
 from s2sgate.xmpp.stream import XmlStream, newStreamId
 
@@ -33,7 +33,7 @@ class InboundStream(XmlStream):
     """
 
     direction = "in"
-    extraNamespaces = (("db", "jabber:server:dialback"),)
+    extraNamespaces = (("db", NS_DB),)
 
     def __init__(self, clock, runtime, router, verifier, sessions, *, directTLS=False,
                  peerAddress=None, batch=None, metrics=None):
@@ -48,6 +48,7 @@ class InboundStream(XmlStream):
         self.peerAddress = peerAddress
         self.streamId = None
         self.local = None          # the domain in the header's 'to'
+        self.verifyOnly = False    # no 'to': an older server's <db:verify/>-only stream
         self.remoteHeader = None   # the header's 'from', if any
         self.pairs = set()         # authenticated (remote, local)
         self.authMethod = None
@@ -148,17 +149,25 @@ class InboundStream(XmlStream):
     def streamStarted(self, header):
         self.streamId = newStreamId()
         to = header.getAttribute("to")
-        try:
-            local = normalize(to) if to else None
-        except InvalidDomain:
-            local = None
-        if local is None or not self.runtime.isLocal(local):
-            self.streamError("host-unknown", f"this server does not serve {to!r}")
-            return
-        if self.local is not None and local != self.local:
+        if not to and self.local is None and not self.verifyOnly:
+            # Older servers (Openfire among them) open the stream to our
+            # authoritative side without 'to', only to send <db:verify/>.
+            self.verifyOnly = True
+        elif self.verifyOnly:
             self.streamError("host-unknown", "the stream's 'to' changed on restart")
             return
-        self.local = local
+        else:
+            try:
+                local = normalize(to) if to else None
+            except InvalidDomain:
+                local = None
+            if local is None or not self.runtime.isLocal(local):
+                self.streamError("host-unknown", f"this server does not serve {to!r}")
+                return
+            if self.local is not None and local != self.local:
+                self.streamError("host-unknown", "the stream's 'to' changed on restart")
+                return
+            self.local = local
         sender = header.getAttribute("from")
         if sender:
             try:
@@ -166,7 +175,7 @@ class InboundStream(XmlStream):
             except InvalidDomain:
                 self.streamError("invalid-from", f"{sender!r} is not a valid domain")
                 return
-        attrs = {"from": local, "id": self.streamId}
+        attrs = {"from": self.local, "id": self.streamId}
         version = header.getAttribute("version")
         if version and version >= "1.0":
             attrs["version"] = "1.0"
@@ -185,6 +194,10 @@ class InboundStream(XmlStream):
         return f
 
     def elementReceived(self, element):
+        if self.verifyOnly and (element.uri, element.name) != (NS_DB, "verify"):
+            self.streamError("host-unknown", "this stream named no host in its header: "
+                             "only <db:verify/> is accepted on it")
+            return
         handler = (self.handlers.get((element.uri, element.name))
                    or self.handlers.get((element.uri, None)))
         if handler is not None:
