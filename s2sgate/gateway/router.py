@@ -83,7 +83,9 @@ class Router:
             self.log.warn("dropped a {name} with a malformed from: {error}", name=element.name,
                           error=str(e))
             return
-        if not self.isLocal(local):
+        runtime = self.current.runtime   # one runtime for the whole decision
+        localDomains = runtime.localDomains
+        if local not in localDomains:
             self.bounce(element, "not-allowed",
                         f"{local} is not one of this gateway's local_domains")
             return
@@ -98,11 +100,11 @@ class Router:
         if remote == self.componentJid:
             self.forGateway(element)
             return
-        if self.isLocal(remote):
+        if remote in localDomains:
             self.bounce(element, "service-unavailable",
                         f"{remote} is a local domain; the c2s server delivers it itself")
             return
-        policy = self.current.runtime.policy
+        policy = runtime.policy
         ok, condition, text = policy.check(local, remote)
         if not ok:
             policy.refuse("outbound", local, remote, text)

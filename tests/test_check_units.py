@@ -1,0 +1,161 @@
+"""
+`s2sgate check` without real servers: the Checker against s2sgate's own inbound
+streams listening in this process on loopback (127.0.8.x), with real TLS and test
+certificates, and an in-memory DNS.  Each peer is one way a remote server can be
+set up (good certificate, wrong name, expired, no STARTTLS, SRV "."), and each
+test reads the verdict of every step and the JSON.
+
+  good.test    127.0.8.1  STARTTLS, certificate DNS:good.test
+  wrong.test   127.0.8.2  STARTTLS, certificate DNS:other.test
+  expired.test 127.0.8.3  STARTTLS, expired certificate for expired.test
+  plain.test   127.0.8.4  no TLS at all (use_starttls = "false")
+  dot.test     SRV "."    (no service)
+"""
+
+import dataclasses
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from s2sgate.auth.tls import TLSContexts
+from s2sgate.config import parse_config
+from s2sgate.gateway.runtime import Current, Runtime
+from s2sgate.net.resolver import S2SResolver
+from s2sgate.ops.check import Checker, CheckOptions
+from s2sgate.s2s.inbound import InboundFactory
+from s2sgate.s2s.sessions import SessionTable
+from tests.lab.certs import TestCA
+from tests.s2sfakes import FakeVerifier, makeRouter
+from tests.test_resolver import FakeResolver, a, srv
+
+PEERS = {"good.test": ("127.0.8.1", {"dns": ["good.test"]}),
+         "wrong.test": ("127.0.8.2", {"dns": ["other.test"]}),
+         "expired.test": ("127.0.8.3", {"dns": ["expired.test"], "expired": True}),
+         "plain.test": ("127.0.8.4", None)}
+
+
+def peerConfig(domain, certfile, cafile):
+    s2s = {"use_starttls": "required", "certfile": str(certfile), "cafile": str(cafile)}
+    if certfile is None:
+        s2s = {"use_starttls": "false"}
+    return parse_config({"local_domains": [domain],
+                         "component": {"jid": f"s2s.{domain}", "secret": "x"},
+                         "s2s": s2s}, f"{domain}.toml")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One listening s2sgate inbound side per peer domain; an in-memory DNS for all."""
+    ca = TestCA(tmp_path_factory.mktemp("check-units"))
+    ports = []
+    records = {("_xmpp-server._tcp.dot.test", 33): [srv("_xmpp-server._tcp.dot.test", ".")]}
+    for domain, (ip, cert) in PEERS.items():
+        certfile = ca.issue(domain, **cert)[0] if cert is not None else None
+        config = peerConfig(domain, certfile, ca.cafile)
+        tls = TLSContexts(config.s2s, config.local_domains) if certfile else None
+        current = Current(Runtime.build(config, tls=tls))
+        factory = InboundFactory(reactor, current, makeRouter(current), FakeVerifier(),
+                                 SessionTable())
+        ports.append(reactor.listenTCP(5269, factory, interface=ip))
+        records[(domain, 1)] = [a(domain, ip)]
+    yield {"ca": ca, "records": records}
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
+
+
+def checker(lab, domain, **s2s):
+    """A Checker with the gateway's default policy, trusting the test CA, presenting no cert."""
+    base = parse_config({"local_domains": ["home.test"],
+                         "component": {"jid": "s2s.home.test", "secret": "x"},
+                         "s2s": {"use_starttls": "false"}}, "check.toml").s2s
+    config = dataclasses.replace(base, cafile=str(lab["ca"].cafile),
+                                 use_starttls=s2s.pop("use_starttls", "required"), **s2s)
+    resolver = S2SResolver(reactor, resolver=FakeResolver(lab["records"]), port=5269,
+                           ip_versions=(4,))
+    return Checker(reactor, CheckOptions(domain, s2s=config, timeout=5), resolver=resolver)
+
+
+async def run(lab, domain, **s2s):
+    report = await checker(lab, domain, **s2s).run()
+    return report, {s.name: s for s in report.steps}, report.toJSON()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_good_peer_passes_every_step(lab):
+    report, steps, doc = await run(lab, "good.test")
+    assert [s.name for s in report.steps] == [
+        "name", "srv-xmpps", "srv", "addresses", "tcp", "stream", "tls", "certificate",
+        "authentication"]
+    assert steps["tls"].status == "ok" and steps["tls"].summary.startswith("STARTTLS: TLSv1.")
+    assert steps["certificate"].status == "ok"
+    assert steps["certificate"].data["dns"] == ["good.test"]
+    assert steps["stream"].data["features"]["starttls_required"] is True
+    # The peer offers dialback after TLS; EXTERNAL only to a valid certificate (we sent none).
+    assert steps["authentication"].data["dialback"] is True
+    assert steps["authentication"].data["sasl_external"] is False
+    assert doc["verdict"] == {"ok": True, "exit_status": 0,
+                              "text": "federation with good.test can work, but see the "
+                                      "1 warning above"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_name_fails_the_certificate_step_without_stopping_federation(lab):
+    report, steps, doc = await run(lab, "wrong.test")
+    cert = steps["certificate"]
+    assert (cert.status, cert.fatal, cert.data["status"]) == ("fail", False, "name-mismatch")
+    assert cert.data["dns"] == ["other.test"]
+    assert "get one that covers wrong.test" in cert.advice[0]
+    assert doc["verdict"]["ok"] is True    # dialback still authenticates it here
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_name_is_fatal_under_required_trusted(lab):
+    report, steps, doc = await run(lab, "wrong.test", use_starttls="required_trusted")
+    assert steps["certificate"].fatal is True
+    assert doc["verdict"]["ok"] is False and doc["verdict"]["exit_status"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_certificate_is_reported_as_expired(lab):
+    report, steps, doc = await run(lab, "expired.test")
+    cert = steps["certificate"]
+    assert (cert.status, cert.data["status"]) == ("fail", "expired")
+    assert cert.data["days_left"] < 0
+    assert cert.advice and "renew it" in cert.advice[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_without_starttls_fails_the_tls_step_when_tls_is_required(lab):
+    report, steps, doc = await run(lab, "plain.test")
+    assert steps["tls"].status == "fail" and steps["tls"].fatal
+    assert "does not offer STARTTLS" in steps["tls"].summary
+    assert steps["certificate"].status == "skipped"
+    assert steps["authentication"].data["after_tls"] is False
+    assert doc["verdict"]["ok"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_without_starttls_is_a_warning_when_tls_is_optional(lab):
+    report, steps, doc = await run(lab, "plain.test", use_starttls="optional")
+    assert steps["tls"].status == "warn" and not steps["tls"].fatal
+    assert doc["verdict"]["ok"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_srv_dot_says_there_is_no_federation_service(lab):
+    report, steps, doc = await run(lab, "dot.test")
+    assert steps["srv"].status == "fail" and steps["srv"].fatal
+    assert "publishes SRV '.'" in steps["srv"].summary
+    assert [steps[n].status for n in ("tcp", "stream", "tls", "certificate",
+                                      "authentication")] == ["skipped"] * 5
+    assert doc["verdict"]["exit_status"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_json_has_the_same_shape_for_every_step(lab):
+    report, steps, doc = await run(lab, "good.test")
+    assert set(doc) == {"domain", "ascii_domain", "from", "nameservers", "steps", "verdict"}
+    for step in doc["steps"]:
+        assert set(step) == {"name", "title", "status", "summary", "details", "advice",
+                             "fatal", "data", "ok"}
