@@ -213,8 +213,10 @@ class ComponentLink(service.Service):
         kind, text = stream.failure or ("network", reason.getErrorMessage()
                                          if reason is not None else "connection lost")
         if wasUp:
-            self.log.warn("component link down: {text}", text=text, event="component.down")
-            self.lastProblem = None
+            self.log.warn("component link down: {text}; reconnecting", text=text,
+                          event="component.down")
+            # That line is this state change: the retry does not repeat it.
+            self.lastProblem = (kind, text)
         if self.running:
             self._scheduleRetry(kind, text)
 

@@ -138,7 +138,8 @@ class InboundStream(XmlStream):
     def securitySummary(self, remote=None):
         if not self.secure:
             return "no TLS"
-        parts = [self.tlsInfo.get("version", "TLS"), self.tlsInfo.get("cipher", "")]
+        parts = ["direct TLS" if self.directTLS else "STARTTLS",
+                 self.tlsInfo.get("version", ""), self.tlsInfo.get("cipher", "")]
         certificate = self.certificates.get(remote or self.remoteHeader)
         if certificate is not None:
             parts.append(f"certificate {certificate.status}")
