@@ -201,9 +201,9 @@ class TLSContexts:
     def __init__(self, s2sConfig, localDomains: Iterable[str],
                  trust: TrustStore | None = None):
         self.localDomains = tuple(normalize(d) for d in localDomains)
-        self.ciphers = getattr(s2sConfig, "ciphers", None)
+        self.ciphers = s2sConfig.ciphers
         if trust is None:
-            cafile = getattr(s2sConfig, "cafile", None)
+            cafile = s2sConfig.cafile
             try:
                 trust = TrustStore(cafile)
             except (OSError, ValueError) as e:
@@ -218,10 +218,10 @@ class TLSContexts:
         self._direct: dict[int, SSL.Context] = {}
         self._client: dict[int, SSL.Context] = {}
 
-        certfile = getattr(s2sConfig, "certfile", None)
+        certfile = s2sConfig.certfile
         if certfile:
             self._default = self._load(os.fspath(certfile), "s2s.certfile")
-        for i, entry in enumerate(getattr(s2sConfig, "domain_certfile", ()) or ()):
+        for i, entry in enumerate(s2sConfig.domain_certfile):
             key = f"s2s.domain_certfile[{i}].certfile"
             try:
                 domain = normalize(entry.domain)
