@@ -213,6 +213,28 @@ def test_stream_header_one_byte_over_the_limit_is_refused_at_its_last_byte(piece
 
 
 @feedings
+def test_unfinished_stanza_is_refused_when_its_byte_past_the_limit_arrives(pieces):
+    # Not waiting for its end: a peer that never closes it is refused too.
+    r = Recorder(maxStanzaBytes=LIMIT)
+    r.parser.feed(HEADER)
+    for piece in pieces(stanzaOf(LIMIT + 100)[:LIMIT]):
+        r.parser.feed(piece)
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b"x")
+    assert e.value.condition == "policy-violation"
+
+
+@feedings
+def test_unfinished_stream_header_is_refused_when_its_byte_past_the_limit_arrives(pieces):
+    r = Recorder(maxStanzaBytes=LIMIT)
+    for piece in pieces(headerOf(LIMIT + 100)[:LIMIT]):
+        r.parser.feed(piece)
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b"i")
+    assert e.value.condition == "policy-violation"
+
+
+@feedings
 def test_stanza_of_the_limit_right_after_another_is_accepted(pieces):
     # The previous stanza's closing tag is no part of the next one.
     r = Recorder(maxStanzaBytes=LIMIT)
