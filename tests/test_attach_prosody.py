@@ -12,9 +12,11 @@ from twisted.internet import reactor, task
 
 from s2sgate.config import parse_config
 from s2sgate.gateway.service import GatewayService
+from tests.lab.chat import assertBounce, assertDelivered, conditionOf
 from tests.lab.client import connect_client, parse_xml
 from tests.lab.dns import TestDNS, pick_dns_ip
 from tests.lab.prosody import Prosody
+from tests.lab.wait import until
 
 pytestmark = pytest.mark.servers
 
@@ -74,17 +76,14 @@ async def checkBounceAndInjection(gateway):
     try:
         alice.send("<message xmlns='jabber:client' to='bob@nowhere.test' type='chat' id='m1'><body>hello</body></message>")
         bounce = await alice.wait_for(lambda e: e.name == "message" and e.getAttribute("id") == "m1")
-        assert bounce["type"] == "error"
-        assert bounce["from"] == "bob@nowhere.test"
-        conditions = [c.name for c in bounce.error.elements()]
-        assert "remote-server-not-found" in conditions
+        assertBounce(bounce, "bob@nowhere.test", "alice@home.test/test", "hello")
+        assert conditionOf(bounce) == "remote-server-not-found"
 
         gateway.router.fromRemote(parse_xml(
             "<message xmlns='jabber:server' from='bob@remote.test/x' to='alice@home.test' "
             "type='chat' id='in1'><body>from afar</body></message>"))
         got = await alice.wait_for(lambda e: e.name == "message" and e.getAttribute("id") == "in1")
-        assert got["from"] == "bob@remote.test/x"
-        assert str(got.body) == "from afar"
+        assertDelivered(got, "bob@remote.test/x", "alice@home.test", "from afar")
     finally:
         await alice.disconnect()
 
@@ -131,9 +130,6 @@ async def test_gateway_reconnects_after_prosody_restarts(gateway, prosody):
     prosody.restart()
     # The restart blocked the reactor: let the link notice the drop, then
     # reconnect by itself.
-    for _ in range(200):
-        if gateway.link.stream is not None and gateway.link.stream is not before:
-            break
-        await task.deferLater(reactor, 0.05)
+    await until(lambda: gateway.link.stream is not None and gateway.link.stream is not before)
     assert gateway.link.state == "up"
     await checkBounceAndInjection(gateway)

@@ -3,6 +3,9 @@
 import random
 from types import SimpleNamespace
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
 from twisted.words.xish import domish
@@ -24,14 +27,14 @@ def linkConfig(**kw):
 class Harness:
     """A link whose connection attempts the test answers by hand."""
 
-    def __init__(self, **kw):
+    def __init__(self, seed=1, **kw):
         self.clock = task.Clock()
         self.attempts = []
         self.received = []
         self.bounces = []
         self.link = ComponentLink(linkConfig(**kw), self.clock, self.connect,
                                   onStanza=self.received.append, onBounce=self.bounces.append,
-                                  rng=random.Random(1))
+                                  rng=random.Random(seed))
 
     def connect(self, factory):
         d = defer.Deferred()
@@ -79,19 +82,53 @@ def test_handshake_sends_the_sha1_of_stream_id_and_secret():
     assert h.link.state == "up"
 
 
-def test_network_failure_retries_with_growing_capped_delay():
-    h = Harness(max_retry_delay=8)
+def retryDelays(h, count):
+    """Refuse C{count} connection attempts in a row; the delay before each retry."""
     h.link.startService()
     delays = []
-    for _ in range(7):
+    for _ in range(count):
         h.refuse()
         call = h.clock.getDelayedCalls()[0]
         delays.append(call.getTime() - h.clock.seconds())
         h.clock.advance(call.getTime() - h.clock.seconds())
+    return delays
+
+
+def backoffSteps(count, cap):
+    """1 s, doubling up to the cap (docs/behaviour.md)."""
+    return [min(2 ** i, cap) for i in range(count)]
+
+
+def test_network_failure_retries_with_growing_capped_delay():
+    h = Harness(max_retry_delay=8)
+    delays = retryDelays(h, 7)
     assert len(h.attempts) == 8
     assert delays[1] > delays[0] * 1.0 or delays[2] > delays[0]
     assert max(delays) <= 8
     assert delays[-1] >= 4   # jitter keeps at least half of the capped delay
+
+
+def test_each_retry_waits_half_to_all_of_its_backoff_step():
+    h = Harness(max_retry_delay=8)
+    for delay, step in zip(retryDelays(h, 12), backoffSteps(12, 8), strict=True):
+        assert step / 2 <= delay <= step
+
+
+def test_retry_delays_are_jittered_over_the_half_to_all_range():
+    # With the seeded source the twelve fractions of their step spread over
+    # most of [0.5, 1]: not the step itself, nor one fixed fraction of it.
+    h = Harness(max_retry_delay=8)
+    fractions = [d / s for d, s in zip(retryDelays(h, 12), backoffSteps(12, 8), strict=True)]
+    assert min(fractions) < 0.6
+    assert max(fractions) > 0.9
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=0, max_value=2 ** 32))
+def test_retry_delays_stay_in_their_bounds_whatever_the_random_source(seed):
+    h = Harness(seed=seed, max_retry_delay=8)
+    for delay, step in zip(retryDelays(h, 8), backoffSteps(8, 8), strict=True):
+        assert step / 2 <= delay <= step
 
 
 def test_rejected_secret_waits_the_auth_retry_delay():
@@ -114,10 +151,13 @@ def test_stanzas_wait_while_the_link_is_down_and_flow_after_reconnect():
     h.link.send(message())
     assert h.bounces == []
     h.clock.advance(2)
-    proto, transport = h.accept()
-    out = transport.value()
-    assert b"<body>hi</body>" in out
-    assert b"jabber:component:accept" in out.split(b"<handshake")[0] or b"<message" in out
+    _, transport = h.accept()
+    # Sent once the handshake is done, in the stream's namespace
+    # (jabber:component:accept): no xmlns='jabber:server' of its own.
+    beforeUp, handshake, afterUp = transport.value().partition(b"</handshake>")
+    assert handshake
+    assert b"<message" not in beforeUp
+    assert afterUp == b"<message from='bob@remote.test/x' to='alice@home.test'><body>hi</body></message>"
 
 
 def test_buffer_overflow_bounces_resource_constraint_to_the_remote_sender():
@@ -191,3 +231,79 @@ def test_a_c2s_port_that_never_answers_is_given_up_and_retried():
     assert h.link.state == "down"
     h.clock.advance(2)
     assert len(h.attempts) == 2
+
+
+# Stanzas from remote peers that the link cannot hand over: bounced to their
+# sender only where the sender waits for an answer (docs/behaviour.md).
+
+def stanza(name, kind):
+    e = domish.Element(("jabber:server", name))
+    e["from"], e["to"] = "bob@remote.test/x", "alice@home.test"
+    if kind:
+        e["type"] = kind
+    if name == "message":
+        e.addElement("body", content="hi")
+    return e
+
+
+EXPECT_AN_ANSWER = [("message", None), ("message", "normal"), ("message", "chat"),
+                    ("message", "groupchat"), ("presence", None), ("presence", "subscribe"),
+                    ("iq", "get"), ("iq", "set")]
+EXPECT_NO_ANSWER = [("message", "headline"), ("message", "error"), ("presence", "unavailable"),
+                    ("presence", "probe"), ("presence", "subscribed"),
+                    ("presence", "unsubscribe"), ("presence", "unsubscribed"),
+                    ("presence", "error"), ("iq", "result"), ("iq", "error")]
+
+
+def overflow(name, kind):
+    """A link that is down with a full buffer of one message gets the stanza."""
+    h = Harness(buffer_limit=1)
+    h.link.startService()
+    h.refuse()
+    h.link.send(message())
+    h.link.send(stanza(name, kind))
+    return h
+
+
+def expire(name, kind):
+    """The stanza waits in the buffer for longer than buffer_timeout."""
+    h = Harness(buffer_timeout=30)
+    h.link.startService()
+    h.refuse()
+    h.link.send(stanza(name, kind))
+    h.clock.advance(31)
+    return h
+
+
+@pytest.mark.parametrize(("name", "kind"), EXPECT_AN_ANSWER)
+def test_a_stanza_that_expects_an_answer_is_bounced_when_the_buffer_is_full(name, kind):
+    h = overflow(name, kind)
+    assert [(b.name, b["type"], b["from"], b["to"], b.error.firstChildElement().name)
+            for b in h.bounces] == [
+        (name, "error", "alice@home.test", "bob@remote.test/x", "resource-constraint")]
+    assert h.bounces[0].uri == "jabber:server"
+
+
+@pytest.mark.parametrize(("name", "kind"), EXPECT_NO_ANSWER)
+def test_a_stanza_that_expects_no_answer_is_dropped_when_the_buffer_is_full(name, kind):
+    h = overflow(name, kind)
+    assert h.bounces == []
+    assert [e.name for _, e in h.link.buffer] == ["message"]   # dropped, not kept
+
+
+@pytest.mark.parametrize(("name", "kind"), EXPECT_AN_ANSWER)
+def test_a_stanza_that_expects_an_answer_is_bounced_when_it_waited_too_long(name, kind):
+    h = expire(name, kind)
+    assert [(b.name, b["type"], b["from"], b["to"], b.error.firstChildElement().name)
+            for b in h.bounces] == [
+        (name, "error", "alice@home.test", "bob@remote.test/x", "recipient-unavailable")]
+    assert h.bounces[0].uri == "jabber:server"
+
+
+@pytest.mark.parametrize(("name", "kind"), EXPECT_NO_ANSWER)
+def test_a_stanza_that_expects_no_answer_is_dropped_when_it_waited_too_long(name, kind):
+    h = expire(name, kind)
+    assert h.bounces == []
+    assert list(h.link.buffer) == []
+    _, transport = h.accept()
+    assert transport.value().endswith(b"</handshake>")   # nothing left to flush

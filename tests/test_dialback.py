@@ -1,6 +1,3 @@
-import hashlib
-import hmac
-
 from s2sgate.auth.dialback import NS_DB, DialbackKeys, dbElement, dbError, dbErrorReason
 
 
@@ -70,11 +67,22 @@ def test_unset_secret_is_random_per_instance():
         assert not two.check("a.test", "b.test", "id1", key)
 
 
-def test_key_follows_the_xep_0185_formula():
-    # HMAC-SHA256(hex(SHA256(secret)), "receiving originating id"), hex.
-    hashed = hashlib.sha256(b"s3cr3tf0rd14lb4ck").hexdigest().encode()
-    expected = hmac.new(hashed, b"domain2.tld domain1.tld D60000229F", hashlib.sha256).hexdigest()
-    assert DialbackKeys("s3cr3tf0rd14lb4ck").generate("domain2.tld", "domain1.tld", "D60000229F") == expected
+# XEP-0185 §4 (version 1.0), "Example": originating and authoritative server
+# example.org, receiving server xmpp.example.com, secret s3cr3tf0rd14lb4ck,
+# stream id D60000229F.
+XEP_0185_SECRET = "s3cr3tf0rd14lb4ck"
+XEP_0185_KEY = "37c69b1cf07a3f67c04a5ef5902fa5114f2c76fe4a2686482ba5b89323075643"
+
+
+def test_key_is_the_one_of_the_xep_0185_example():
+    keys = DialbackKeys(XEP_0185_SECRET)
+    assert keys.generate("xmpp.example.com", "example.org", "D60000229F") == XEP_0185_KEY
+
+
+def test_the_authoritative_server_accepts_the_key_of_the_xep_0185_verify_example():
+    # Step 8's <db:verify/> carries the key on a line of its own.
+    keys = DialbackKeys(XEP_0185_SECRET)
+    assert keys.check("xmpp.example.com", "example.org", "D60000229F", f"\n    {XEP_0185_KEY}\n")
 
 
 def test_db_element_carries_from_to_id_type_and_key():

@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2sgate.xmpp.domain import InvalidDomain, domainOf, normalize
@@ -37,6 +37,7 @@ def test_domainOf_refuses_empty_localpart():
         domainOf("@example.com")
 
 
+@settings(deadline=None)
 @given(st.text(max_size=40))
 def test_domainOf_never_raises_anything_but_InvalidDomain(text):
     try:

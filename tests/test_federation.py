@@ -20,7 +20,16 @@ from twisted.internet import reactor, task
 from s2sgate.config import parse_config
 from s2sgate.gateway.service import GatewayService
 from tests.lab import chat
-from tests.lab.chat import conditionOf, isMessage, login, message
+from tests.lab.chat import (
+    assertBounce,
+    assertDelivered,
+    conditionOf,
+    isMessage,
+    login,
+    marker,
+    message,
+    textOf,
+)
 from tests.lab.dns import TestDNS, pick_dns_ip
 from tests.lab.ejabberd import Ejabberd
 from tests.lab.prosody import Prosody
@@ -176,8 +185,20 @@ async def test_host_policy_deny_refuses_inbound_and_nothing_reaches_alice(lab):
     try:
         eve.send(message("alice@home.test", "deny-in"))
         bounce = await eve.wait_for(isMessage("deny-in"), timeout=20)
-        assert bounce["type"] == "error"
-        await task.deferLater(reactor, 0.5)
+        # eve's server bounces it (without the payload): the gateway refused
+        # its stream with policy-violation, and said why.
+        assertBounce(bounce, "alice@home.test", eve.jid.full(), None)
+        assert conditionOf(bounce) == "remote-server-timeout"
+        assert textOf(bounce) == (
+            "Server-to-server connection failed: policy-violation (federation between "
+            "home.test and denied.test is not allowed by this server's policy)")
+        # A message from an allowed peer, on the path deny-in would have taken
+        # (component link, home Prosody), arrives after it would have.
+        bob = await login("bob@prosody.test", "bobpw", PEER_IP)
+        try:
+            await marker(bob, alice, "after-deny-in")
+        finally:
+            await bob.disconnect()
         assert not [e for e in alice.received if e.getAttribute("id") == "deny-in"]
     finally:
         await alice.disconnect()
@@ -199,8 +220,11 @@ async def test_stopped_peer_gets_later_messages_after_restart_exactly_once(lab):
     dave = await login("dave@srvonly.test", "davepw", SRVONLY_IP)
     try:
         alice.send(message("dave@srvonly.test", "after-restart", "are you back?"))
-        await dave.wait_for(isMessage("after-restart"), timeout=20)
-        await task.deferLater(reactor, 1)
+        got = await dave.wait_for(isMessage("after-restart"), timeout=20)
+        assertDelivered(got, alice.jid.full(), "dave@srvonly.test", "are you back?")
+        # A second copy, or a bounce, would come before a later message
+        # on the same link.
+        await marker(alice, dave, "after-restart-marker")
         assert len([e for e in dave.received if e.getAttribute("id") == "after-restart"]) == 1
         assert not [e for e in alice.received if e.getAttribute("type") == "error"]
     finally:
@@ -217,9 +241,16 @@ async def test_forged_from_gets_invalid_from_and_reaches_nobody(lab):
             b"<message from='bob@prosody.test' to='alice@home.test' id='forged'>"
             b"<body>trust me</body></message>",
         ])
-        assert "invalid-from" in reply
-        assert reply.rstrip().endswith("</stream:stream>")
-        await task.deferLater(reactor, 0.5)
+        assert ("<stream:error><invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                in reply), reply
+        assert reply.rstrip().endswith("</stream:error></stream:stream>"), reply
+        # The real bob@prosody.test, through the same gateway and component
+        # link, arrives after the forged message would have.
+        bob = await login("bob@prosody.test", "bobpw", PEER_IP)
+        try:
+            await marker(bob, alice, "after-forged")
+        finally:
+            await bob.disconnect()
         assert not [e for e in alice.received if e.getAttribute("id") == "forged"]
     finally:
         await alice.disconnect()

@@ -14,8 +14,6 @@ certificates carrying XmppAddr). Test DNS on 127.0.0.79 when free.
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -71,9 +69,7 @@ def _tls_prosody(tlsdir, ca, dns, name, ip, *, untrusted=False, **tls):
     options.update(tls)
     p = Prosody(tlsdir, name, ip, hosts=[host], users=[(f"user@{host}", "userpw")], dns=dns,
                 tls=options)
-    t0 = time.monotonic()
-    p.start()
-    p.start_seconds = time.monotonic() - t0
+    p.start()   # waits, with a deadline, for its ports to open
     return p
 
 
@@ -118,9 +114,7 @@ def ejtls(tlsdir, ca, dns):
     ej = Ejabberd(tlsdir, "ejtls", EJ_IP, host="ejtls.test",
                   users=[("user@ejtls.test", "userpw")], dns=dns,
                   s2s_use_starttls="required", certfile=cert, cafile=ca.cafile)
-    t0 = time.monotonic()
-    ej.start()
-    ej.start_seconds = time.monotonic() - t0
+    ej.start()   # waits, with a deadline, for its ports to open
     yield ej
     ej.stop()
     assert ej.leftovers() == ""
@@ -186,7 +180,6 @@ def test_prosody_tls_config(tls1, dtls, ca):
     assert f'cafile = "{ca.cafile}"' in cfg
     assert '"dialback"' not in cfg  # secure_auth: certificates only
     assert "s2s_direct_tls_ports = { 5270 }" in dtls.config.read_text()
-    assert tls1.start_seconds < 10
 
 
 @pytest_twisted.inlineCallbacks
@@ -220,7 +213,6 @@ def test_prosody_direct_tls_via_xmpps_server_srv(tls1, dtls):
 
 @pytest_twisted.inlineCallbacks
 def test_ejabberd_starttls_required_with_prosody(tls1, ejtls):
-    assert ejtls.start_seconds < 30
     m = yield send_and_expect("user@tls1.test", TLS1_IP, "user@ejtls.test", EJ_IP, "e1")
     assert m["from"] == "user@tls1.test/e1"
     m = yield send_and_expect("user@ejtls.test", EJ_IP, "user@tls1.test", TLS1_IP, "e2")

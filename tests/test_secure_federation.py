@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from functools import partial
 
 import pytest
@@ -34,6 +35,7 @@ from tests.lab.chat import conditionOf, textOf
 from tests.lab.dns import TestDNS, pick_dns_ip
 from tests.lab.ejabberd import Ejabberd
 from tests.lab.prosody import Prosody
+from tests.lab.wait import until
 
 pytestmark = pytest.mark.servers
 
@@ -192,10 +194,7 @@ async def reloadWith(lab, secure_auth):
     for stream in gateway.sessionTable.streams("in"):
         stream.closeStream(wait=0.1)
     os.kill(os.getpid(), signal.SIGHUP)
-    for _ in range(100):
-        await task.deferLater(reactor, 0.05)
-        if gateway.config.s2s.secure_auth == secure_auth:
-            break
+    await until(lambda: gateway.config.s2s.secure_auth == secure_auth)
     assert gateway.config.s2s.secure_auth == secure_auth
 
 
@@ -280,11 +279,16 @@ async def test_sighup_with_a_new_certificate_applies_to_new_streams_only(lab):
     renewed = lab["ca"].issue("home.test", dns=["home.test"], srv=["home.test"])
     open(certfile, "w").write(open(renewed[0]).read())
     try:
-        os.kill(os.getpid(), signal.SIGHUP)
-        await task.deferLater(reactor, 0.3)
-        served = await deferToThreadCertificate(GATEWAY_IP, 5270, "home.test")
         expected = ssl.PEM_cert_to_DER_cert(open(renewed[0]).read().split("-----END CERTIFICATE-----")[0]
                                             + "-----END CERTIFICATE-----\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        served = None
+        deadline = time.monotonic() + 20
+        while served != expected and time.monotonic() < deadline:
+            # New connections get the new certificate once the reload is done.
+            served = await deferToThreadCertificate(GATEWAY_IP, 5270, "home.test")
+            if served != expected:
+                await task.deferLater(reactor, 0.05)
         assert served == expected
         assert outboundStream(lab, "secure.test") is established and not established.closed
         await chatBothWays("bob@secure.test", "bobpw", SECURE_IP, "after-renewal")
@@ -340,17 +344,14 @@ async def test_sighup_applies_a_new_host_policy(lab):
                                 extra_s2s='host_policy = [ { host = "ejsecure.test", policy = "deny" } ]'))
     try:
         os.kill(os.getpid(), signal.SIGHUP)
-        for _ in range(100):
-            await task.deferLater(reactor, 0.05)
-            if gateway.config.s2s.host_policy:
-                break
+        await until(lambda: gateway.config.s2s.host_policy)
         bounce = await bounceFor("carol@ejsecure.test", "after-deny")
         assert conditionOf(bounce) == "not-allowed"
         assert "policy" in textOf(bounce)
     finally:
         path.write_text(original)
         os.kill(os.getpid(), signal.SIGHUP)
-        await task.deferLater(reactor, 0.3)
+        await until(lambda: not gateway.config.s2s.host_policy)
     assert not gateway.config.s2s.host_policy
 
 

@@ -1,3 +1,4 @@
+import pytest
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -291,3 +292,76 @@ def test_a_slow_peer_that_catches_up_is_kept():
         stream.send("<message>" + "x" * 6000 + "</message>")
         stream.resumeProducing()
     assert not getattr(transport, "aborted", False)
+
+
+# stanza_size_limit at its boundary, through the stream: an element of exactly
+# the limit is handled, one byte more is the stream error policy-violation.
+
+LIMIT = 1000
+
+
+def stanzaOf(size):
+    head, tail = b"<message to='x@b.test'><body>", b"</body></message>"
+    stanza = head + b"x" * (size - len(head) - len(tail)) + tail
+    assert len(stanza) == size
+    return stanza
+
+
+def headerOf(size):
+    head, tail = HEADER[:-1] + b" pad='", b"'>"
+    header = head + b"p" * (size - len(head) - len(tail)) + tail
+    assert len(header) == size
+    return header
+
+
+def inOnePiece(data):
+    return [data]
+
+
+def byteByByte(data):
+    return [data[i:i + 1] for i in range(len(data))]
+
+
+feedings = pytest.mark.parametrize("pieces", [inOnePiece, byteByByte])
+
+
+@feedings
+def test_stanza_of_exactly_the_size_limit_is_handled(pieces):
+    _, s, t = make(maxStanzaBytes=LIMIT)
+    s.dataReceived(HEADER)
+    for piece in pieces(stanzaOf(LIMIT)):
+        s.dataReceived(piece)
+    assert s.events == [("started", "a.test"), ("element", "message")]
+    assert t.value() == b""
+
+
+@feedings
+def test_stanza_one_byte_over_the_size_limit_is_a_policy_violation(pieces):
+    _, s, t = make(maxStanzaBytes=LIMIT)
+    s.dataReceived(HEADER)
+    for piece in pieces(stanzaOf(LIMIT + 1)):
+        s.dataReceived(piece)
+    assert s.events == [("started", "a.test")]
+    assert b"<stream:error><policy-violation " in t.value()
+    assert b">stanza larger than the limit of 1000 bytes</text>" in t.value()
+    assert s.closing
+
+
+@feedings
+def test_stream_header_of_exactly_the_size_limit_is_handled(pieces):
+    _, s, t = make(maxStanzaBytes=LIMIT)
+    for piece in pieces(headerOf(LIMIT)):
+        s.dataReceived(piece)
+    assert s.events == [("started", "a.test")]
+    assert t.value() == b""
+
+
+@feedings
+def test_stream_header_one_byte_over_the_size_limit_is_a_policy_violation(pieces):
+    _, s, t = make(maxStanzaBytes=LIMIT)
+    for piece in pieces(headerOf(LIMIT + 1)):
+        s.dataReceived(piece)
+    assert s.events == []
+    assert b"<stream:error><policy-violation " in t.value()
+    assert b">stream header larger than the limit of 1000 bytes</text>" in t.value()
+    assert s.closing

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.lab.wait import untilSync
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +55,6 @@ def test_version(tmp_path):
 def test_twistd_runs_the_gateway_with_json_logs_and_never_logs_the_secret(tmp_path):
     import json
     import signal
-    import time
 
     config = tmp_path / "s2sgate.toml"
     config.write_text(
@@ -64,19 +65,35 @@ def test_twistd_runs_the_gateway_with_json_logs_and_never_logs_the_secret(tmp_pa
         'shared = "nor-this-dialback-secret"\n'
         '[admin]\nlisten = ""\n[log]\nlevel = "debug"\n')
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-    proc = subprocess.Popen(["twistd", "-n", "--pidfile=", "s2sgate", "--config", str(config),
-                             "--log-format", "json"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(3)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
-    events = [json.loads(line.strip("\x1e")) for line in out.splitlines()
-              if line.strip().startswith(("{", "\x1e"))]
-    assert any(e.get("event") == "component.network_failure" for e in events), out[-2000:]
-    assert "do-not-log-this-secret" not in out + err
-    assert "nor-this-dialback-secret" not in out + err
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+
+    def events():
+        found = []
+        for line in stdout.read_text().splitlines():
+            if line.strip().startswith(("{", "\x1e")):
+                try:
+                    found.append(json.loads(line.strip("\x1e")))
+                except json.JSONDecodeError:
+                    pass   # still being written
+        return found
+
+    def failedToReachC2s():
+        return any(e.get("event") == "component.network_failure" for e in events())
+
+    with stdout.open("w") as out, stderr.open("w") as err:
+        proc = subprocess.Popen(["twistd", "-n", "--pidfile=", "s2sgate", "--config", str(config),
+                                 "--log-format", "json"], cwd=tmp_path, env=env,
+                                stdout=out, stderr=err, text=True)
+        try:
+            # Started, and tried the c2s port (nothing listens on port 1).
+            untilSync(lambda: failedToReachC2s() or proc.poll() is not None, timeout=60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+    assert failedToReachC2s(), stdout.read_text()[-2000:] + stderr.read_text()[-2000:]
+    logged = stdout.read_text() + stderr.read_text()
+    assert "do-not-log-this-secret" not in logged
+    assert "nor-this-dialback-secret" not in logged
 
 
 def test_the_wheel_ships_the_plugin_and_the_status_page_but_no_plugin_package(tmp_path):

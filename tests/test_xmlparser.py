@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from s2sgate.xmpp import parser
 from s2sgate.xmpp.parser import StreamError, StreamParser
 
 HEADER = (b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
@@ -134,3 +135,213 @@ def test_arbitrary_bytes_only_raise_stream_errors(data):
         r.parser.feed(HEADER + data)
     except StreamError:
         pass
+
+
+# The size limit at its boundary.  What counts is the element's own bytes,
+# from its "<" to its last ">"; for the header, the stream's bytes up to the
+# header's ">".
+
+LIMIT = 1000
+
+
+def stanzaOf(size, body=b"x"):
+    """A <message/> of exactly C{size} bytes."""
+    head, tail = b"<message to='x@a.test'><body>", b"</body></message>"
+    stanza = head + body * (size - len(head) - len(tail)) + tail
+    assert len(stanza) == size
+    return stanza
+
+
+def headerOf(size):
+    """A stream header of exactly C{size} bytes."""
+    head, tail = HEADER[:-1] + b" id='", b"'>"
+    header = head + b"i" * (size - len(head) - len(tail)) + tail
+    assert len(header) == size
+    return header
+
+
+def inOnePiece(data):
+    return [data]
+
+
+def byteByByte(data):
+    return [data[i:i + 1] for i in range(len(data))]
+
+
+feedings = pytest.mark.parametrize("pieces", [inOnePiece, byteByByte])
+
+
+@feedings
+def test_stanza_of_exactly_the_limit_is_accepted(pieces):
+    r = Recorder(maxStanzaBytes=LIMIT)
+    r.parser.feed(HEADER)
+    for piece in pieces(stanzaOf(LIMIT)):
+        r.parser.feed(piece)
+    assert str(r.elements[0].body) == "x" * (LIMIT - len(stanzaOf(46)))
+
+
+@feedings
+def test_stanza_one_byte_over_the_limit_is_refused_at_its_last_byte(pieces):
+    r = Recorder(maxStanzaBytes=LIMIT)
+    r.parser.feed(HEADER)
+    chunks = pieces(stanzaOf(LIMIT + 1))
+    for piece in chunks[:-1]:
+        r.parser.feed(piece)
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(chunks[-1])
+    assert e.value.condition == "policy-violation"
+    assert r.elements == []
+
+
+@feedings
+def test_stream_header_of_exactly_the_limit_is_accepted(pieces):
+    r = Recorder(maxStanzaBytes=LIMIT)
+    for piece in pieces(headerOf(LIMIT)):
+        r.parser.feed(piece)
+    assert r.headers[0]["to"] == "a.test"
+
+
+@feedings
+def test_stream_header_one_byte_over_the_limit_is_refused_at_its_last_byte(pieces):
+    r = Recorder(maxStanzaBytes=LIMIT)
+    chunks = pieces(headerOf(LIMIT + 1))
+    for piece in chunks[:-1]:
+        r.parser.feed(piece)
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(chunks[-1])
+    assert e.value.condition == "policy-violation"
+    assert r.headers == []
+
+
+@feedings
+def test_unfinished_stanza_is_refused_when_its_byte_past_the_limit_arrives(pieces):
+    # Not waiting for its end: a peer that never closes it is refused too.
+    r = Recorder(maxStanzaBytes=LIMIT)
+    r.parser.feed(HEADER)
+    for piece in pieces(stanzaOf(LIMIT + 100)[:LIMIT]):
+        r.parser.feed(piece)
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b"x")
+    assert e.value.condition == "policy-violation"
+
+
+@feedings
+def test_unfinished_stream_header_is_refused_when_its_byte_past_the_limit_arrives(pieces):
+    r = Recorder(maxStanzaBytes=LIMIT)
+    for piece in pieces(headerOf(LIMIT + 100)[:LIMIT]):
+        r.parser.feed(piece)
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b"i")
+    assert e.value.condition == "policy-violation"
+
+
+@feedings
+def test_stanza_of_the_limit_right_after_another_is_accepted(pieces):
+    # The previous stanza's closing tag is no part of the next one.
+    r = Recorder(maxStanzaBytes=LIMIT)
+    r.parser.feed(HEADER)
+    for piece in pieces(stanzaOf(LIMIT) + stanzaOf(LIMIT)):
+        r.parser.feed(piece)
+    assert len(r.elements) == 2
+
+
+def test_header_and_a_stanza_of_the_limit_in_one_piece_are_accepted():
+    r = Recorder(maxStanzaBytes=LIMIT)
+    r.parser.feed(HEADER + stanzaOf(LIMIT))
+    assert len(r.elements) == 1
+
+
+def test_stanzas_in_one_piece_are_each_measured_alone():
+    r = Recorder(maxStanzaBytes=LIMIT)
+    r.parser.feed(HEADER)
+    r.parser.feed(b" ".join([stanzaOf(LIMIT)] * 5))
+    assert len(r.elements) == 5
+
+
+# Stanza shapes whose last ">" is found differently: a closing tag, a
+# closing tag with space before its ">", an empty-element tag with ">" in an
+# attribute value, a prefixed element.
+def _body(k):
+    return b"<message to='x@a.test'><body>" + b"a>" * (k // 2) + b"b" * (k % 2) + b"</body></message>"
+
+
+def _spacedEnd(k):
+    return b"<message><body>" + b"s" * k + b"</body></message \n>"
+
+
+def _emptyElement(k):
+    return b"<message to='a>b' id='" + b"e" * k + b"'/>"
+
+
+def _prefixed(k):
+    return b"<db:result from='b.test' to='a.test'>" + b"k" * k + b"</db:result>"
+
+
+_SHAPES = [_body, _spacedEnd, _emptyElement, _prefixed]
+
+
+def _sized(shape, size):
+    k = size - len(shape(0))
+    return shape(k) if k >= 0 else None
+
+
+@st.composite
+def streams(draw):
+    """A header, then stanzas, of sizes near the limit with whitespace between."""
+    limit = draw(st.integers(min_value=160, max_value=400))
+    header = draw(st.one_of(st.just(HEADER),
+                            st.integers(min_value=limit - 2, max_value=limit + 1).map(headerOf)))
+    stanzas = []
+    for _ in range(draw(st.integers(min_value=1, max_value=5))):
+        shape = draw(st.sampled_from(_SHAPES))
+        size = draw(st.one_of(st.integers(min_value=limit - 2, max_value=limit + 1),
+                              st.integers(min_value=len(shape(0)), max_value=limit)))
+        gap = draw(st.text(" \t\r\n", max_size=3)).encode()
+        stanzas.append((gap, _sized(shape, size)))
+    return limit, header, stanzas
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.lists(st.integers(min_value=1, max_value=64), max_size=60),
+       st.sampled_from([7, 64, parser.SLICE]))
+def test_every_stanza_is_refused_exactly_when_more_than_the_limit_of_its_bytes_arrived(
+        stream, cuts, slice):
+    # Fed in random pieces, which the parser cuts in slices of its own.
+    limit, header, stanzas = stream
+    data = header
+    overAt = limit if len(header) > limit else None   # the first byte past the limit
+    for gap, stanza in stanzas:
+        data += gap
+        if overAt is None and len(stanza) > limit:
+            overAt = len(data) + limit
+        data += stanza
+    accepted = 0
+    for _, stanza in stanzas:
+        if len(stanza) > limit or len(header) > limit:
+            break
+        accepted += 1
+    r = Recorder(maxStanzaBytes=limit)
+    pos, refusedAt = 0, None
+    pieces = []
+    for n in cuts:
+        pieces.append(data[pos:pos + n])
+        pos += n
+    pieces.append(data[pos:])
+    pos, saved, parser.SLICE = 0, parser.SLICE, slice
+    try:
+        for piece in pieces:
+            try:
+                r.parser.feed(piece)
+            except StreamError as e:
+                assert e.condition == "policy-violation"
+                refusedAt = (pos, pos + len(piece))
+                break
+            pos += len(piece)
+    finally:
+        parser.SLICE = saved
+    assert len(r.headers) == (len(header) <= limit)
+    assert len(r.elements) == accepted
+    if overAt is None:
+        assert refusedAt is None
+    else:
+        assert refusedAt is not None and refusedAt[0] <= overAt < refusedAt[1]

@@ -9,14 +9,20 @@ every stream of the process.  This parser, built on expat directly:
 
  - refuses DOCTYPE, entity declarations, comments and processing
    instructions with the stream error C{restricted-xml} (RFC 6120 §11.1);
- - counts bytes I{before} they reach expat, against the stanza size limit,
-   and feeds expat in bounded slices, so a huge attribute or text node is
-   refused before it is held (C{policy-violation});
+ - counts the bytes of the stream header and of every top-level element
+   against the stanza size limit as they arrive, and feeds expat in slices
+   that never take an unfinished one past the limit, so a huge attribute
+   or text node is refused before it is held (C{policy-violation}).
+   Counted are the element's own bytes, from its "<" to its last ">"
+   (for the header: from the first byte of the stream); whitespace between
+   elements (keepalives) counts for nothing, and a limit of N bytes accepts
+   an element of exactly N;
  - caps nesting depth and elements per stanza;
  - turns on expat's C{buffer_text}.
 """
 
 import pyexpat
+import re
 
 from twisted.words.xish.domish import Element
 
@@ -24,6 +30,12 @@ NS_STREAMS = "http://etherx.jabber.org/streams"
 
 # Bytes handed to expat at once; bounds the work done before a limit check.
 SLICE = 16384
+
+# One tag from its "<" to its ">": a ">" inside a quoted attribute value
+# does not end it.
+_TAG = re.compile(rb"<[^'\">]*(?:(?:'[^']*'|\"[^\"]*\")[^'\">]*)*>")
+_SPACE = re.compile(rb"[ \t\r\n]*")
+_SPACE_BYTES = b" \t\r\n"
 
 
 class StreamError(Exception):
@@ -62,6 +74,10 @@ class StreamParser:
         p = pyexpat.ParserCreate("UTF-8", " ")
         p.buffer_text = True
         p.buffer_size = 4096   # per stream: memory matters with thousands of idle streams
+        if hasattr(p, "SetReparseDeferralEnabled"):
+            # expat >= 2.6 may hold a complete tag back until more bytes
+            # arrive; a stream must see each stanza as soon as it is whole.
+            p.SetReparseDeferralEnabled(False)
         p.StartElementHandler = self._start
         p.EndElementHandler = self._end
         p.CharacterDataHandler = self._cdata
@@ -82,7 +98,11 @@ class StreamParser:
         self._defaultNs = [""]
         self._prefixes = {}
         self._fed = 0          # bytes handed to this parser
-        self._boundary = 0     # byte index where the current stanza may start
+        self._unitStart = 0    # where the header or element being received began
+        self._held = bytearray()   # bytes from _heldStart while no element is open
+        self._heldStart = 0
+        self._buf = b""        # what the handlers see: the bytes from _bufStart on
+        self._bufStart = 0
         self._error = None
         self._resetPending = False
         self._feeding = False
@@ -110,14 +130,24 @@ class StreamParser:
             self._feeding = False
 
     def _feed(self, data):
-        for i in range(0, len(data), SLICE):
-            piece = data[i:i + SLICE]
-            self._fed += len(piece)
-            # Counted from the start: the stream header is bounded too.
-            if self._fed - self._boundary > self.maxStanzaBytes:
-                raise StreamError(
-                    "policy-violation",
-                    f"stanza larger than the limit of {self.maxStanzaBytes} bytes")
+        i, size, limit = 0, len(data), self.maxStanzaBytes
+        while i < size:
+            fed = self._fed
+            if self._unitStart == fed and data[i] in _SPACE_BYTES:
+                # Nothing of the next element yet: whitespace before it
+                # (a keepalive) is no part of it.
+                self._unitStart += _SPACE.match(data, i, i + SLICE).end() - i
+            # Never take an unfinished element past the limit by more than
+            # the one byte that shows it is over.
+            n = min(SLICE, limit + 1 - (fed - self._unitStart))
+            piece = data[i:i + n] if i or n < size else data
+            i += len(piece)
+            self._fed = fed + len(piece)
+            if self._held:
+                self._held += piece
+                self._buf, self._bufStart = self._held, self._heldStart
+            else:
+                self._buf, self._bufStart = piece, fed
             try:
                 self._parser.Parse(piece)
             except pyexpat.ExpatError as e:
@@ -129,6 +159,42 @@ class StreamParser:
                 # to the new stream (or to TLS); none are expected.
                 self._new()
                 return
+            pending = self._fed - self._unitStart
+            if pending > limit:
+                raise StreamError("policy-violation",
+                                  self._tooLarge("stream header" if self._depth == 0 else "stanza"))
+            if self._current is None and pending:
+                self._hold()
+            elif self._held:
+                self._held = bytearray()
+        self._buf = b""
+
+    def _hold(self):
+        # Keep the bytes of an element whose start tag has not been parsed
+        # yet: its end is found in them once expat reports it.
+        buf, bufStart = self._buf, self._bufStart
+        if buf is self._held:
+            del self._held[:self._unitStart - bufStart]
+        else:
+            self._held = bytearray(buf[self._unitStart - bufStart:])
+        self._heldStart = self._unitStart
+
+    def _tooLarge(self, what):
+        return f"{what} larger than the limit of {self.maxStanzaBytes} bytes"
+
+    def _completed(self, end, what):
+        """The header or a top-level element ended at byte index C{end}."""
+        if end - self._unitStart > self.maxStanzaBytes:
+            raise StreamError("policy-violation", self._tooLarge(what))
+        buf, bufStart = self._buf, self._bufStart
+        if end - bufStart < len(buf) and buf[end - bufStart] in _SPACE_BYTES:
+            end = bufStart + _SPACE.match(buf, end - bufStart).end()
+        self._unitStart = end
+
+    def _tagEnd(self, index):
+        """Byte index after the C{>} of the tag that starts at C{index}."""
+        m = _TAG.match(self._buf, index - self._bufStart) if index >= self._bufStart else None
+        return self._bufStart + m.end() if m else self._fed
 
     # expat handlers
 
@@ -160,7 +226,7 @@ class StreamParser:
         self._prefixes = {}
         self._depth = depth + 1
         if depth == 0:
-            self._boundary = self._fed
+            self._completed(self._tagEnd(self._parser.CurrentByteIndex), "stream header")
             self.onHeader(e)
             return
         self._elements += 1
@@ -186,9 +252,20 @@ class StreamParser:
         e = self._current
         self._flushText()
         if not self._stack:
+            index = self._parser.CurrentByteIndex
+            buf, bufStart = self._buf, self._bufStart
+            i = index - bufStart
+            if not e.children and i >= 2 and buf[i - 2:i] == b"/>":
+                end = index   # <message .../>: expat points after it
+            else:
+                # expat points at "</"; its ">" arrived in this slice (the
+                # tag is reported at once), and nothing before it in the tag
+                # is one.
+                close = buf.find(b">", max(0, i))
+                end = bufStart + close + 1 if close >= 0 else self._fed
+            self._completed(end, "stanza")
             self._current = None
             self._elements = 0
-            self._boundary = self._parser.CurrentByteIndex
             self.onElement(e)
         else:
             self._current = self._stack.pop()
@@ -208,6 +285,3 @@ class StreamParser:
                 self._flushText()
                 self._textOwner = self._current
             self._text.append(data)
-        elif self._depth == 1:
-            # Whitespace between stanzas (keepalives) is a stanza boundary.
-            self._boundary = self._fed
