@@ -143,6 +143,7 @@ class OutgoingConfig:
     port: int = 5269
     ip_versions: tuple[int, ...] = (4, 6)
     connection_timeout: float = 10
+    connection_attempt_delay: float = 0.25   # RFC 8305: next address after this long
 
 
 @dataclass(frozen=True)
@@ -516,7 +517,8 @@ def _addresses(ctx: _Context, t: _Table, defaultPort: int) -> tuple[AddressOverr
 
 
 def _outgoing(ctx: _Context, s2s: _Table) -> OutgoingConfig:
-    t = s2s.table("outgoing", ("port", "ip_versions", "connection_timeout"))
+    t = s2s.table("outgoing", ("port", "ip_versions", "connection_timeout",
+                               "connection_attempt_delay"))
     port = _integer(ctx, t, "port", 5269, 1, 65535)
     allowed = "a non-empty list drawn from 4 and 6, each once, e.g. [4, 6]"
     versions = t.get("ip_versions", [4, 6])
@@ -530,7 +532,17 @@ def _outgoing(ctx: _Context, s2s: _Table) -> OutgoingConfig:
     return OutgoingConfig(
         port=port, ip_versions=tuple(versions),
         connection_timeout=_seconds(ctx, t, "connection_timeout", 10, above=0),
+        connection_attempt_delay=_attemptDelay(ctx, t),
     )
+
+
+def _attemptDelay(ctx: _Context, t: _Table) -> float:
+    # RFC 8305 section 5: at least 10 ms, at most 2 s is recommended.
+    delay = _seconds(ctx, t, "connection_attempt_delay", 0.25, atLeast=0.01)
+    if delay > 2:
+        ctx.fail(t.key("connection_attempt_delay"), f"got {_show(delay)}",
+                 "a number of seconds from 0.01 to 2")
+    return delay
 
 
 def _dns(ctx: _Context, s2s: _Table) -> DNSConfig:

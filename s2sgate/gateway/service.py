@@ -41,6 +41,9 @@ RESTART_KEYS = (
     ("component", lambda c: c.component),
     ("s2s.outgoing.port", lambda c: c.s2s.outgoing.port),
     ("s2s.outgoing.ip_versions", lambda c: c.s2s.outgoing.ip_versions),
+    ("s2s.outgoing.connection_timeout", lambda c: c.s2s.outgoing.connection_timeout),
+    ("s2s.outgoing.connection_attempt_delay",
+     lambda c: c.s2s.outgoing.connection_attempt_delay),
     ("log.format", lambda c: c.log.format),
     ("s2s.listen", lambda c: c.s2s.listen),
     ("s2s.direct_tls_listen", lambda c: c.s2s.direct_tls_listen),
@@ -150,7 +153,8 @@ class GatewayService(service.MultiService):
                                        nameservers=s.dns.nameservers, port=s.outgoing.port,
                                        ip_versions=s.outgoing.ip_versions, overrides=overrides)
             connector = Connector(reactor, TimedResolver(resolver, reactor, self.metrics),
-                                  timeout=s.outgoing.connection_timeout)
+                                  timeout=s.outgoing.connection_timeout,
+                                  attemptDelay=s.outgoing.connection_attempt_delay)
         self.connector = connector
         if componentLink is None:
             c = config.component
