@@ -284,6 +284,22 @@ def test_connection_attempt_delay_rejected(value):
     assert err.key == "s2s.outgoing.connection_attempt_delay"
 
 
+def test_dane_needs_a_configured_validating_resolver(pem):
+    err = reject(minimal(dane="opportunistic"))
+    assert err.key == "s2s.dane" and "validating resolver" in err.problem
+    assert reject(minimal(dane_domains=["a.example"])).key == "s2s.dane_domains"
+    err = reject(minimal(dane="required", dns={"nameservers": ["127.0.0.1"]}))
+    assert "needs TLS" in err.problem
+    ok = parse_config(minimal(dane="required", dns={"nameservers": ["127.0.0.1"]},
+                              use_starttls="required", certfile=pem), "x.toml")
+    assert (ok.s2s.dane, ok.s2s.dane_domains) == ("required", ())
+
+
+def test_dane_mode_is_one_of_three():
+    err = reject(minimal(dane="yes", dns={"nameservers": ["127.0.0.1"]}))
+    assert err.key == "s2s.dane" and '"opportunistic"' in err.allowed
+
+
 def test_dns_retries_may_be_zero():
     assert parse_config(minimal(dns={"retries": 0}), "x.toml").s2s.dns.retries == 0
 

@@ -29,7 +29,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from s2sgate.interfaces import IConnector
-from s2sgate.net.resolver import Address, DNSFailure, NoService, S2SResolver, Target
+from s2sgate.net.resolver import (
+    Address,
+    DNSFailure,
+    NoService,
+    S2SResolver,
+    Target,
+    TLSASet,
+)
 
 __all__ = ["ATTEMPT_DELAY", "Attempt", "ConnectFailed", "Connection", "Connector", "connect",
            "describeConnectError", "endpointFor", "interleave"]
@@ -112,6 +119,7 @@ class Connection:
     target: Target | None
     address: Address | None
     attempts: list[Attempt] = field(default_factory=list)
+    dane: TLSASet | None = None   # the target's authenticated TLSA records (RFC 7673)
 
 
 @implementer(IConnector)
@@ -129,11 +137,12 @@ class Connector:
 
     async def connect(self, domain, factory, directTLS=None) -> Connection:
         attempts: list[Attempt] = []
-        protocol, target, address = await connect(
-            self.reactor, self.resolver, domain, factory, timeout=self.timeout,
-            directTLS=directTLS, endpointFor=self.endpointFor, attempts=attempts,
-            attemptDelay=self.attemptDelay)
-        return Connection(protocol, target, address, attempts)
+        endpointFor = self.endpointFor or _defaultEndpointFor(self.reactor, self.timeout)
+        race = _Race(self.reactor, self.resolver, domain, factory,
+                     attemptDelay=self.attemptDelay, directTLS=directTLS, log=_log,
+                     endpointFor=endpointFor, attempts=attempts)
+        protocol, target, address = await race.start()
+        return Connection(protocol, target, address, attempts, race.tlsa.get(target))
 
 
 def interleave(addresses: list[Address]) -> list[Address]:
@@ -231,6 +240,7 @@ class _Race:
         self.queue: collections.deque[tuple[Target, Address]] = collections.deque()
         self.flying: list[_Try] = []
         self.lookup: defer.Deferred | None = None
+        self.tlsa: dict[Target, TLSASet | None] = {}
         self.timer: Any = None
         self.over = False
         self.lastDNS: str | None = None
@@ -304,6 +314,8 @@ class _Race:
 
     def _gotAddresses(self, result, target: Target):
         self.lookup = None
+        if isinstance(result, Failure) and result.check(defer.FirstError):
+            result = result.value.subFailure
         if isinstance(result, Failure):
             if result.check(defer.CancelledError):
                 return None
@@ -314,7 +326,8 @@ class _Race:
             self._record("dns", target.host, result.value.text, result.value.timedOut)
             self.lastDNS = result.value.text
         else:
-            self.queue.extend((target, address) for address in interleave(result))
+            addresses, self.tlsa[target] = result
+            self.queue.extend((target, address) for address in interleave(addresses))
         self._next()
         return None
 
@@ -331,7 +344,10 @@ class _Race:
             self._try(*self.queue.popleft())
         elif self.targets:
             target = self.targets.popleft()
-            self.lookup = defer.ensureDeferred(self.resolver.addresses(target.host, target.port))
+            # TLSA beside the addresses: known before a connection can be made.
+            self.lookup = defer.gatherResults(
+                [defer.ensureDeferred(self.resolver.addresses(target.host, target.port)),
+                 defer.ensureDeferred(self.resolver.tlsa(target))], consumeErrors=True)
             self.lookup.addBoth(self._gotAddresses, target)
         elif not self.flying:
             # A connection failure says more than a DNS failure of a backup target.

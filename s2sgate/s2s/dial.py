@@ -67,12 +67,18 @@ async def _dialOnce(connector, local, remote, build, runtime, directTLS):
             # A raced connection that lost (closed by the connector).
             itsReady.addErrback(lambda f: None)
     assert ready is not None, "the connector returned a protocol it did not build"
+    if connection.dane is not None:
+        stream.useDANE(connection.dane)
     if connection.target is not None:
         # The diagnostic log starts with how the peer was found.
         how = "direct TLS" if connection.target.direct_tls else "STARTTLS/plain"
+        dnssec = ""
+        if connection.target.secure:
+            dnssec = (f"; DNSSEC, TLSA {connection.dane.describe()}" if connection.dane
+                      else "; DNSSEC, no TLSA")
         stream.trace[:0] = list(connection.attempts) + [Attempt(
             "dns", remote, f"{remote} -> {connection.target.host}:{connection.target.port} "
-            f"({how}) -> {connection.address}", ok=True)]
+            f"({how}) -> {connection.address}{dnssec}", ok=True)]
     try:
         return await ready
     except ConnectFailed as e:
