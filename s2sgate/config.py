@@ -52,6 +52,7 @@ __all__ = [
 
 POLICIES = ("allow", "deny")
 STARTTLS_MODES = ("false", "optional", "required", "required_trusted")
+DANE_MODES = ("off", "opportunistic", "required")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("text", "json")
 MIN_STANZA_SIZE = 10000
@@ -143,6 +144,7 @@ class OutgoingConfig:
     port: int = 5269
     ip_versions: tuple[int, ...] = (4, 6)
     connection_timeout: float = 10
+    connection_attempt_delay: float = 0.25   # RFC 8305: next address after this long
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ class S2SConfig:
     secure_auth: bool = False
     insecure_domains: tuple[str, ...] = ()
     secure_domains: tuple[str, ...] = ()
+    dane: str = "off"
+    dane_domains: tuple[str, ...] = ()
     stanza_size_limit: int = 524288
     max_retry_delay: float = 300
     address: tuple[AddressOverride, ...] = ()
@@ -370,7 +374,7 @@ def _component(ctx: _Context, top: _Table) -> ComponentConfig:
 _S2S_KEYS = (
     "listen", "direct_tls_listen", "default_policy", "host_policy",
     "use_starttls", "certfile", "domain_certfile", "cafile", "ciphers",
-    "shared", "secure_auth", "insecure_domains", "secure_domains",
+    "shared", "secure_auth", "insecure_domains", "secure_domains", "dane", "dane_domains",
     "stanza_size_limit", "max_retry_delay", "address", "allow_anonymous_s2s",
     "anonymous_domains", "disabled_domains", "queue_limit", "idle_timeout",
     "negotiation_timeout", "outgoing", "dns",
@@ -401,6 +405,13 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
             ctx.fail(f"{t.key('secure_domains')}[{i}]",
                      f"{d!r} is also in s2s.insecure_domains",
                      "a domain in at most one of secure_domains, insecure_domains")
+    dane = _choice(ctx, t, "dane", "off", DANE_MODES)
+    daneDomains = _domainList(ctx, t, "dane_domains")
+    for i, d in enumerate(daneDomains):
+        if d in insecure:
+            ctx.fail(f"{t.key('dane_domains')}[{i}]",
+                     f"{d!r} is also in s2s.insecure_domains",
+                     "a domain in at most one of dane_domains, insecure_domains")
     sizeLimit = _integer(ctx, t, "stanza_size_limit", 524288, MIN_STANZA_SIZE)
     maxRetry = _seconds(ctx, t, "max_retry_delay", 300, atLeast=1)
     outgoing = _outgoing(ctx, t)
@@ -433,6 +444,14 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
         ctx.fail(t.key("secure_domains"),
                  'certificates need TLS but use_starttls = "false"',
                  'secure_domains = [], or use_starttls other than "false"')
+    daneKey = t.key("dane") if dane != "off" else t.key("dane_domains")
+    if (dane != "off" or daneDomains) and not dns.nameservers:
+        ctx.fail(daneKey, "DANE needs a trusted validating resolver in s2s.dns.nameservers",
+                 'set s2s.dns.nameservers (e.g. ["127.0.0.1"], a local validating '
+                 'resolver), or dane = "off" and dane_domains = []')
+    if (dane != "off" or daneDomains) and useStartTLS == "false":
+        ctx.fail(daneKey, 'DANE needs TLS but use_starttls = "false"',
+                 'dane = "off" and dane_domains = [], or use_starttls other than "false"')
     if directTLS and not haveCert:
         ctx.fail(t.key("direct_tls_listen"), "direct TLS needs s2s.certfile",
                  "set s2s.certfile, or direct_tls_listen = []")
@@ -443,7 +462,8 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
         use_starttls=useStartTLS, certfile=certfile,
         domain_certfile=domainCerts, cafile=cafile, ciphers=ciphers,
         shared=shared, secure_auth=secureAuth, insecure_domains=insecure,
-        secure_domains=secure, stanza_size_limit=sizeLimit,
+        secure_domains=secure, dane=dane, dane_domains=daneDomains,
+        stanza_size_limit=sizeLimit,
         max_retry_delay=maxRetry, address=address,
         allow_anonymous_s2s=allowAnon, anonymous_domains=anon,
         disabled_domains=disabled, queue_limit=queueLimit, idle_timeout=idle,
@@ -516,7 +536,8 @@ def _addresses(ctx: _Context, t: _Table, defaultPort: int) -> tuple[AddressOverr
 
 
 def _outgoing(ctx: _Context, s2s: _Table) -> OutgoingConfig:
-    t = s2s.table("outgoing", ("port", "ip_versions", "connection_timeout"))
+    t = s2s.table("outgoing", ("port", "ip_versions", "connection_timeout",
+                               "connection_attempt_delay"))
     port = _integer(ctx, t, "port", 5269, 1, 65535)
     allowed = "a non-empty list drawn from 4 and 6, each once, e.g. [4, 6]"
     versions = t.get("ip_versions", [4, 6])
@@ -530,7 +551,17 @@ def _outgoing(ctx: _Context, s2s: _Table) -> OutgoingConfig:
     return OutgoingConfig(
         port=port, ip_versions=tuple(versions),
         connection_timeout=_seconds(ctx, t, "connection_timeout", 10, above=0),
+        connection_attempt_delay=_attemptDelay(ctx, t),
     )
+
+
+def _attemptDelay(ctx: _Context, t: _Table) -> float:
+    # RFC 8305 section 5: at least 10 ms, at most 2 s is recommended.
+    delay = _seconds(ctx, t, "connection_attempt_delay", 0.25, atLeast=0.01)
+    if delay > 2:
+        ctx.fail(t.key("connection_attempt_delay"), f"got {_show(delay)}",
+                 "a number of seconds from 0.01 to 2")
+    return delay
 
 
 def _dns(ctx: _Context, s2s: _Table) -> DNSConfig:

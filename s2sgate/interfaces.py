@@ -23,6 +23,12 @@ class IResolver(Interface):
     def addresses(host, port):
         """Coroutine: the L{Address}es of one target; raises L{DNSFailure}."""
 
+    def tlsa(target):
+        """
+        Coroutine: the DNSSEC-authenticated L{TLSASet} of a C{secure}
+        target, or None (no DANE); raises L{DNSFailure}.
+        """
+
 
 class IConnector(Interface):
     """Opens the TCP (or direct TLS) connection of an outbound stream."""

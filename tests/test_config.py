@@ -89,6 +89,7 @@ def test_example_file_names_every_key():
     for key in _S2S_KEYS + ("jid", "host", "port", "secret", "secret_file",
                             "keepalive", "auth_retry_delay", "buffer_limit",
                             "buffer_timeout", "ip_versions", "connection_timeout",
+                            "connection_attempt_delay",
                             "timeout", "retries", "nameservers", "level", "format"):
         assert re.search(rf"^#? ?{key} =|\[s2s\.{key}\]", text, re.M), key
 
@@ -109,8 +110,8 @@ def test_defaults():
     assert s.stanza_size_limit == 524288
     assert s.max_retry_delay == 300
     assert (s.queue_limit, s.idle_timeout, s.negotiation_timeout) == (1000, 600, 30)
-    assert (s.outgoing.port, s.outgoing.ip_versions, s.outgoing.connection_timeout) == (
-        5269, (4, 6), 10)
+    assert (s.outgoing.port, s.outgoing.ip_versions, s.outgoing.connection_timeout,
+            s.outgoing.connection_attempt_delay) == (5269, (4, 6), 10, 0.25)
     assert (s.dns.timeout, s.dns.retries, s.dns.nameservers) == (10, 2, ())
     assert config.admin.listen == "tcp:5281:interface=127.0.0.1"
     assert (config.log.level, config.log.format) == ("info", "text")
@@ -275,6 +276,28 @@ def test_ip_versions():
 def test_ip_versions_rejected(value):
     err = reject(minimal(outgoing={"ip_versions": value}))
     assert err.key.startswith("s2s.outgoing.ip_versions")
+
+
+@pytest.mark.parametrize("value", [0, 0.001, 2.5, "fast", True])
+def test_connection_attempt_delay_rejected(value):
+    err = reject(minimal(outgoing={"connection_attempt_delay": value}))
+    assert err.key == "s2s.outgoing.connection_attempt_delay"
+
+
+def test_dane_needs_a_configured_validating_resolver(pem):
+    err = reject(minimal(dane="opportunistic"))
+    assert err.key == "s2s.dane" and "validating resolver" in err.problem
+    assert reject(minimal(dane_domains=["a.example"])).key == "s2s.dane_domains"
+    err = reject(minimal(dane="required", dns={"nameservers": ["127.0.0.1"]}))
+    assert "needs TLS" in err.problem
+    ok = parse_config(minimal(dane="required", dns={"nameservers": ["127.0.0.1"]},
+                              use_starttls="required", certfile=pem), "x.toml")
+    assert (ok.s2s.dane, ok.s2s.dane_domains) == ("required", ())
+
+
+def test_dane_mode_is_one_of_three():
+    err = reject(minimal(dane="yes", dns={"nameservers": ["127.0.0.1"]}))
+    assert err.key == "s2s.dane" and '"opportunistic"' in err.allowed
 
 
 def test_dns_retries_may_be_zero():

@@ -58,7 +58,7 @@ class FakeTLS:
     def clientCreator(self, remote, local, alpn=False):
         return ("client", remote, local)
 
-    def peerVerdict(self, conn, domain):
+    def peerVerdict(self, conn, domain, dane=None):
         self.verdictCalls.append((conn, domain))
         return self.verdicts.get(domain) or PeerCertificate(
             "name-mismatch", f"certificate is not valid for {domain}: it names DNS:elsewhere.test")

@@ -15,7 +15,8 @@ OTHER = "other.test"  # in neither
 
 def policy(mode, secureAuth=False, secure=(SEC,), insecure=(INS,)):
     return Requirements(SimpleNamespace(use_starttls=mode, secure_auth=secureAuth,
-                                          secure_domains=secure, insecure_domains=insecure))
+                                          secure_domains=secure, insecure_domains=insecure,
+                                          dane="off", dane_domains=()))
 
 
 VALID = PeerCertificate("valid", f"certificate is valid for {OTHER}")

@@ -51,6 +51,13 @@ def test_reload_reports_outgoing_and_component_changes(tmp_path):
     assert set(gw.reload()) == {"component", "s2s.outgoing.ip_versions"}
 
 
+def test_connector_races_with_the_configured_attempt_delay(tmp_path):
+    gw, path = gateway(tmp_path, "[s2s.outgoing]\nconnection_attempt_delay = 0.1")
+    assert (gw.connector.attemptDelay, gw.connector.timeout) == (0.1, 10)
+    path.write_text(BASE.format(extra="[s2s.outgoing]\nconnection_attempt_delay = 0.5"))
+    assert gw.reload() == ["s2s.outgoing.connection_attempt_delay"]
+
+
 def test_a_bad_file_on_sighup_keeps_the_old_config_without_a_traceback(tmp_path):
     gw, path = gateway(tmp_path)
     before = gw.config

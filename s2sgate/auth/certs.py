@@ -53,7 +53,7 @@ OID_SRV_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.7")  # id-on-dnsSRV (RFC 4985)
 SRV_SERVICES = ("xmpp-server", "xmpps-server")
 
 STATUSES = ("valid", "none", "expired", "not-yet-valid", "self-signed",
-            "untrusted", "name-mismatch")
+            "untrusted", "name-mismatch", "dane-mismatch")
 
 # OpenSSL X509_V_ERR_* codes we name; every other code is "untrusted".
 _ERR_NOT_YET_VALID = 9
@@ -369,6 +369,9 @@ class PeerCertificate:
     reason: str
     identities: Identities | None = None
     notAfter: _dt.datetime | None = None
+    # DANE (s2sgate.auth.dane): None when not used, else "dane-ee" / "dane-ta"
+    # (the match that made it valid) or "mismatch".
+    dane: str | None = None
 
     @property
     def trusted(self) -> bool:
@@ -397,10 +400,14 @@ def _storeOf(storeBuilder: Any) -> crypto.X509Store:
 
 
 def verifyPeer(storeBuilder: Any, leaf: Any, chain: Sequence[Any] | None,
-               domain: str, now: _dt.datetime | None = None) -> PeerCertificate:
+               domain: str, now: _dt.datetime | None = None,
+               dane: Any = None) -> PeerCertificate:
     """
     Judge C{leaf} (with untrusted intermediates C{chain}, which may also
     hold the leaf itself) as a certificate for C{domain}.
+
+    With C{dane} (the target's authenticated L{TLSASet}) holding a usable
+    record, the DANE verdict replaces the PKIX one (L{s2sgate.auth.dane}).
 
     C{storeBuilder} is a L{TrustStore}, a callable returning a fresh
     C{X509Store}, or an C{X509Store}.  Extended key usage is not checked:
@@ -436,6 +443,17 @@ def verifyPeer(storeBuilder: Any, leaf: Any, chain: Sequence[Any] | None,
             intermediates.append(_toOpenSSL(c))
         except Exception:
             continue
+
+    if dane is not None:
+        from s2sgate.auth.dane import daneVerdict
+        try:
+            byDANE = daneVerdict(leafSSL, intermediates, dane, domain, now=now)
+        except Exception as e:  # fail closed: a DNSSEC-signed TLSA set that cannot be checked
+            byDANE = PeerCertificate("dane-mismatch", "certificate cannot be checked against "
+                                     f"the TLSA records ({_oneLine(e)})", identities, notAfter,
+                                     dane="mismatch")
+        if byDANE is not None:
+            return byDANE
 
     try:
         store = _storeOf(storeBuilder)

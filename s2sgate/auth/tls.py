@@ -337,9 +337,10 @@ class TLSContexts:
         """Judge a peer certificate for C{domain} against our trust anchors."""
         return verifyPeer(self.trust, leaf, chain, domain, now=now)
 
-    def peerVerdict(self, conn: SSL.Connection, domain: str, now=None) -> PeerCertificate:
-        """Judge the certificate the peer presented on C{conn} for C{domain}."""
-        return peerVerdict(conn, domain, self.trust, now=now)
+    def peerVerdict(self, conn: SSL.Connection, domain: str, now=None,
+                    dane=None) -> PeerCertificate:
+        """Judge the certificate the peer presented on C{conn} for C{domain} (and C{dane})."""
+        return peerVerdict(conn, domain, self.trust, now=now, dane=dane)
 
     def describe(self, conn: SSL.Connection) -> dict:
         """See the module-level L{describe}."""
@@ -363,15 +364,18 @@ def peerCertificates(conn: SSL.Connection) -> tuple[crypto.X509 | None, list[cry
 
 
 def peerVerdict(conn: SSL.Connection, domain: str, trust: TrustStore,
-                now=None) -> PeerCertificate:
-    """Judge the peer's certificate on a completed handshake for C{domain}."""
+                now=None, dane=None) -> PeerCertificate:
+    """
+    Judge the peer's certificate on a completed handshake for C{domain};
+    C{dane} is the target's authenticated L{TLSASet} or None.
+    """
     try:
         leaf, chain = peerCertificates(conn)
     except Exception as e:
         return PeerCertificate("untrusted", f"cannot read the peer certificate ({_first(e)})")
     if leaf is None:
         return NO_CERTIFICATE
-    return verifyPeer(trust, leaf, chain, domain, now=now)
+    return verifyPeer(trust, leaf, chain, domain, now=now, dane=dane)
 
 
 def describe(conn: SSL.Connection) -> dict:

@@ -247,6 +247,13 @@ def _parseEndpoint(description):
 # --- the commands -------------------------------------------------------------------------
 
 
+def certificateColumn(cert):
+    """The verdict, and how DANE decided it when it did: "valid (DANE dane-ee)"."""
+    if not cert:
+        return "-"
+    return cert["status"] + (f" (DANE {cert['dane']})" if cert.get("dane") else "")
+
+
 def cmdSessions(client, args):
     _, data = client.call("GET", "/api/sessions")
     if args.json:
@@ -257,7 +264,7 @@ def cmdSessions(client, args):
                  "STANZAS IN/OUT", "QUEUE")]
         for s in sessions:
             rows.append((s["direction"], s.get("local") or "-", s.get("remote") or "-",
-                         security(s), (s.get("certificate") or {}).get("status", "-"),
+                         security(s), certificateColumn(s.get("certificate")),
                          s.get("auth") or "(pending)", s.get("peer") or "-",
                          ago(data["now"], s["since"]),
                          f"{s['stanzas_in']}/{s['stanzas_out']}", str(s["queue"])))
@@ -305,7 +312,7 @@ def cmdConnect(client, args):
         _printSteps(data.get("steps") or [])
     cert = s.get("certificate")
     print(f"connected: {s['local']} -> {s['remote']}, {security(s, cipher=True)}, "
-          f"certificate {cert['status'] if cert else 'none'}, auth {s.get('auth')}, "
+          f"certificate {certificateColumn(cert) if cert else 'none'}, auth {s.get('auth')}, "
           f"peer {s.get('peer') or '-'}, stream {s.get('stream_id')}")
     return EXIT_OK
 

@@ -27,10 +27,18 @@ def judgeCertificate(stream):
     """
     certificate = stream.certificate
     info = stream.tlsInfo
-    refused = (stream.requirements.mustBeTrusted(stream.remote)
+    requirements = stream.requirements
+    refused = (requirements.mustBeTrusted(stream.remote)
                and (certificate is None or certificate.status != "valid"))
     status = certificate.status if certificate is not None else "none"
     reason = certificate.reason if certificate is not None else "no certificate"
+    if certificate is not None and certificate.status == "dane-mismatch":
+        refused = True      # RFC 7673: a mismatch under authenticated TLSA is fatal
+    elif requirements.daneRequired(stream.remote) and (
+            certificate is None or certificate.dane is None):
+        refused = True
+        reason = (f"no DNSSEC-authenticated TLSA records for {stream.remote}'s target, "
+                  f"and DANE is required for it ({reason})")
     stream.record("tls", f"{info.get('version')} {info.get('cipher')}; "
                   f"certificate {status}: {reason}", ok=not refused)
     if not refused:

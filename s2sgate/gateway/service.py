@@ -26,6 +26,7 @@ from s2sgate.gateway.router import Router
 from s2sgate.gateway.runtime import Current, Runtime
 from s2sgate.interfaces import IResolver
 from s2sgate.net.connector import Connector
+from s2sgate.net.dnssec import AuthenticatedLookup
 from s2sgate.net.resolver import S2SResolver
 from s2sgate.ops.metrics import Metrics
 from s2sgate.s2s.inbound import InboundFactory
@@ -41,6 +42,9 @@ RESTART_KEYS = (
     ("component", lambda c: c.component),
     ("s2s.outgoing.port", lambda c: c.s2s.outgoing.port),
     ("s2s.outgoing.ip_versions", lambda c: c.s2s.outgoing.ip_versions),
+    ("s2s.outgoing.connection_timeout", lambda c: c.s2s.outgoing.connection_timeout),
+    ("s2s.outgoing.connection_attempt_delay",
+     lambda c: c.s2s.outgoing.connection_attempt_delay),
     ("log.format", lambda c: c.log.format),
     ("s2s.listen", lambda c: c.s2s.listen),
     ("s2s.direct_tls_listen", lambda c: c.s2s.direct_tls_listen),
@@ -148,9 +152,11 @@ class GatewayService(service.MultiService):
                 overrides = {a.host: (a.ip_address, a.port) for a in s.address}
                 resolver = S2SResolver(reactor, timeout=s.dns.timeout, retries=s.dns.retries,
                                        nameservers=s.dns.nameservers, port=s.outgoing.port,
-                                       ip_versions=s.outgoing.ip_versions, overrides=overrides)
+                                       ip_versions=s.outgoing.ip_versions, overrides=overrides,
+                                       dnssec=dnssecLookup(reactor, s))
             connector = Connector(reactor, TimedResolver(resolver, reactor, self.metrics),
-                                  timeout=s.outgoing.connection_timeout)
+                                  timeout=s.outgoing.connection_timeout,
+                                  attemptDelay=s.outgoing.connection_attempt_delay)
         self.connector = connector
         if componentLink is None:
             c = config.component
@@ -314,6 +320,14 @@ class GatewayService(service.MultiService):
         return needsRestart
 
 
+def dnssecLookup(reactor, s2s):
+    """The AD-bit lookups of DANE, or None when DANE is off (only the configured resolvers)."""
+    if s2s.dane == "off" and not s2s.dane_domains:
+        return None
+    return AuthenticatedLookup(reactor, s2s.dns.nameservers,
+                               (s2s.dns.timeout,) * (s2s.dns.retries + 1))
+
+
 @implementer(IResolver)
 class TimedResolver:
     """Time every DNS step for the metrics; otherwise the wrapped resolver."""
@@ -336,6 +350,9 @@ class TimedResolver:
             return await self._resolver.addresses(host, port)
         finally:
             self._metrics.dnsTime(self._clock.seconds() - start)
+
+    async def tlsa(self, target):
+        return await self._resolver.tlsa(target)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

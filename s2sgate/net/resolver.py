@@ -29,10 +29,13 @@ from twisted.names import error as dnserror
 from zope.interface import implementer
 
 from s2sgate.interfaces import IResolver
+from s2sgate.net.dnssec import TLSA
 
 __all__ = [
     "Target",
     "Address",
+    "TLSARecord",
+    "TLSASet",
     "NoService",
     "DNSFailure",
     "S2SResolver",
@@ -54,6 +57,32 @@ class Target:
     host: str
     port: int
     direct_tls: bool = False
+    secure: bool = False    # found through a DNSSEC-authenticated SRV answer (DANE may apply)
+
+
+@dataclass(frozen=True)
+class TLSARecord:
+    """One TLSA record (RFC 6698): usage, selector, matching type, data."""
+
+    usage: int
+    selector: int
+    mtype: int
+    data: bytes
+
+    def __str__(self) -> str:
+        return f"{self.usage} {self.selector} {self.mtype} {self.data.hex()[:16]}..."
+
+
+@dataclass(frozen=True)
+class TLSASet:
+    """The DNSSEC-authenticated TLSA records of one target (RFC 7673 section 3.2)."""
+
+    name: str                          # e.g. "_5269._tcp.xmpp.example.com"
+    host: str                          # the SRV target: a reference identity too (RFC 7673 §4)
+    records: tuple[TLSARecord, ...]
+
+    def describe(self) -> str:
+        return f"{self.name}: " + ", ".join(str(r) for r in self.records)
 
 
 @dataclass(frozen=True)
@@ -155,6 +184,9 @@ class S2SResolver:
     @param resolver: an L{twisted.internet.interfaces.IResolver} to use
         instead of building one (tests, caching resolvers).
     @param rng: a L{random.Random} for SRV weight selection (tests).
+    @param dnssec: an L{AuthenticatedLookup} (or a fake with its C{lookup}):
+        SRV and TLSA are then asked with the AD bit and targets of
+        authenticated SRV answers are C{secure}; None: no DANE.
     """
 
     def __init__(
@@ -170,6 +202,7 @@ class S2SResolver:
         resolver=None,
         rng: random.Random | None = None,
         log: Logger | None = None,
+        dnssec=None,
     ):
         self.queryTimeout = tuple([timeout] * (int(retries) + 1))
         self.port = port
@@ -189,38 +222,78 @@ class S2SResolver:
                     resolv="/etc/resolv.conf", reactor=reactor, timeout=self.queryTimeout
                 )
         self.resolver = resolver
+        self.dnssec = dnssec
 
     # -- SRV -------------------------------------------------------------
 
-    async def _srv(self, name: str):
-        """
-        Look up one SRV name: a list of records, L{_NONE} or L{_DOT}.
-        Timeouts and other server errors raise L{DNSFailure}.
-        """
+    async def _ask(self, name: str, rrtype: int, what: str):
+        """C{(answers, authenticated)}; L{dnserror.DNSNameError} for NXDOMAIN."""
         try:
+            if self.dnssec is not None:
+                answer = await self.dnssec.lookup(name, rrtype)
+                if answer.rCode == dns.ENAME:
+                    raise dnserror.DNSNameError(name)
+                if answer.rCode != dns.OK:
+                    raise dnserror.DNSServerError(name)
+                return list(answer.answers), answer.authenticated
             answers, _auth, _add = await self.resolver.lookupService(
-                name, timeout=self.queryTimeout
-            )
-        except dnserror.DNSNameError:
-            return _NONE
-        except defer.CancelledError:
+                name, timeout=self.queryTimeout)
+            return answers, False
+        except (dnserror.DNSNameError, defer.CancelledError):
             raise
         except Exception as e:
             if _isTimeout(e):
                 raise DNSFailure(f"DNS: timeout looking up {name}", timedOut=True) from None
             raise DNSFailure(
-                f"DNS: SRV lookup for {name} failed ({type(e).__name__})"
+                f"DNS: {what} lookup for {name} failed ({type(e).__name__})"
             ) from None
+
+    async def _srv(self, name: str):
+        """
+        Look up one SRV name: C{(outcome, authenticated)}, the outcome a
+        list of records, L{_NONE} or L{_DOT}. Timeouts and other server
+        errors raise L{DNSFailure}.
+        """
+        try:
+            answers, authenticated = await self._ask(name, dns.SRV, "SRV")
+        except dnserror.DNSNameError:
+            return _NONE, False
         # Follow what the resolver gives: CNAMEs in the chain are skipped,
         # only the SRV records count.
         records = [a.payload for a in answers if a.type == dns.SRV]
         if not records:
-            return _NONE
+            return _NONE, authenticated
         if len(records) == 1 and _srvTargetName(records[0]) == "":
-            return _DOT
+            return _DOT, authenticated
         # A "." among several records is meaningless; drop it.
         records = [r for r in records if _srvTargetName(r) != ""]
-        return orderSRV(records, self.rng)
+        return orderSRV(records, self.rng), authenticated
+
+    async def tlsa(self, target: Target) -> TLSASet | None:
+        """
+        The DNSSEC-authenticated TLSA records of C{target}
+        (C{_<port>._tcp.<host>}), or None: no DANE for it (not a secure
+        target, no records, or an answer without the AD bit). A failed
+        lookup of a secure target raises L{DNSFailure}: such a target is
+        not used (RFC 7673 section 3.2).
+        """
+        if self.dnssec is None or not target.secure:
+            return None
+        name = f"_{target.port}._tcp.{target.host}"
+        try:
+            answers, authenticated = await self._ask(name, TLSA, "TLSA")
+        except dnserror.DNSNameError:
+            return None
+        if not authenticated:
+            return None
+        records = []
+        for a in answers:
+            if a.type != TLSA:
+                continue
+            data = a.payload.data
+            if len(data) >= 3:
+                records.append(TLSARecord(data[0], data[1], data[2], bytes(data[3:])))
+        return TLSASet(name, target.host, tuple(records)) if records else None
 
     async def targets(self, domain: str, directTLS: bool = False) -> list[Target]:
         """
@@ -241,38 +314,41 @@ class S2SResolver:
         xmppD = defer.ensureDeferred(self._srv(XMPP_SERVER + domain))
 
         xmpps: object = _NONE
+        xmppsSecure = True
         if xmppsD is not None:
             try:
-                xmpps = await xmppsD
+                xmpps, xmppsSecure = await xmppsD
             except DNSFailure as e:
                 # Direct TLS is optional: its failure alone is not fatal.
                 self.log.info(
                     "{domain}: ignoring direct TLS SRV failure: {error}",
                     domain=domain, step="dns", target=XMPPS_SERVER + domain, error=e.text,
                 )
-                xmpps = _NONE
+                xmpps, xmppsSecure = _NONE, False
             except BaseException:
                 xmppD.cancel()
                 xmppD.addErrback(lambda f: None)
                 raise
         try:
-            xmpp = await xmppD
+            xmpp, xmppSecure = await xmppD
         except DNSFailure:
             if isinstance(xmpps, list) and xmpps:
-                xmpp = _NONE
+                xmpp, xmppSecure = _NONE, False
             else:
                 raise
 
         result: list[Target] = []
         if isinstance(xmpps, list):
-            result += [Target(_srvTargetName(r), r.port, True) for r in xmpps]
+            result += [Target(_srvTargetName(r), r.port, True, xmppsSecure) for r in xmpps]
         if isinstance(xmpp, list):
-            result += [Target(_srvTargetName(r), r.port, False) for r in xmpp]
+            result += [Target(_srvTargetName(r), r.port, False, xmppSecure) for r in xmpp]
         if result:
             return result
         if xmpp == _DOT:
             raise NoService(f"DNS: {domain} has no XMPP service (SRV '.')")
-        return [Target(domain, self.port)]
+        # An authenticated denial of every SRV name: the domain itself is
+        # the target, and it is as secure as that denial.
+        return [Target(domain, self.port, secure=xmppSecure and xmppsSecure)]
 
     # -- addresses -------------------------------------------------------
 

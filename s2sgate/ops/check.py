@@ -50,6 +50,7 @@ from s2sgate.config import DomainCert, S2SConfig
 from s2sgate.features.starttls import DirectTLS, StartTLS
 from s2sgate.interfaces import INegotiationObserver, IStep
 from s2sgate.net.connector import ConnectFailed, describeConnectError, endpointFor
+from s2sgate.net.dnssec import AuthenticatedLookup
 from s2sgate.net.resolver import (
     XMPP_SERVER,
     XMPPS_SERVER,
@@ -279,6 +280,9 @@ class _ProbeRequirements:
     def mustBeTrusted(self, remote):
         return False
 
+    def daneRequired(self, remote):
+        return False
+
 
 class _Probe(Exception):
     """
@@ -383,11 +387,16 @@ class Checker:
         self.tlsProblem: str | None = None
         self.peerCertificate = None  # the verdict on the peer's certificate
         self.tls = tls if tls is not None else self._tlsContexts()
+        self.tlsa = None   # the authenticated TLSA set of the first secure target (DANE)
         if resolver is None:
+            dnssec = None
+            if self.policy.daneEnabled and options.nameservers:
+                dnssec = AuthenticatedLookup(reactor, options.nameservers,
+                                             (options.dnsTimeout,) * (options.dnsRetries + 1))
             resolver = S2SResolver(
                 reactor, timeout=options.dnsTimeout, retries=options.dnsRetries,
                 nameservers=options.nameservers, port=self.s2s.outgoing.port,
-                ip_versions=self.s2s.outgoing.ip_versions)
+                ip_versions=self.s2s.outgoing.ip_versions, dnssec=dnssec)
         self.resolver = resolver
         if options.nameservers:
             self.report.nameservers = ", ".join(
@@ -443,6 +452,8 @@ class Checker:
         self.local = self._localName()
         self.report.local = self.local
         targets = await self._guard("srv", "SRV records", self._srvSteps())
+        if targets and self.policy.daneEnabled:
+            await self._guard("dane", "DANE", self._dane())
         if not targets:
             self._skipRemote("no XMPP service found in DNS")
         else:
@@ -458,6 +469,40 @@ class Checker:
         if self.domain in self.options.localDomains:
             await self._guard("our-certificate", "our certificate", self._localSteps())
         return self.report
+
+    async def _dane(self) -> None:
+        """DNSSEC-authenticated SRV and TLSA (RFC 7673), asked as the gateway asks them."""
+        d = self.domain
+        step = Step("dane", "DANE (DNSSEC SRV + TLSA)")
+        required = self.policy.daneRequired(d)
+        targets = await self.resolver.targets(d)
+        secure = [t for t in targets if t.secure]
+        if not secure:
+            msg = (f"the SRV answer for {d} is not DNSSEC-authenticated (no AD bit from "
+                   f"{self.report.nameservers}): no DANE")
+            if required:
+                self._add(step.fail(msg, f"{d} is in dane_domains (or dane = \"required\"): "
+                                         "its zone must be DNSSEC-signed"))
+            else:
+                step.summary = msg
+                self._add(step)
+            return
+        target = secure[0]
+        tlsa = await self.resolver.tlsa(target)
+        step.data = {"target": f"{target.host}:{target.port}",
+                     "tlsa": [str(r) for r in tlsa.records] if tlsa else []}
+        if tlsa is None:
+            msg = (f"SRV is DNSSEC-authenticated, but _{target.port}._tcp.{target.host} has "
+                   "no authenticated TLSA records: no DANE")
+            if required:
+                self._add(step.fail(msg, "publish TLSA records (e.g. 3 1 1 of the server's key)"))
+            else:
+                step.summary = msg
+                self._add(step)
+            return
+        self.tlsa = tlsa
+        step.summary = f"DNSSEC-authenticated TLSA {tlsa.describe()}"
+        self._add(step)
 
     def _skipRemote(self, why: str, fromStep: str = "tcp") -> None:
         names = [("tcp", "TCP"), ("stream", "stream"), ("tls", "TLS"),
@@ -920,7 +965,7 @@ class Checker:
 
         d = self.domain
         step = Step("certificate", "certificate")
-        verdict = self.tls.peerVerdict(conn, d, now=self.now)
+        verdict = self.tls.peerVerdict(conn, d, now=self.now, dane=self.tlsa)
         self.peerCertificate = verdict
         ids = verdict.identities
         days = _daysLeft(verdict.notAfter, self.now)
@@ -942,6 +987,9 @@ class Checker:
             pass
         if ids is not None:
             step.details.append(f"names: {ids.describe()}")
+        if verdict.dane is not None:
+            step.data["dane"] = verdict.dane
+            step.details.append(f"DANE: {verdict.dane}")
         if verdict.notAfter is not None:
             step.details.append(f"expires {_day(verdict.notAfter)} ({days} days left)")
         trustedBy = (f"the CAs in {self.s2s.cafile}" if self.s2s.cafile
@@ -967,8 +1015,12 @@ class Checker:
                               "intermediate certificates on the server (full chain), or add "
                               "the CA to s2s.cafile if it is a private one"),
                 "none": f"{d} presented no certificate: configure one for {d}",
+                "dane-mismatch": (f"the certificate of {d} matches none of its DNSSEC-signed "
+                                  "TLSA records: update the TLSA records (publish the new "
+                                  "key's before switching) or the certificate; the gateway "
+                                  "refuses this peer"),
             }.get(verdict.status, "")
-            fatal = self.policy.mustBeTrusted(d)
+            fatal = self.policy.mustBeTrusted(d) or verdict.status == "dane-mismatch"
             step.fail(verdict.reason, advice, fatal=fatal)
             if fatal:
                 step.details.append(self._trustRule(d))

@@ -59,13 +59,26 @@ async def _dialOnce(connector, local, remote, build, runtime, directTLS):
         def creator(target):
             return runtime.tls.clientCreator(remote, local, alpn=True)
     connection = await connector.connect(remote, Factory.forProtocol(buildOne), directTLS=creator)
-    stream, ready = readies[-1]   # the stream of the connection that succeeded
+    ready = None
+    for built, itsReady in readies:
+        if built is connection.protocol:
+            stream, ready = built, itsReady
+        else:
+            # A raced connection that lost (closed by the connector).
+            itsReady.addErrback(lambda f: None)
+    assert ready is not None, "the connector returned a protocol it did not build"
+    if connection.dane is not None:
+        stream.useDANE(connection.dane)
     if connection.target is not None:
         # The diagnostic log starts with how the peer was found.
         how = "direct TLS" if connection.target.direct_tls else "STARTTLS/plain"
+        dnssec = ""
+        if connection.target.secure:
+            dnssec = (f"; DNSSEC, TLSA {connection.dane.describe()}" if connection.dane
+                      else "; DNSSEC, no TLSA")
         stream.trace[:0] = list(connection.attempts) + [Attempt(
             "dns", remote, f"{remote} -> {connection.target.host}:{connection.target.port} "
-            f"({how}) -> {connection.address}", ok=True)]
+            f"({how}) -> {connection.address}{dnssec}", ok=True)]
     try:
         return await ready
     except ConnectFailed as e:

@@ -189,6 +189,7 @@ class InitiatingStream(XmlStream):
         self.directTLS = False
         self.tlsInfo = {}
         self.certificate = None
+        self.dane = None         # the target's authenticated TLSASet (useDANE)
         self.since = clock.seconds()
         self.stanzasOut = 0
         self.peerAddress = None
@@ -209,6 +210,14 @@ class InitiatingStream(XmlStream):
 
     def describe(self):
         return f"outbound {self.local} -> {self.remote}"
+
+    def useDANE(self, tlsa):
+        """
+        The connection was found through DNSSEC-authenticated SRV and TLSA
+        answers: judge the certificate by C{tlsa} (RFC 7673). Called by
+        L{dial} when the connection is made, before the peer's handshake.
+        """
+        self.dane = tlsa
 
     def record(self, step, detail, ok=True):
         """Add a line to the diagnostic log of this attempt."""
@@ -244,7 +253,7 @@ class InitiatingStream(XmlStream):
         conn = self.transport.getHandle()
         if self.tls is not None:
             self.tlsInfo = self.tls.describe(conn)
-            self.certificate = self.tls.peerVerdict(conn, self.remote)
+            self.certificate = self.tls.peerVerdict(conn, self.remote, dane=self.dane)
         self.observer.tlsEstablished(conn)
         self._handshakeDone = True
         waiting, self._handshakes = self._handshakes, []
@@ -320,6 +329,8 @@ class InitiatingStream(XmlStream):
                  self.tlsInfo.get("version", ""), self.tlsInfo.get("cipher", "")]
         if self.certificate is not None:
             parts.append(f"certificate {self.certificate.status}")
+            if self.certificate.dane is not None:
+                parts.append(f"(DANE {self.certificate.dane})")
         return " ".join(p for p in parts if p)
 
     # the engine

@@ -81,7 +81,8 @@ def sessionInfo(stream, pairs, *, stanzasIn, stanzasOut, queue, certificate):
         "direct_tls": bool(stream.directTLS),
         "certificate": None if certificate is None else {
             "status": certificate.status, "reason": certificate.reason,
-            "names": certificate.identities.describe() if certificate.identities else ""},
+            "names": certificate.identities.describe() if certificate.identities else "",
+            "dane": certificate.dane},
         "auth": stream.authMethod, "since": stream.since,
         "stanzas_in": stanzasIn, "stanzas_out": stanzasOut,
         "bytes_in": stream.bytesIn, "bytes_out": stream.bytesOut, "queue": queue,
