@@ -76,7 +76,9 @@ async def _dialOnce(connector, local, remote, build, runtime, directTLS):
         if connection.target.secure:
             dnssec = (f"; DNSSEC, TLSA {connection.dane.describe()}" if connection.dane
                       else "; DNSSEC, no TLSA")
-        stream.trace[:0] = list(connection.attempts) + [Attempt(
+        # The connector's own line for the winner repeats the stream's
+        # "connected to" line: keep the addresses that failed or lost the race.
+        stream.trace[:0] = [a for a in connection.attempts if not a.ok] + [Attempt(
             "dns", remote, f"{remote} -> {connection.target.host}:{connection.target.port} "
             f"({how}) -> {connection.address}{dnssec}", ok=True)]
     try:
