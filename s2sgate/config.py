@@ -107,6 +107,9 @@ class ComponentConfig:
     auth_retry_delay: float = 300
     buffer_limit: int = 1000
     buffer_timeout: float = 60
+    buffer_bytes: int = 16 * 1024 * 1024
+    high_water: int = 4 * 1024 * 1024
+    low_water: int = 1024 * 1024
 
     def __repr__(self) -> str:
         return _maskedRepr(self, ("secret",))
@@ -333,7 +336,8 @@ def _component(ctx: _Context, top: _Table) -> ComponentConfig:
     t = top.table(
         "component",
         ("jid", "host", "port", "secret", "secret_file", "keepalive",
-         "max_retry_delay", "auth_retry_delay", "buffer_limit", "buffer_timeout"),
+         "max_retry_delay", "auth_retry_delay", "buffer_limit", "buffer_timeout",
+         "buffer_bytes", "high_water", "low_water"),
         required=True,
     )
     jid = t.get("jid", required=True)
@@ -361,8 +365,13 @@ def _component(ctx: _Context, top: _Table) -> ComponentConfig:
         ctx.fail(t.key("secret"), "missing",
                  'secret = "..." or secret_file = "/path/to/file"')
 
+    highWater = _integer(ctx, t, "high_water", 4 * 1024 * 1024, 65536)
+    lowWater = _integer(ctx, t, "low_water", min(1024 * 1024, highWater // 2), 0,
+                        highWater - 1)
     return ComponentConfig(
         jid=jid, host=host, port=port, secret=secret, secret_file=secretFile,
+        buffer_bytes=_integer(ctx, t, "buffer_bytes", 16 * 1024 * 1024, 0),
+        high_water=highWater, low_water=lowWater,
         keepalive=_seconds(ctx, t, "keepalive", 60, above=0),
         max_retry_delay=_seconds(ctx, t, "max_retry_delay", 60, atLeast=1),
         auth_retry_delay=_seconds(ctx, t, "auth_retry_delay", 300, atLeast=1),

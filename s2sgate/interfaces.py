@@ -151,6 +151,12 @@ class ISessionTable(Interface):
     def outgoing(local, remote):
         """The open outbound stream for (local, remote), or None."""
 
+    def pauseInbound():
+        """Stop reading from inbound streams that carry stanzas (until resumed)."""
+
+    def resumeInbound():
+        """Read from inbound streams again."""
+
 
 class IStanzaSink(Interface):
     """Something stanzas are handed to."""

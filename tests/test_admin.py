@@ -127,7 +127,8 @@ class FakeGateway:
 
     def linkState(self):
         return {"jid": "s2s.home.test", "host": "127.0.0.1", "port": 5347, "state": "up",
-                "buffered": 0, "problem": None}
+                "buffered": 0, "buffered_bytes": 0, "backlog_bytes": 0, "inbound_paused": False,
+                "inbound_paused_times": 0, "problem": None}
 
     async def connect(self, local, remote):
         # The refusals GatewayService.connect makes (tests/test_service.py).

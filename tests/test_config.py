@@ -88,8 +88,8 @@ def test_example_file_names_every_key():
 
     for key in _S2S_KEYS + ("jid", "host", "port", "secret", "secret_file",
                             "keepalive", "auth_retry_delay", "buffer_limit",
-                            "buffer_timeout", "ip_versions", "connection_timeout",
-                            "connection_attempt_delay",
+                            "buffer_timeout", "buffer_bytes", "high_water", "low_water",
+                            "ip_versions", "connection_timeout", "connection_attempt_delay",
                             "timeout", "retries", "nameservers", "level", "format"):
         assert re.search(rf"^#? ?{key} =|\[s2s\.{key}\]", text, re.M), key
 

@@ -18,6 +18,13 @@ Identities accepted for a domain (XMPP's "any of them" rule):
  - XmppAddr (otherName 1.3.6.1.5.5.7.8.5): a bare domain equal to the domain.
 
 The subject common name is never used.
+
+Name constraints (RFC 5280 §4.2.1.10): OpenSSL applies a CA's
+nameConstraints to dNSName entries only, so an XmppAddr or SRV-ID would pass
+a CA constrained to another domain.  L{verifyPeer} therefore checks every
+identity it accepts -- DNS-ID, SRV-ID's domain, XmppAddr's domain -- and the
+domain itself against the dNSName subtrees of every CA in the verified chain;
+an identity outside them is no identity.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ __all__ = [
     "TrustStore",
     "identitiesOf",
     "matchesDomain",
+    "NameConstraints",
+    "constraintsOf",
     "verifyPeer",
     "STATUSES",
 ]
@@ -253,6 +262,159 @@ def matchesDomain(identities: Identities | None, domain: str) -> bool:
         return False
 
 
+# --- name constraints ---------------------------------------------------------
+
+
+class UnreadableConstraints(ValueError):
+    """A CA's nameConstraints that cannot be understood: nothing it issued counts."""
+
+
+def _constraintName(value: str) -> str:
+    """A dNSName subtree base in comparable form: lower case, no trailing dot."""
+    if (not isinstance(value, str) or not value.isascii() or "*" in value
+            or value == "." or value.endswith("..")):
+        raise UnreadableConstraints(f"dNSName constraint {value!r} is not a DNS name")
+    return value.lower().removesuffix(".") if len(value) > 1 else value.lower()
+
+
+def withinSubtree(name: str, base: str) -> bool:
+    """
+    RFC 5280 §4.2.1.10: C{name} is in the dNSName subtree C{base} when it
+    is C{base} with zero or more labels added on the left (C{www.host.test}
+    is in C{host.test}, C{host1.test} is not).  An empty base holds every
+    name; a base with a leading dot (not in RFC 5280, but OpenSSL, NSS and Go
+    accept it) holds only names below it.
+    """
+    if base == "":
+        return True
+    if base.startswith("."):
+        return name.endswith(base) and len(name) > len(base)
+    return name == base or name.endswith("." + base)
+
+
+@dataclass(frozen=True)
+class NameConstraints:
+    """The dNSName subtrees of one CA, and which identity kinds it bars."""
+
+    subject: str
+    permitted: tuple[str, ...] | None  # None: no permitted dNSName subtree
+    excluded: tuple[str, ...] = ()
+    # otherName forms (XmppAddr, SRVName) the CA constrains with subtrees of
+    # their own: we do not process those, so such identities are refused
+    # (RFC 5280: process the constraint or reject the certificate).
+    barred: frozenset[str] = frozenset()
+
+    def allows(self, name: str) -> bool:
+        """Whether DNS name C{name} (A-labels, any case) satisfies these subtrees."""
+        name = name.lower().rstrip(".")
+        if any(withinSubtree(name, base) for base in self.excluded):
+            return False
+        if self.permitted is None:
+            return True
+        return any(withinSubtree(name, base) for base in self.permitted)
+
+    def describe(self) -> str:
+        parts = []
+        if self.permitted is not None:
+            parts.append("permitted " + (", ".join(map(_printable, self.permitted)) or "nothing"))
+        if self.excluded:
+            parts.append("excluded " + ", ".join(map(_printable, self.excluded)))
+        if self.barred:
+            parts.append("unprocessed " + ", ".join(sorted(self.barred)) + " subtrees")
+        return f"CA {_printable(self.subject)!r} ({'; '.join(parts)})"
+
+
+_BARRABLE = {OID_XMPP_ADDR: "xmpp", OID_SRV_NAME: "srv"}
+
+
+def constraintsOf(cert: Any) -> NameConstraints | None:
+    """
+    The name constraints of one CA certificate, or C{None} when it has none.
+    Raises L{UnreadableConstraints} for an extension that cannot be read.
+    """
+    cert = _toCryptography(cert)
+    try:
+        ext = cert.extensions.get_extension_for_oid(ExtensionOID.NAME_CONSTRAINTS).value
+    except x509.ExtensionNotFound:
+        return None
+    except Exception as e:
+        raise UnreadableConstraints(f"unreadable nameConstraints ({_oneLine(e)})") from e
+    try:
+        subject = cert.subject.rfc4514_string()
+    except Exception:
+        subject = "?"
+    barred = set()
+
+    def subtrees(names: Iterable[x509.GeneralName] | None) -> tuple[str, ...] | None:
+        if names is None:
+            return None
+        bases = []
+        for n in names:
+            if isinstance(n, x509.DNSName):
+                bases.append(_constraintName(n.value))
+            elif isinstance(n, x509.OtherName) and n.type_id in _BARRABLE:
+                barred.add(_BARRABLE[n.type_id])
+        return tuple(bases)
+
+    permitted = subtrees(ext.permitted_subtrees)
+    excluded = subtrees(ext.excluded_subtrees) or ()
+    hasDNSPermitted = ext.permitted_subtrees is not None and any(
+        isinstance(n, x509.DNSName) for n in ext.permitted_subtrees)
+    return NameConstraints(subject, permitted if hasDNSPermitted else None, excluded,
+                           frozenset(barred))
+
+
+def _srvDomain(srv: str) -> str | None:
+    for service in SRV_SERVICES:
+        prefix = f"_{service}."
+        if srv.lower().startswith(prefix):
+            return srv[len(prefix):]
+    return None
+
+
+def _xmppDomain(value: str) -> str:
+    return value.split("/", 1)[0].rsplit("@", 1)[-1]
+
+
+def _dnsForm(name: str) -> str | None:
+    """C{name} as A-labels for comparison with subtrees; None if it is no DNS name."""
+    try:
+        if name.startswith("*."):
+            if not name.isascii():
+                return None
+            return "*." + normalize(name[2:])
+        return normalize(name)
+    except Exception:
+        return None
+
+
+def constrain(identities: Identities,
+              constraints: Sequence[NameConstraints]) -> tuple[Identities, Identities]:
+    """
+    Split C{identities} into those every CA's constraints allow and those
+    outside them.  A name that cannot be put in DNS form is outside.
+    """
+    if not constraints:
+        return identities, Identities()
+
+    def ok(kind: str, name: str | None) -> bool:
+        if name is None:
+            return False
+        form = _dnsForm(name)
+        return form is not None and all(kind not in c.barred and c.allows(form)
+                                        for c in constraints)
+
+    inside: dict[str, list[str]] = {"dns": [], "srv": [], "xmpp": []}
+    outside: dict[str, list[str]] = {"dns": [], "srv": [], "xmpp": []}
+    for kind, names, domainOf in (("dns", identities.dns, lambda n: n),
+                                  ("srv", identities.srv, _srvDomain),
+                                  ("xmpp", identities.xmpp, _xmppDomain)):
+        for name in names:
+            (inside if ok(kind, domainOf(name)) else outside)[kind].append(name)
+    return (Identities(tuple(inside["dns"]), tuple(inside["srv"]), tuple(inside["xmpp"])),
+            Identities(tuple(outside["dns"]), tuple(outside["srv"]), tuple(outside["xmpp"])))
+
+
 # --- trust anchors --------------------------------------------------------------
 
 
@@ -461,7 +623,8 @@ def verifyPeer(storeBuilder: Any, leaf: Any, chain: Sequence[Any] | None,
             if now.tzinfo is None:
                 now = now.replace(tzinfo=_dt.timezone.utc)
             store.set_time(now.astimezone(_dt.timezone.utc).replace(tzinfo=None))
-        crypto.X509StoreContext(store, leafSSL, chain=intermediates).verify_certificate()
+        verified = crypto.X509StoreContext(store, leafSSL,
+                                           chain=intermediates).get_verified_chain()
     except crypto.X509StoreContextError as e:
         code, depth, message = _errorOf(e)
         which = f"a CA certificate (depth {depth}) in the chain"
@@ -482,9 +645,22 @@ def verifyPeer(storeBuilder: Any, leaf: Any, chain: Sequence[Any] | None,
     except Exception as e:  # anything unexpected: not trusted
         return verdict("untrusted", f"certificate chain cannot be verified ({_oneLine(e)})")
 
-    if not matchesDomain(identities, domain):
-        return verdict("name-mismatch", f"certificate is not valid for {domain}: "
-                                        f"it names {identities.describe()}")
+    # Every CA above the leaf, the trust anchor included, as OpenSSL does.
+    try:
+        constraints = [c for c in (constraintsOf(ca) for ca in verified[1:]) if c is not None]
+    except Exception as e:
+        return verdict("untrusted", f"a CA in the chain has name constraints that cannot "
+                                    f"be read ({_oneLine(e)})")
+    presented = identities
+    identities, outside = constrain(presented, constraints)
+    domainForm = _dnsForm(domain)
+    domainAllowed = domainForm is not None and all(c.allows(domainForm) for c in constraints)
+    if not (domainAllowed and matchesDomain(identities, domain)):
+        reason = f"certificate is not valid for {domain}: it names {presented.describe()}"
+        if constraints and (not domainAllowed or matchesDomain(outside, domain)):
+            reason += ("; outside the name constraints of "
+                       + ", ".join(c.describe() for c in constraints))
+        return verdict("name-mismatch", reason)
     return verdict("valid", f"certificate is valid for {domain}")
 
 

@@ -6,8 +6,15 @@ The gateway is a client of the c2s server's component port.  The link
 keeps itself up: network failures reconnect with capped exponential
 backoff and jitter; a rejected secret or component name is a configuration
 problem, reported clearly and retried slowly.  Stanzas for the c2s server
-wait in a bounded buffer while the link is down; what overflows or waits too
-long is bounced to its (remote) sender, never dropped silently.
+wait in a bounded buffer while the link is down (bounded in stanzas and in
+bytes); what overflows or waits too long is bounced to its (remote) sender,
+never dropped silently.
+
+The link is never dropped because the c2s server reads slowly: stanzas it
+has not taken yet wait on the stream (L{ComponentStream.held}), and past
+C{high_water} bytes the gateway stops reading from the inbound s2s streams
+that feed it, until the backlog is below C{low_water}.  The remote servers
+then see TCP back-pressure instead of their stanzas being lost.
 """
 
 import collections
@@ -19,6 +26,7 @@ from twisted.internet import defer
 from twisted.internet import error as ierror
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.interfaces import IComponentLink
@@ -52,6 +60,49 @@ class ComponentStream(XmlStream):
         self.state = "connecting"
         self.failure = None
         self._handshakeCall = None
+        # What the transport would not take yet: (element or None, bytes).
+        self.held = collections.deque()
+        self.heldBytes = 0
+        self.writable = True
+
+    # Back-pressure instead of XmlStream's "peer stopped reading" rule: the
+    # c2s server is slow, not gone, and dropping the link would lose every
+    # stanza in its buffer.
+
+    def send(self, data):
+        if self.state != "ready" or self.closing or (self.writable and not self.held):
+            return XmlStream.send(self, data)
+        if self.closed or self.transport is None:
+            return False
+        element = data if isinstance(data, domish.Element) else None
+        data = self.serialize(data)
+        self.bytesOut += len(data)
+        self.held.append((element, data))
+        self.heldBytes += len(data)
+        self.link._pressure(self)
+        return True
+
+    def pauseProducing(self):
+        self.writable = False
+
+    def resumeProducing(self):
+        self.writable = True
+        # The transport's buffer is empty: refill it until it says stop.
+        while self.held and self.writable and not self.closed:
+            _, data = self.held.popleft()
+            self.heldBytes -= len(data)
+            self.transport.write(data)
+        self.link._pressure(self)
+
+    def takeHeld(self):
+        """The stanzas never written (the link is going down), in order."""
+        held, self.held, self.heldBytes = self.held, collections.deque(), 0
+        return [element for element, _ in held if element is not None]
+
+    @property
+    def backlog(self):
+        """Bytes waiting for the c2s server beyond the transport's own buffer."""
+        return self.heldBytes
 
     def describe(self):
         return f"component {self.link.config.jid}"
@@ -119,13 +170,15 @@ class ComponentLink(service.Service):
     @param onBounce: called with each error reply for a stanza that could
         not be handed to the c2s server (it goes back to its remote sender).
     @param batch: the gateway's L{WriteBatch}, or None.
+    @param inbound: the L{ISessionTable} to pause and resume when the c2s
+        server does not keep up, or None.
     """
 
     log = Logger()
     initialDelay = 1.0
 
     def __init__(self, config, clock, connect, onStanza, onBounce,
-                 maxStanzaBytes=524288, rng=None, metrics=None, batch=None):
+                 maxStanzaBytes=524288, rng=None, metrics=None, batch=None, inbound=None):
         self.config = config
         self.batch = batch
         self.clock = clock
@@ -139,7 +192,12 @@ class ComponentLink(service.Service):
         self.state = "down"
         self.lastProblem = None
         self.delay = self.initialDelay
-        self.buffer = collections.deque()   # (deadline, element)
+        self.buffer = collections.deque()   # (deadline, element, size)
+        self.bufferBytes = 0
+        # The L{ISessionTable} whose inbound streams feed us (back-pressure).
+        self.inbound = inbound
+        self.throttled = False
+        self.throttledCount = 0     # times the inbound streams were paused
         self._retryCall = None
         self._expiryCall = None
         self._connecting = None
@@ -161,8 +219,9 @@ class ComponentLink(service.Service):
         if self._connecting is not None:
             self._connecting.cancel()
         while self.buffer:
-            _, element = self.buffer.popleft()
+            _, element, _ = self.buffer.popleft()
             self._bounce(element, "recipient-unavailable", "the gateway is shutting down")
+        self.bufferBytes = 0
         if self.stream is not None:
             self.stream.closeStream(wait=1)
             if self.stream.transport is not None:
@@ -199,7 +258,8 @@ class ComponentLink(service.Service):
                       port=c.port, event="component.up")
         self.lastProblem = None
         pending, self.buffer = self.buffer, collections.deque()
-        for _, element in pending:
+        self.bufferBytes = 0
+        for _, element, _ in pending:
             stream.send(element)
         waiters, self.waiters = self.waiters, []
         for d in waiters:
@@ -217,6 +277,10 @@ class ComponentLink(service.Service):
                           event="component.down")
             # That line is this state change: the retry does not repeat it.
             self.lastProblem = (kind, text)
+            # What the c2s server never took waits for the next link (or bounces).
+            for element in stream.takeHeld():
+                self._hold(element)
+            self._release()
         if self.running:
             self._scheduleRetry(kind, text)
 
@@ -251,12 +315,44 @@ class ComponentLink(service.Service):
         if self.stream is not None:
             self.stream.send(element)
             return
-        if len(self.buffer) >= self.config.buffer_limit:
+        self._hold(element)
+
+    def _hold(self, element):
+        """Buffer a stanza (component namespace) while the link is down, within bounds."""
+        size = len(element.toXml().encode("utf-8"))
+        if (len(self.buffer) >= self.config.buffer_limit
+                or self.bufferBytes + size > self.config.buffer_bytes):
             self._bounce(element, "resource-constraint",
                          "the recipient's server is unreachable and the gateway's buffer is full")
             return
-        self.buffer.append((self.clock.seconds() + self.config.buffer_timeout, element))
+        self.buffer.append((self.clock.seconds() + self.config.buffer_timeout, element, size))
+        self.bufferBytes += size
         self._scheduleExpiry()
+
+    # back-pressure
+
+    def _pressure(self, stream):
+        """Pause the inbound streams past C{high_water}, resume below C{low_water}."""
+        if stream is not self.stream or self.inbound is None:
+            return
+        backlog = stream.backlog
+        if not self.throttled and backlog > self.config.high_water:
+            self.throttled = True
+            self.throttledCount += 1
+            paused = self.inbound.pauseInbound()
+            self.log.warn("component link: the c2s server is {backlog} bytes behind; "
+                          "reading from {paused} inbound streams paused until it is below "
+                          "{low} bytes", backlog=backlog, paused=paused,
+                          low=self.config.low_water, event="component.backpressure")
+        elif self.throttled and backlog <= self.config.low_water:
+            self._release()
+
+    def _release(self):
+        if self.throttled:
+            self.throttled = False
+            self.inbound.resumeInbound()
+            self.log.info("component link: the c2s server caught up; inbound streams "
+                          "are read again", event="component.backpressure_released")
 
     def stanzaReceived(self, element):
         setNamespace(element, NS_COMPONENT, NS_SERVER)
@@ -279,7 +375,8 @@ class ComponentLink(service.Service):
         self._expiryCall = None
         now = self.clock.seconds()
         while self.buffer and self.buffer[0][0] <= now:
-            _, element = self.buffer.popleft()
+            _, element, size = self.buffer.popleft()
+            self.bufferBytes -= size
             self._bounce(element, "recipient-unavailable",
                          "the recipient's server did not come back in time")
         self._scheduleExpiry()

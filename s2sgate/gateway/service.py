@@ -165,7 +165,8 @@ class GatewayService(service.MultiService):
             def componentLink(onStanza, onBounce):
                 return ComponentLink(c, reactor, endpoint.connect, onStanza=onStanza,
                                      onBounce=onBounce, maxStanzaBytes=s.stanza_size_limit,
-                                     metrics=self.metrics, batch=self.batch)
+                                     metrics=self.metrics, batch=self.batch,
+                                     inbound=self.sessionTable)
         self.router = Router(
             self.current, metrics=self.metrics,
             outbound=lambda bounce: OutboundPool(
@@ -248,6 +249,10 @@ class GatewayService(service.MultiService):
         c = self.config.component
         return {"jid": c.jid, "host": c.host, "port": c.port, "state": self.link.state,
                 "buffered": len(self.link.buffer),
+                "buffered_bytes": self.link.bufferBytes,
+                "backlog_bytes": self.link.stream.backlog if self.link.stream else 0,
+                "inbound_paused": self.link.throttled,
+                "inbound_paused_times": self.link.throttledCount,
                 "problem": self.link.lastProblem[1] if self.link.lastProblem else None}
 
     async def connect(self, local, remote):

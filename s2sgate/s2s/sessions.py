@@ -19,6 +19,7 @@ class SessionTable:
     def __init__(self):
         self._streams = set()
         self._outgoing = {}    # (local, remote) -> stream
+        self.inboundPaused = False
 
     def track(self, session):
         self._streams.add(session)
@@ -27,6 +28,28 @@ class SessionTable:
         self._streams.add(session)
         if session.direction == "out":
             self._outgoing[(sender, receiver)] = session
+        elif self.inboundPaused:
+            session.pauseReading()
+
+    # Back-pressure from the component link: inbound streams that carry
+    # stanzas stop being read (unauthenticated ones may still negotiate;
+    # they cannot send stanzas yet), including streams authenticated while
+    # the pause lasts.
+
+    def pauseInbound(self):
+        """Stop reading from every authenticated inbound stream; returns how many."""
+        self.inboundPaused = True
+        paused = [s for s in self._streams if s.direction == "in" and s.pairs
+                  and not s.closed]
+        for stream in paused:
+            stream.pauseReading()
+        return len(paused)
+
+    def resumeInbound(self):
+        """Read from every inbound stream again."""
+        self.inboundPaused = False
+        for stream in [s for s in self._streams if s.direction == "in"]:
+            stream.resumeReading()
 
     def untrack(self, session):
         self._streams.discard(session)

@@ -134,6 +134,7 @@ class XmlStream(Protocol):
         self._pendingBytes = 0
         self._blockedSince = None
         self._backlog = 0
+        self.readingPaused = False
 
     # transport events
 
@@ -225,15 +226,7 @@ class XmlStream(Protocol):
         """Send an element, a string or bytes."""
         if self.closed or self.transport is None:
             return False
-        if isinstance(data, domish.Element):
-            # Serialise in the stream's scope: no repeated default namespace,
-            # and prefixes the header declared (some servers, ejabberd among
-            # them, only understand dialback as "db:result").
-            data = data.toXml(prefixes=self._prefixes(), defaultUri=self.namespace,
-                              prefixesInScope=["stream"] + [p for p, _ in self.extraNamespaces]
-                              ).encode("utf-8")
-        elif isinstance(data, str):
-            data = data.encode("utf-8")
+        data = self.serialize(data)
         self.bytesOut += len(data)
         if self.metrics is not None:
             self.metrics.bytesOut.inc(len(data))
@@ -253,6 +246,19 @@ class XmlStream(Protocol):
             self._checkBacklog(len(data))
         return True
 
+    def serialize(self, data):
+        """An element, a string or bytes as the bytes this stream writes."""
+        if isinstance(data, domish.Element):
+            # Serialise in the stream's scope: no repeated default namespace,
+            # and prefixes the header declared (some servers, ejabberd among
+            # them, only understand dialback as "db:result").
+            return data.toXml(prefixes=self._prefixes(), defaultUri=self.namespace,
+                              prefixesInScope=["stream"] + [p for p, _ in self.extraNamespaces]
+                              ).encode("utf-8")
+        if isinstance(data, str):
+            return data.encode("utf-8")
+        return data
+
     # IPushProducer: the transport's word on whether the peer reads
 
     def pauseProducing(self):
@@ -266,6 +272,28 @@ class XmlStream(Protocol):
 
     def stopProducing(self):
         pass
+
+    # Our own reading, paused when what the peer sends cannot go on (the
+    # component link's back-pressure).  The idle timer stops meanwhile: the
+    # silence is ours, not the peer's.
+
+    def pauseReading(self):
+        if self.readingPaused or self.closed or self.transport is None:
+            return
+        self.readingPaused = True
+        self.transport.pauseProducing()
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.cancel()
+        self._idleCall = None
+
+    def resumeReading(self):
+        if not self.readingPaused:
+            return
+        self.readingPaused = False
+        if self.closed or self.transport is None:
+            return
+        self.transport.resumeProducing()
+        self._touch()
 
     def _checkBacklog(self, size):
         self._backlog += size
@@ -331,7 +359,7 @@ class XmlStream(Protocol):
     # timers
 
     def _touch(self):
-        if not self.idleTimeout:
+        if not self.idleTimeout or self.readingPaused:
             return
         if self._idleCall is None:
             self._idleCall = self.clock.callLater(self.idleTimeout, self._idle)

@@ -45,24 +45,46 @@ def _pem_cert(cert) -> bytes:
 
 
 class _CA:
-    def __init__(self, cn: str):
+    """A root (``parent=None``) or an intermediate signed by ``parent``, optionally with
+    nameConstraints (``permitted`` / ``excluded`` dNSName subtrees)."""
+
+    def __init__(self, cn: str, parent: "_CA | None" = None, permitted=None, excluded=None,
+                 constraints=None):
         self.key = ec.generate_private_key(ec.SECP256R1())
+        self.parent = parent
         now = _dt.datetime.now(_dt.timezone.utc)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         self.name = name
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _dt.timedelta(days=1))
-            .not_valid_after(now + _dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                           critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
-                           critical=False)
-            .sign(self.key, hashes.SHA256()))
+        issuerName, issuerKey = (parent.name, parent.key) if parent else (name, self.key)
+        b = (x509.CertificateBuilder()
+             .subject_name(name).issuer_name(issuerName)
+             .public_key(self.key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - _dt.timedelta(days=1))
+             .not_valid_after(now + _dt.timedelta(days=3650))
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                          False), critical=True)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
+                            critical=False))
+        if parent is not None:
+            b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                parent.key.public_key()), critical=False)
+        if constraints is None and (permitted is not None or excluded is not None):
+            constraints = x509.NameConstraints(
+                [x509.DNSName(d) for d in permitted] if permitted is not None else None,
+                [x509.DNSName(d) for d in excluded] if excluded is not None else None)
+        if constraints is not None:
+            b = b.add_extension(constraints, critical=True)
+        self.cert = b.sign(issuerKey, hashes.SHA256())
+
+    def chain(self) -> list:
+        """This CA's certificate and those above it, up to the root."""
+        certs, ca = [], self
+        while ca is not None:
+            certs.append(ca.cert)
+            ca = ca.parent
+        return certs
 
 
 class TestCA:
@@ -95,9 +117,18 @@ class TestCA:
             self._rogue = _CA("untrusted test CA")
         return self._rogue
 
+    def intermediate(self, cn="s2sgate test intermediate", *, permitted=None, excluded=None,
+                     constraints=None, parent=None):
+        """An intermediate CA under the trusted root (or under ``parent``, another
+        intermediate), with a critical nameConstraints extension when ``permitted`` /
+        ``excluded`` (dNSName subtrees) or ``constraints`` (an ``x509.NameConstraints``) is
+        given. Pass it to :meth:`issue` as ``issuer``."""
+        return _CA(cn, parent=parent or self._ca, permitted=permitted, excluded=excluded,
+                   constraints=constraints)
+
     def issue(self, name, *, dns=(), srv=(), xmpp=(), expired=False,
               eku=("serverAuth", "clientAuth"), untrusted=False, self_signed=False,
-              srv_service="_xmpp-server", cn=None, days=365):
+              srv_service="_xmpp-server", cn=None, days=365, issuer=None):
         """Issue a leaf for CN ``name`` (``cn``: other CN; ``cn=""``: empty subject).
 
         ``dns``: dNSName SANs (``"*.example.test"`` gives a wildcard DNS-ID);
@@ -106,7 +137,9 @@ class TestCA:
         ``xmpp``: XmppAddr values (otherName 1.3.6.1.5.5.7.8.5, UTF8String);
         ``eku``: names from ("serverAuth", "clientAuth"), ``()`` for no EKU extension;
         ``expired``: valid from -30 days to -1 day; ``untrusted``: signed by a second
-        CA that is not in :attr:`cafile`; ``self_signed``: the leaf signs itself (no chain).
+        CA that is not in :attr:`cafile`; ``self_signed``: the leaf signs itself (no chain);
+        ``issuer``: an :meth:`intermediate` that signs the leaf (the chain in the PEM is
+        leaf, intermediates, root).
 
         Returns ``(certfile, keyfile)``; certfile holds leaf + CA chain + key in one PEM,
         keyfile the key alone. Files are mode 0644 (servers running as other users read
@@ -118,7 +151,7 @@ class TestCA:
         """
         if untrusted and self_signed:
             raise ValueError("untrusted and self_signed exclude each other")
-        ca = self._untrusted_ca() if untrusted else self._ca
+        ca = issuer or (self._untrusted_ca() if untrusted else self._ca)
         key = ec.generate_private_key(ec.SECP256R1())
         now = _dt.datetime.now(_dt.timezone.utc)
         if expired:
@@ -153,7 +186,7 @@ class TestCA:
         certfile = self.workdir / f"{stem}.pem"
         keyfile = self.workdir / f"{stem}.key"
         keyfile.write_bytes(_pem_key(key))
-        chain = b"" if self_signed else _pem_cert(ca.cert)
+        chain = b"" if self_signed else b"".join(_pem_cert(c) for c in ca.chain())
         certfile.write_bytes(_pem_cert(cert) + chain + _pem_key(key))
         for f in (certfile, keyfile):
             f.chmod(0o644)  # servers running as other users (ejabberd, prosody) must read them
