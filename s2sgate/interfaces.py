@@ -145,6 +145,9 @@ class ISessionTable(Interface):
     def outgoing(local, remote):
         """The open outbound stream for (local, remote), or None."""
 
+    def unauthenticated(host=None):
+        """How many tracked inbound streams have no pair yet (from C{host}, or in all)."""
+
 
 class IStanzaSink(Interface):
     """Something stanzas are handed to."""
