@@ -160,6 +160,19 @@ class DNSConfig:
 
 
 @dataclass(frozen=True)
+class PeerLimits:
+    """Bounds on what a remote peer may make us do or hold (C{[s2s.limits]})."""
+
+    verifies_per_stream: int = 10          # dialback verify legs in flight per inbound stream
+    verifies_per_address: int = 30         # ... per peer IP address, over all its streams
+    verifies_total: int = 300              # ... in total
+    claims_per_stream: int = 50            # remote domains one stream may claim
+    refused_claims: int = 3                # refused claims before the stream is ended
+    unauthenticated_per_address: int = 32  # inbound streams not yet authenticated, per IP
+    unauthenticated_total: int = 1000      # ... in total
+
+
+@dataclass(frozen=True)
 class S2SConfig:
     """Server-to-server settings.  C{repr} hides C{shared}."""
 
@@ -189,6 +202,7 @@ class S2SConfig:
     negotiation_timeout: float = 30
     outgoing: OutgoingConfig = field(default_factory=OutgoingConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
+    limits: PeerLimits = field(default_factory=PeerLimits)
     _policies: Mapping[str, str] = field(
         init=False, repr=False, compare=False, hash=False
     )
@@ -386,7 +400,7 @@ _S2S_KEYS = (
     "shared", "secure_auth", "insecure_domains", "secure_domains", "dane", "dane_domains",
     "stanza_size_limit", "max_retry_delay", "address", "allow_anonymous_s2s",
     "anonymous_domains", "disabled_domains", "queue_limit", "idle_timeout",
-    "negotiation_timeout", "outgoing", "dns",
+    "negotiation_timeout", "outgoing", "dns", "limits",
 )
 
 
@@ -434,6 +448,7 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
     idle = _seconds(ctx, t, "idle_timeout", 600, above=0)
     negotiation = _seconds(ctx, t, "negotiation_timeout", 30, above=0)
     dns = _dns(ctx, t)
+    limits = _limits(ctx, t)
 
     # Rules that tie keys together.
     covered = {c.domain for c in domainCerts}
@@ -476,7 +491,7 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
         max_retry_delay=maxRetry, address=address,
         allow_anonymous_s2s=allowAnon, anonymous_domains=anon,
         disabled_domains=disabled, queue_limit=queueLimit, idle_timeout=idle,
-        negotiation_timeout=negotiation, outgoing=outgoing, dns=dns,
+        negotiation_timeout=negotiation, outgoing=outgoing, dns=dns, limits=limits,
     )
 
 
@@ -571,6 +586,20 @@ def _attemptDelay(ctx: _Context, t: _Table) -> float:
         ctx.fail(t.key("connection_attempt_delay"), f"got {_show(delay)}",
                  "a number of seconds from 0.01 to 2")
     return delay
+
+
+def _limits(ctx: _Context, s2s: _Table) -> PeerLimits:
+    names = tuple(f.name for f in fields(PeerLimits))
+    t = s2s.table("limits", names)
+    default = PeerLimits()
+    values = {name: _integer(ctx, t, name, getattr(default, name), 1) for name in names}
+    for low, high in (("verifies_per_stream", "verifies_per_address"),
+                      ("verifies_per_address", "verifies_total"),
+                      ("unauthenticated_per_address", "unauthenticated_total")):
+        if values[low] > values[high]:
+            ctx.fail(t.key(low), f"got {values[low]}, above {high} = {values[high]}",
+                     f"an integer from 1 to s2s.limits.{high}")
+    return PeerLimits(**values)
 
 
 def _dns(ctx: _Context, s2s: _Table) -> DNSConfig:

@@ -157,6 +157,9 @@ class ISessionTable(Interface):
     def resumeInbound():
         """Read from inbound streams again."""
 
+    def unauthenticated(host=None):
+        """How many tracked inbound streams have no pair yet (from C{host}, or in all)."""
+
 
 class IStanzaSink(Interface):
     """Something stanzas are handed to."""

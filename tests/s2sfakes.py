@@ -39,8 +39,10 @@ class FakeVerifier:
 
     def __init__(self):
         self.requests = []   # (local, remote, streamId, key, deferred)
+        self.peers = []      # the peer address of each request
 
-    def verify(self, local, remote, streamId, key):
+    def verify(self, local, remote, streamId, key, peer=None):
+        self.peers.append(peer)
         d = defer.Deferred()
         self.requests.append((local, remote, streamId, key, d))
         return d
@@ -74,10 +76,10 @@ def makeGateway(config=None, tls=None, **s2s):
                            keys=current.runtime.keys, sessions=SessionTable(), tls=tls)
 
 
-def inbound(gw, directTLS=False):
+def inbound(gw, directTLS=False, peerHost=None):
     """An InboundStream on C{gw}'s parts (not connected yet)."""
     return InboundStream(gw.clock, gw.current.runtime, gw.router, gw.verifier, gw.sessions,
-                         directTLS=directTLS)
+                         directTLS=directTLS, peerHost=peerHost)
 
 
 def connect(protocol):

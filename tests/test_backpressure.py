@@ -55,6 +55,7 @@ class FakeInbound(XmlStream):
     """An authenticated inbound stream, as the session table sees it."""
 
     direction = "in"
+    peerHost = "127.0.0.9"
 
     def __init__(self, clock, idleTimeout=None):
         XmlStream.__init__(self, clock, idleTimeout=idleTimeout)

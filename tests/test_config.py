@@ -823,3 +823,48 @@ def test_toml_date_shown_in_toml_form():
 
     err = reject(minimal(idle_timeout=datetime.date(2020, 1, 2)))
     assert err.problem == "got 2020-01-02 (a date/time)"
+
+
+# --- [s2s.limits]: bounds against misbehaving peers ---------------------------
+
+
+def test_peer_limits_have_defaults():
+    from s2sgate.config import PeerLimits
+
+    assert parse_config(minimal(), "x.toml").s2s.limits == PeerLimits(
+        verifies_per_stream=10, verifies_per_address=30, verifies_total=300,
+        claims_per_stream=50, refused_claims=3, unauthenticated_per_address=32,
+        unauthenticated_total=1000)
+
+
+def test_example_file_names_every_peer_limit():
+    from s2sgate.config import PeerLimits
+
+    text = EXAMPLE.read_text()
+    section = text.split("[s2s.limits]", 1)[1]
+    for name in PeerLimits.__dataclass_fields__:
+        assert re.search(rf"^{name} = {getattr(PeerLimits(), name)}\b", section, re.M), name
+
+
+def test_a_peer_limit_below_one_is_refused_in_one_line():
+    data = minimal()
+    data["s2s"]["limits"] = {"verifies_total": 0}
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, "x.toml")
+    assert str(e.value) == "x.toml: s2s.limits.verifies_total: got 0; allowed: an integer >= 1"
+
+
+def test_a_per_address_limit_above_the_total_is_refused():
+    data = minimal()
+    data["s2s"]["limits"] = {"unauthenticated_per_address": 50, "unauthenticated_total": 10}
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, "x.toml")
+    assert e.value.key == "s2s.limits.unauthenticated_per_address"
+
+
+def test_an_unknown_peer_limit_is_refused():
+    data = minimal()
+    data["s2s"]["limits"] = {"verifies": 3}
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, "x.toml")
+    assert e.value.key == "s2s.limits.verifies"

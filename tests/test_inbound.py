@@ -244,17 +244,27 @@ def test_stanza_after_invalid_dialback_is_refused():
     assert out.streamError() == "invalid-from"
 
 
-def test_verify_failure_sends_dialback_error_with_the_condition():
-    gw, stream, out = opened()
-    stream.dataReceived(dbResult())
-    gw.verifier.requests[0][-1].errback(ConnectFailed(
-        "remote-server-timeout", "nobody answered", [Attempt("connect", REMOTE, "timeout")]))
-    [result] = dbResults(out)
-    assert result["type"] == "error"
+def dbErrorOf(result):
+    """(condition, text) of a dialback error."""
     [error] = [e for e in result.elements() if e.name == "error"]
     names = {c.name: str(c) for c in error.elements()}
-    assert "remote-server-timeout" in names
-    assert names["text"] == "nobody answered"
+    text = names.pop("text", None)
+    [condition] = names
+    return condition, text
+
+
+def test_a_failed_verify_tells_the_peer_nothing_of_our_connection_attempts():
+    for condition in ("remote-server-timeout", "remote-server-not-found"):
+        gw, stream, out = opened()
+        stream.dataReceived(dbResult())
+        gw.verifier.requests[0][-1].errback(ConnectFailed(
+            condition, "connecting to 10.1.2.3:22 (internal.test): connection refused",
+            [Attempt("connect", "10.1.2.3:22 (internal.test)", "connection refused")]))
+        [result] = dbResults(out)
+        assert result["type"] == "error"
+        assert dbErrorOf(result) == ("remote-server-not-found", "could not verify the key")
+        sent = out.transport.value()
+        assert b"10.1.2.3" not in sent and b"refused" not in sent
 
 
 def test_unexpected_verify_failure_sends_remote_server_not_found():
@@ -433,12 +443,59 @@ def test_a_stream_whose_verify_failed_does_not_stay_open():
     assert out.streamError() == "connection-timeout"
 
 
-def test_more_than_ten_pending_dialback_requests_is_a_policy_violation():
+def test_more_than_ten_pending_dialback_requests_get_a_dialback_error_each():
     gw, stream, out = opened()
-    for i in range(11):
+    for i in range(12):
         stream.dataReceived(dbResult(sender=f"r{i}.test"))
-    assert out.streamError() == "policy-violation"
     assert len(gw.verifier.requests) == 10
+    refused = dbResults(out)
+    assert [r["from"] for r in refused] == [LOCAL, LOCAL]
+    assert [r["to"] for r in refused] == ["r10.test", "r11.test"]
+    assert {dbErrorOf(r)[0] for r in refused} == {"resource-constraint"}
+    assert out.streamError() is None
+
+
+def test_the_per_stream_verify_bound_is_a_config_key():
+    gw, stream, out = opened(limits={"verifies_per_stream": 2})
+    for i in range(3):
+        stream.dataReceived(dbResult(sender=f"r{i}.test"))
+    assert len(gw.verifier.requests) == 2
+    [refused] = dbResults(out)
+    assert dbErrorOf(refused)[0] == "resource-constraint"
+
+
+def test_a_verify_asks_with_the_peer_address_of_the_stream():
+    gw = makeGateway()
+    stream = inbound(gw, peerHost="127.0.3.9")
+    connect(stream)
+    stream.dataReceived(header() + dbResult())
+    assert gw.verifier.peers == ["127.0.3.9"]
+
+
+def test_a_verify_refused_over_a_shared_bound_is_a_dialback_error_not_silence():
+    from s2sgate.s2s.guard import VerifyRefused
+
+    gw, stream, out = opened()
+    gw.verifier.verify = lambda *a, **k: _failed(VerifyRefused("verifies_total", "300 in flight"))
+    stream.dataReceived(dbResult())
+    [result] = dbResults(out)
+    condition, text = dbErrorOf(result)
+    assert condition == "resource-constraint" and "300" not in text
+    stream.dataReceived(dbResult())   # not left pending: asked again, answered again
+    assert len(dbResults(out)) == 2
+
+
+def _failed(exception):
+    from twisted.internet import defer
+    return defer.fail(exception)
+
+
+def test_closing_the_stream_cancels_its_pending_verifies():
+    gw, stream, out = opened()
+    for i in range(3):
+        stream.dataReceived(dbResult(sender=f"r{i}.test"))
+    stream.connectionLost(None)
+    assert [d.called for *_, d in gw.verifier.requests] == [True, True, True]
 
 
 def test_nothing_after_a_stream_error_is_handled():
@@ -511,3 +568,44 @@ def test_random_bytes_after_a_header_never_raise(chunks):
     if b"<stream:error>" in data:
         assert data.endswith(b"</stream:stream>")
     assert gw.router.delivered == []
+
+
+# unauthenticated streams, per address and in total
+
+
+def connectedFrom(gw, host):
+    stream = inbound(gw, peerHost=host)
+    return stream, Output(connect(stream))
+
+
+def test_unauthenticated_streams_from_one_address_are_bounded():
+    gw = makeGateway(limits={"unauthenticated_per_address": 2})
+    streams = [connectedFrom(gw, "127.0.3.20") for _ in range(3)]
+    [(_, out3)] = streams[2:]
+    assert [out.streamError() for _, out in streams] == [None, None, "policy-violation"]
+    assert out3.transport.disconnecting            # at once, not after a grace period
+    other, out = connectedFrom(gw, "127.0.3.21")   # another address is not affected
+    assert out.streamError() is None
+
+
+def test_unauthenticated_streams_are_bounded_in_total():
+    gw = makeGateway(limits={"unauthenticated_per_address": 2, "unauthenticated_total": 3})
+    streams = [connectedFrom(gw, f"127.0.3.{20 + i}") for i in range(4)]
+    assert [out.streamError() for _, out in streams] == [None, None, None, "resource-constraint"]
+
+
+def test_an_authenticated_stream_frees_its_unauthenticated_slot():
+    gw = makeGateway(limits={"unauthenticated_per_address": 1})
+    first, _ = connectedFrom(gw, "127.0.3.20")
+    first.dataReceived(header() + dbResult())
+    gw.verifier.requests[-1][-1].callback(VALID)
+    second, out = connectedFrom(gw, "127.0.3.20")
+    assert out.streamError() is None
+
+
+def test_a_closed_stream_frees_its_unauthenticated_slot():
+    gw = makeGateway(limits={"unauthenticated_per_address": 1})
+    first, _ = connectedFrom(gw, "127.0.3.20")
+    first.connectionLost(None)
+    second, out = connectedFrom(gw, "127.0.3.20")
+    assert out.streamError() is None

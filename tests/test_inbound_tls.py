@@ -83,8 +83,8 @@ class TLSTransport(StringTransport):
 
 
 def tlsGateway(mode="required", secure_auth=False, secure_domains=(), insecure_domains=(),
-               denied=(), **tls):
-    base = makeConfig()
+               denied=(), limits=None, **tls):
+    base = makeConfig(limits=limits or {})
     s2s = dataclasses.replace(base.s2s, use_starttls=mode, secure_auth=secure_auth,
                               secure_domains=tuple(secure_domains),
                               insecure_domains=tuple(insecure_domains),
@@ -553,3 +553,94 @@ def test_certificate_verdict_is_asked_once_per_domain():
     stream.dataReceived(dbResult(sender=REMOTE, to=MUC))
     assert gw.tls.verdictCalls == [(out.transport.handle, REMOTE)]
     assert stream.pairs == {(REMOTE, LOCAL), (REMOTE, MUC)}
+
+
+# refused claims (issue 10, item 3)
+
+
+def claimingPeer(**limits):
+    """Authenticated once (SASL EXTERNAL for REMOTE) under secure_auth; more claims follow."""
+    gw, stream, out = secured(mode="required", secure_auth=True,
+                              verdicts={REMOTE: valid(REMOTE)}, limits=limits)
+    stream.dataReceived(auth("="))
+    out = fresh(out.transport)
+    stream.dataReceived(header())
+    assert stream.pairs == {(REMOTE, LOCAL)}
+    return gw, stream, out
+
+
+def test_refused_claims_under_secure_auth_end_the_stream_after_refused_claims():
+    gw, stream, out = claimingPeer()
+    for i in range(10):
+        stream.dataReceived(dbResult(sender=f"victim{i}.test"))
+    assert [dbErrorOf(r)[0] for r in dbResults(out)] == ["not-authorized"] * 3
+    assert out.streamError() == "policy-violation"
+    checked = [d for _, d in gw.tls.verdictCalls if d.startswith("victim")]
+    assert checked == ["victim0.test", "victim1.test", "victim2.test"]
+
+
+def test_the_number_of_refused_claims_is_a_config_key():
+    gw, stream, out = claimingPeer(refused_claims=5)
+    for i in range(5):
+        stream.dataReceived(dbResult(sender=f"victim{i}.test"))
+    assert len(dbResults(out)) == 5 and out.streamError() == "policy-violation"
+
+
+def test_repeated_sasl_failures_are_refused_claims_too():
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: selfSigned()})
+    for i in range(5):
+        stream.dataReceived(auth(base64.b64encode(f"victim{i}.test".encode()).decode()))
+    assert len(out.named("failure", NS_SASL)) == 3
+    assert out.streamError() == "policy-violation"
+
+
+def test_a_stream_may_claim_at_most_claims_per_stream_domains():
+    domains = [f"d{i}.test" for i in range(5)]
+    gw, stream, out = secured(mode="required", verdicts={d: valid(d) for d in domains},
+                              limits={"claims_per_stream": 3, "refused_claims": 10})
+    for d in domains:
+        stream.dataReceived(dbResult(sender=d))
+    results = dbResults(out)
+    assert [r["type"] for r in results] == ["valid"] * 3 + ["error"] * 2
+    assert {dbErrorOf(r)[0] for r in results[3:]} == {"policy-violation"}
+    assert stream.pairs == {(d, LOCAL) for d in domains[:3]}
+    assert {d for _, d in gw.tls.verdictCalls} <= {REMOTE, *domains[:3]}
+
+
+def test_the_certificate_cache_of_a_stream_is_bounded_by_its_claims():
+    gw, stream, out = secured(mode="required",
+                              limits={"claims_per_stream": 4, "refused_claims": 1000})
+    for i in range(50):
+        stream.certificateFor(f"d{i}.test")
+    assert len(stream.certificates) <= 4 + 1
+
+
+def test_the_refused_claim_line_is_rate_limited_across_streams():
+    from twisted.internet.address import IPv4Address
+    from twisted.logger import capturedLogs
+
+    from s2sgate.s2s.inbound import InboundFactory
+
+    gw = tlsGateway(mode="required", secure_auth=True)
+    factory = InboundFactory(gw.clock, gw.current, gw.router, gw.verifier, gw.sessions)
+    with capturedLogs() as events:
+        for n in range(20):
+            stream = factory.buildProtocol(IPv4Address("TCP", "127.0.3.9", 40000 + n))
+            stream.makeConnection(TLSTransport())
+            stream.dataReceived(header())
+            stream.dataReceived(STARTTLS)
+            stream.handshakeCompleted()
+            stream.dataReceived(header())
+            for i in range(3):
+                stream.dataReceived(dbResult(sender=f"victim{i}.test"))
+    refused = [e for e in events if e.get("event") == "inbound.claim_refused"]
+    assert len(refused) == 10   # of 60 refusals: one window's burst
+    gw.clock.advance(60)
+    with capturedLogs() as events:
+        stream = factory.buildProtocol(IPv4Address("TCP", "127.0.3.9", 40100))
+        stream.makeConnection(TLSTransport())
+        stream.dataReceived(header() + STARTTLS)
+        stream.handshakeCompleted()
+        stream.dataReceived(header() + dbResult(sender="victim0.test"))
+    [line] = [e for e in events if e.get("event") == "inbound.claim_refused"]
+    assert line["suppressed"] == 50

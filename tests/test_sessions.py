@@ -15,7 +15,7 @@ def stream(direction, pairs=(), peer="remote.test", closing=False, **kw):
                   closed=False, local="home.test", remote=peer, streamId="s1", peerAddress=None,
                   secure=False, tlsInfo={}, directTLS=False, authMethod="dialback", since=0.0,
                   stanzasIn=2, stanzasOut=3, bytesIn=10, bytesOut=20, certificate=None,
-                  certificates={})
+                  certificates={}, peerHost="127.0.3.7")
     values.update(kw)
     return Stream(**values)
 
@@ -45,6 +45,23 @@ def test_inbound_streams_are_tracked_before_authentication_and_never_used_outbou
     table.authenticated(inbound, "remote.test", "home.test")
     assert table.streams("in") == [inbound] and table.streams("out") == []
     assert table.outgoing("home.test", "remote.test") is None
+
+
+def test_unauthenticated_inbound_streams_are_counted_per_address_until_they_authenticate():
+    table = SessionTable()
+    a1, a2 = stream("in", authMethod=None), stream("in", authMethod=None)
+    b = stream("in", authMethod=None, peerHost="127.0.3.8")
+    for s in (a1, a2, b):
+        table.track(s)
+    assert (table.unauthenticated("127.0.3.7"), table.unauthenticated("127.0.3.8"),
+            table.unauthenticated()) == (2, 1, 3)
+    table.authenticated(a1, "remote.test", "home.test")
+    table.untrack(b)
+    assert (table.unauthenticated("127.0.3.7"), table.unauthenticated("127.0.3.8"),
+            table.unauthenticated()) == (1, 0, 1)
+    table.untrack(a1)
+    table.untrack(a2)
+    assert table.unauthenticated() == 0 and table.unauthenticated("127.0.3.7") == 0
 
 
 def test_with_peer_finds_inbound_streams_by_any_authenticated_sender():

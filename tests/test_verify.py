@@ -46,3 +46,84 @@ def test_a_verify_leg_never_sends_a_dialback_key_of_its_own_or_sasl():
     connector.calls[0].d.callback(Connection(stream, None, None))
     stream.dataReceived(peerHeader() + FEATURES)
     assert out.named("result", NS_DB) == [] and len(out.named("verify", NS_DB)) == 1
+
+
+# bounds, cancellation, what the failure leaves behind (issue 10, items 2 and 6)
+
+
+def limitedVerifier(**limits):
+    gw = makeGateway(limits=limits)
+    connector = FakeConnector()
+    return gw, connector, Verifier(gw.clock, connector, gw.current)
+
+
+def start(verifier, peer, remote=REMOTE):
+    results = []
+    d = defer.ensureDeferred(verifier.verify(LOCAL, remote, "id", "k", peer=peer))
+    d.addBoth(results.append)
+    return d, results
+
+
+def test_verifies_in_flight_are_bounded_per_peer_address():
+    from s2sgate.s2s.guard import VerifyRefused
+
+    gw, connector, verifier = limitedVerifier(verifies_per_stream=2, verifies_per_address=2)
+    start(verifier, "127.0.3.20")
+    start(verifier, "127.0.3.20")
+    _, refused = start(verifier, "127.0.3.20")
+    _, other = start(verifier, "127.0.3.21")
+    assert refused[0].check(VerifyRefused) and refused[0].value.limit == "verifies_per_address"
+    assert other == [] and len(connector.calls) == 3
+
+
+def test_verifies_in_flight_are_bounded_in_total():
+
+    gw, connector, verifier = limitedVerifier(verifies_per_stream=1, verifies_per_address=1,
+                                              verifies_total=2)
+    start(verifier, "127.0.3.20")
+    start(verifier, "127.0.3.21")
+    _, refused = start(verifier, "127.0.3.22")
+    assert refused[0].value.limit == "verifies_total" and len(connector.calls) == 2
+
+
+def test_a_finished_verify_frees_its_place():
+    gw, connector, verifier = limitedVerifier(verifies_per_stream=1, verifies_per_address=1)
+    start(verifier, "127.0.3.20")
+    connector.calls[0].d.errback(ConnectFailed("remote-server-not-found", "no", []))
+    _, again = start(verifier, "127.0.3.20")
+    assert again == [] and len(connector.calls) == 2
+    assert (verifier.inFlight, dict(verifier.byAddress)) == (1, {"127.0.3.20": 1})
+
+
+def test_cancelling_a_connected_verify_aborts_its_connection_at_once():
+    gw, connector, verifier = limitedVerifier()
+    d, results = start(verifier, "127.0.3.20")
+    stream = connector.calls[0].factory.buildProtocol(None)
+    transport = connect(stream)
+    connector.calls[0].d.callback(Connection(stream, None, None))
+    d.cancel()
+    assert transport.disconnecting   # StringTransport: abortConnection = loseConnection
+    assert results[0].check(defer.CancelledError)
+    assert verifier.inFlight == 0
+
+
+def test_cancelling_a_verify_while_it_connects_cancels_the_connect():
+    gw, connector, verifier = limitedVerifier()
+    d, results = start(verifier, "127.0.3.20")
+    d.cancel()
+    assert connector.calls[0].d.called and results[0].check(defer.CancelledError)
+    assert verifier.inFlight == 0
+
+
+def test_a_failed_verify_goes_to_the_failure_log_with_its_steps():
+    from s2sgate.net.connector import Attempt
+
+    gw, connector, verifier = limitedVerifier()
+    start(verifier, "127.0.3.20")
+    connector.calls[0].d.errback(ConnectFailed(
+        "remote-server-not-found", "connecting to 127.0.3.99:22 (x.test): connection refused",
+        [Attempt("connect", "127.0.3.99:22 (x.test)", "connection refused")]))
+    [entry] = list(verifier.failures)
+    assert (entry["kind"], entry["local"], entry["remote"]) == ("dialback verify", LOCAL, REMOTE)
+    assert "127.0.3.99:22" in entry["text"]
+    assert entry["steps"][0]["detail"] == "connection refused"

@@ -51,12 +51,16 @@ def dbElement(name, sender, recipient, *, key=None, streamId=None, kind=None):
     return e
 
 
+# Conditions after which the same request may work later (RFC 6120 8.3.3).
+_TRY_AGAIN = ("remote-server-timeout", "resource-constraint")
+
+
 def dbError(name, sender, recipient, condition, text=None, streamId=None):
     """A dialback error (XEP-0220 §2.4): C{type='error'} with a stanza error inside."""
     e = dbElement(name, sender, recipient, kind="error", streamId=streamId)
     # Unprefixed in XEP-0220's examples: the stream's jabber:server.
     error = e.addElement(("jabber:server", "error"))
-    error["type"] = "cancel" if condition != "remote-server-timeout" else "wait"
+    error["type"] = "wait" if condition in _TRY_AGAIN else "cancel"
     error.addElement((NS_STANZA_ERRORS, condition))
     if text:
         error.addElement((NS_STANZA_ERRORS, "text"), content=text)

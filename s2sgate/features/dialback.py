@@ -22,14 +22,18 @@ from zope.interface import implementer
 from s2sgate.auth.dialback import dbElement, dbError, dbErrorReason
 from s2sgate.interfaces import IOffer, IStep
 from s2sgate.net.connector import ConnectFailed
+from s2sgate.s2s.guard import VerifyRefused
 from s2sgate.s2s.negotiation import Authenticated, Failed, Finished
 from s2sgate.xmpp.domain import InvalidDomain, normalize
 from s2sgate.xmpp.namespaces import NS_DB, NS_DB_FEATURE
 
 log = Logger()
 
-# Each dialback request costs an outbound connection: bound them per stream.
-MAX_PENDING_VERIFIES = 10
+# What a peer learns when its key could not be checked: nothing of our
+# connector's attempts (addresses, "connection refused", "timed out"), which
+# would make us a port scanner for anyone with their own DNS.  One condition
+# for every failure, as a timeout against a refusal is an answer too.
+VERIFY_FAILED = ("remote-server-not-found", "could not verify the key")
 
 
 @implementer(IStep)
@@ -155,12 +159,17 @@ class DialbackOffer:
             return
         if (remote, local) in stream.pairs or (remote, local) in self.pending:
             return
+        if not stream.claim(remote):
+            stream.refuseClaim(remote, local, "too many domains claimed on one stream",
+                               lambda text: dbError("result", local, remote, "policy-violation",
+                                                    text))
+            return
         certificate = stream.certificateFor(remote)
         allowed, why = self.runtime.requirements.dialbackAllowed(remote, certificate)
         if not allowed:
-            log.warn("dialback from {remote} for {local} refused: {why}", remote=remote,
-                     local=local, why=why, event="inbound.dialback_refused")
-            stream.send(dbError("result", local, remote, "not-authorized", why))
+            stream.refuseClaim(remote, local, why,
+                               lambda text: dbError("result", local, remote, "not-authorized",
+                                                    text))
             return
         for shortcut in self.runtime.dialbackShortcuts:
             method = shortcut(stream, remote, local)
@@ -168,12 +177,16 @@ class DialbackOffer:
                 stream.authenticated(remote, local, method)
                 stream.send(dbElement("result", local, remote, kind="valid"))
                 return
-        if len(self.pending) >= MAX_PENDING_VERIFIES:
-            stream.streamError("policy-violation",
-                               f"more than {MAX_PENDING_VERIFIES} dialback requests at once")
+        bound = stream.limits.verifies_per_stream
+        if len(self.pending) >= bound:
+            stream.limitHit("verifies_per_stream")
+            stream.send(dbError("result", local, remote, "resource-constraint",
+                                f"more than {bound} dialback requests at once on this stream"))
             return
         key = str(element).strip()
-        d = defer.ensureDeferred(stream.verifier.verify(local, remote, stream.streamId, key))
+        d = defer.ensureDeferred(stream.verifier.verify(local, remote, stream.streamId, key,
+                                                        peer=stream.peerHost))
+        # Pending before the callbacks: a refusal over a bound fires at once.
         self.pending[(remote, local)] = d
         d.addCallbacks(self._verified, self._notVerified, callbackArgs=(stream, remote, local),
                        errbackArgs=(stream, remote, local))
@@ -195,13 +208,15 @@ class DialbackOffer:
         self.pending.pop((remote, local), None)
         if stream.closed or failure.check(defer.CancelledError):
             return
-        if failure.check(ConnectFailed):
-            condition, text = failure.value.condition, failure.value.text
-        else:
-            condition, text = "remote-server-not-found", failure.getErrorMessage()
-        log.warn("cannot verify dialback from {remote} for {local}: {text}", remote=remote,
-                 local=local, text=text, event="inbound.dialback_failed")
-        stream.send(dbError("result", local, remote, condition, text))
+        if failure.check(VerifyRefused):
+            stream.send(dbError("result", local, remote, "resource-constraint",
+                                "too many dialback verifications in progress; try again later"))
+            return
+        if not failure.check(ConnectFailed):
+            log.failure("verifying dialback from {remote} for {local} failed", failure,
+                        remote=remote, local=local)
+        # The details are in our log and failure log (the verifier's): not for the peer.
+        stream.send(dbError("result", local, remote, *VERIFY_FAILED))
 
     def streamClosed(self, stream):
         for d in list(self.pending.values()):

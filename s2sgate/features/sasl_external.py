@@ -91,10 +91,14 @@ class SaslExternalOffer:
         if remote is None:
             self._failure(stream, "not-authorized", "no identity: send 'from' in the stream header")
             return
+        if not stream.claim(remote):
+            self._failure(stream, "not-authorized", "too many domains claimed on one stream",
+                          remote)
+            return
         certificate = stream.certificateFor(remote)
         if certificate is None or certificate.status != "valid":
             reason = certificate.reason if certificate is not None else "no TLS"
-            self._failure(stream, "not-authorized", reason)
+            self._failure(stream, "not-authorized", reason, remote)
             return
         if not stream.allowedByPolicy(remote, stream.local):
             return
@@ -103,10 +107,13 @@ class SaslExternalOffer:
         stream.authenticated(remote, stream.local, "sasl-external")
         stream.parser.reset()
 
-    def _failure(self, stream, condition, text):
-        log.info("SASL EXTERNAL from {remote} refused: {text}", remote=stream.remoteHeader,
-                 text=text, stream=stream.streamId, event="inbound.sasl_failed")
-        failure = domish.Element((NS_SASL, "failure"))
-        failure.addElement(condition)
-        failure.addElement("text", content=text)
-        stream.send(failure)
+    def _failure(self, stream, condition, text, remote=None):
+        """Every SASL failure is a refused claim: bounded per stream, rate-limited in the log."""
+        def failure(text):
+            element = domish.Element((NS_SASL, "failure"))
+            element.addElement(condition)
+            element.addElement("text", content=text)
+            return element
+
+        stream.refuseClaim(remote or stream.remoteHeader, stream.local, f"SASL EXTERNAL: {text}",
+                           lambda why: failure(text), event="inbound.sasl_failed")

@@ -29,6 +29,8 @@ from s2sgate.net.connector import Connector
 from s2sgate.net.dnssec import AuthenticatedLookup
 from s2sgate.net.resolver import S2SResolver
 from s2sgate.ops.metrics import Metrics
+from s2sgate.s2s.failures import FailureLog
+from s2sgate.s2s.guard import LogLimiter
 from s2sgate.s2s.inbound import InboundFactory
 from s2sgate.s2s.outbound import OutboundPool
 from s2sgate.s2s.sessions import SessionTable
@@ -147,6 +149,11 @@ class GatewayService(service.MultiService):
         # becomes one write per stream it touches.
         self.batch = WriteBatch()
         self.sessionTable = SessionTable()
+        # Outbound attempts and dialback verify legs that failed: what
+        # operators read, in one place.
+        self.failures = FailureLog(reactor)
+        # The lines a remote peer can make us repeat, rate-limited together.
+        self.peerLog = LogLimiter(reactor)
         if connector is None:
             if resolver is None:
                 overrides = {a.host: (a.ip_address, a.port) for a in s.address}
@@ -171,13 +178,13 @@ class GatewayService(service.MultiService):
             self.current, metrics=self.metrics,
             outbound=lambda bounce: OutboundPool(
                 reactor, self.current, connector, self.sessionTable, bounce,
-                batch=self.batch, metrics=self.metrics),
+                batch=self.batch, metrics=self.metrics, failures=self.failures),
             local=componentLink)
         self.pool = self.router.outbound
         self.link = self.router.local
         self.link.setServiceParent(self)
         self.verifier = Verifier(reactor, connector, self.current, batch=self.batch,
-                                 metrics=self.metrics)
+                                 metrics=self.metrics, failures=self.failures)
         self.listeners = []
         for description in s.listen:
             self._listen(description, self.inboundFactory())
@@ -210,8 +217,8 @@ class GatewayService(service.MultiService):
     def inboundFactory(self, directTLS=False):
         """The factory of this gateway's inbound streams (its listeners use it)."""
         return InboundFactory(self.reactor, self.current, self.router, self.verifier,
-                              self.sessionTable, directTLS=directTLS, batch=self.batch,
-                              metrics=self.metrics)
+                              self.sessionTable, directTLS=directTLS, peerLog=self.peerLog,
+                              batch=self.batch, metrics=self.metrics)
 
     def _listen(self, description, factory):
         listener = ListenerService(self.reactor, description, factory)
@@ -242,8 +249,8 @@ class GatewayService(service.MultiService):
         return self.sessionTable.describe(queued=self.pool.queued)
 
     def failureLog(self):
-        """The recent failed outbound attempts, newest first, with their steps."""
-        return list(reversed(self.pool.failures))
+        """The recent failed outbound attempts and verify legs, newest first, with their steps."""
+        return list(reversed(self.failures))
 
     def linkState(self):
         c = self.config.component

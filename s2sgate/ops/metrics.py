@@ -25,6 +25,13 @@ class Metrics:
         self.failures = Counter("s2sgate_connection_failures",
                                 "Failed outbound connection attempts by the step that failed",
                                 ["step"], registry=r)
+        self.verifies = Counter("s2sgate_dialback_verifies",
+                                "Dialback verify legs by result (valid, invalid, failed, "
+                                "cancelled) and those refused over a bound (refused)",
+                                ["result"], registry=r)
+        self.limitHits = Counter("s2sgate_peer_limit_hits",
+                                 "Times a peer hit a bound of [s2s.limits], by its key",
+                                 ["limit"], registry=r)
         self.dns = Histogram("s2sgate_dns_seconds", "DNS resolution time of s2s targets",
                              registry=r, buckets=(.001, .005, .01, .05, .1, .5, 1, 2, 5, 10))
         # Children bound once: labels() per stanza costs measurable CPU.
@@ -46,6 +53,12 @@ class Metrics:
 
     def failure(self, step):
         self.failures.labels(step).inc()
+
+    def verify(self, result):
+        self.verifies.labels(result).inc()
+
+    def limitHit(self, limit):
+        self.limitHits.labels(limit).inc()
 
     def dnsTime(self, seconds):
         self.dns.observe(seconds)

@@ -15,6 +15,7 @@ from twisted.internet.protocol import Factory
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from s2sgate.s2s.guard import LogLimiter
 from s2sgate.xmpp.domain import InvalidDomain, domainOf, isUnambiguous, normalize, rawDomainOf
 from s2sgate.xmpp.namespaces import NS_DB, NS_LIMITS, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.stanzas import STANZA_NAMES
@@ -30,13 +31,17 @@ class InboundStream(XmlStream):
     @param router: delivers authenticated stanzas (C{fromRemote}).
     @param verifier: the dialback verify leg (L{s2sgate.s2s.verify.Verifier}).
     @param sessions: the L{SessionTable}.
+    @param peerHost: the IP address the connection comes from (the bounds
+        per address count it).
+    @param peerLog: the L{LogLimiter} shared by the gateway's streams for
+        the lines a peer can make us repeat.
     """
 
     direction = "in"
     extraNamespaces = (("db", NS_DB),)
 
     def __init__(self, clock, runtime, router, verifier, sessions, *, directTLS=False,
-                 peerAddress=None, batch=None, metrics=None):
+                 peerAddress=None, peerHost=None, peerLog=None, batch=None, metrics=None):
         XmlStream.__init__(self, clock, maxStanzaBytes=runtime.limits.stanzaBytes,
                            idleTimeout=runtime.limits.idleTimeout, batch=batch, metrics=metrics)
         self.runtime = runtime
@@ -46,6 +51,11 @@ class InboundStream(XmlStream):
         self.sessions = sessions
         self.directTLS = directTLS
         self.peerAddress = peerAddress
+        self.peerHost = peerHost
+        self.peerLog = peerLog if peerLog is not None else LogLimiter(clock)
+        self.limits = runtime.config.s2s.limits
+        self.claimed = set()       # remote domains claimed (db:result, SASL authzid)
+        self.refusedClaims = 0
         self.streamId = None
         self.local = None          # the domain in the header's 'to'
         self.verifyOnly = False    # no 'to': an older server's <db:verify/>-only stream
@@ -74,9 +84,37 @@ class InboundStream(XmlStream):
         XmlStream.connectionMade(self)
         if self.directTLS or ISSLTransport.providedBy(self.transport):
             self.secure = True
+        if not self._admitted():
+            return
         self.sessions.track(self)
         self._negotiationCall = self.clock.callLater(self.runtime.limits.negotiationTimeout,
                                                      self._negotiationTimedOut)
+
+    def _admitted(self):
+        """False, after a stream error, when this connection is over an unauthenticated bound."""
+        limits, host = self.limits, self.peerHost
+        if host is not None and self.sessions.unauthenticated(host) >= limits.unauthenticated_per_address:
+            self._refuseConnection("unauthenticated_per_address", "policy-violation",
+                                   "too many streams from your address are not authenticated")
+            return False
+        if self.sessions.unauthenticated() >= limits.unauthenticated_total:
+            self._refuseConnection("unauthenticated_total", "resource-constraint",
+                                   "too many streams are waiting to authenticate; try again later")
+            return False
+        return True
+
+    def _refuseConnection(self, limit, condition, text):
+        self.limitHit(limit)
+        self.peerLog.warn("inbound connection from {peer} refused: {limit} reached",
+                          "inbound.refused", peer=self.peerAddress, limit=limit)
+        self.streamError(condition, text)
+        # Not the usual grace period: the descriptor is what is scarce.
+        self.transport.loseConnection()
+
+    def limitHit(self, limit):
+        """Count a peer reaching the bound C{limit} (its config key) for the metrics."""
+        if self.metrics is not None:
+            self.metrics.limitHit(limit)
 
     def handshakeCompleted(self):
         self.secure = True
@@ -99,10 +137,42 @@ class InboundStream(XmlStream):
         """The verdict on the peer's TLS certificate for C{remote} (cached per stream)."""
         if not self.secure or remote is None:
             return None
-        if remote not in self.certificates:
-            self.certificates[remote] = self.runtime.tls.peerVerdict(self.transport.getHandle(),
-                                                                     remote)
-        return self.certificates[remote]
+        verdict = self.certificates.get(remote)
+        if verdict is None:
+            verdict = self.runtime.tls.peerVerdict(self.transport.getHandle(), remote)
+            # Claims are bounded, so is the cache (the header's domain + claims).
+            if len(self.certificates) <= self.limits.claims_per_stream:
+                self.certificates[remote] = verdict
+        return verdict
+
+    def claim(self, remote):
+        """
+        Whether this stream may claim C{remote} (db:result, SASL authzid): a
+        stream may name at most C{claims_per_stream} domains.
+        """
+        if remote in self.claimed:
+            return True
+        if len(self.claimed) >= self.limits.claims_per_stream:
+            self.limitHit("claims_per_stream")
+            return False
+        self.claimed.add(remote)
+        return True
+
+    def refuseClaim(self, remote, local, why, answer, event="inbound.claim_refused"):
+        """
+        Refuse a claim: send C{answer(why)} and, after C{refused_claims}
+        refusals, end the stream (policy-violation).  The log line is rate
+        limited: a peer decides how often it is written.
+        """
+        self.refusedClaims += 1
+        self.peerLog.warn("{peer} claimed {remote} for {local}, refused: {why}", event,
+                          peer=self.peerAddress, remote=remote, local=local, why=why,
+                          stream=self.streamId)
+        self.send(answer(why))
+        if self.refusedClaims >= self.limits.refused_claims:
+            self.limitHit("refused_claims")
+            self.streamError("policy-violation",
+                             f"{self.refusedClaims} refused claims on one stream")
 
     def mayAuthenticate(self):
         """Whether authentication may happen now (TLS first when it is required)."""
@@ -272,8 +342,9 @@ class InboundFactory(Factory):
     """
 
     def __init__(self, clock, current, router, verifier, sessions, *, directTLS=False,
-                 batch=None, metrics=None):
+                 peerLog=None, batch=None, metrics=None):
         self.clock = clock
+        self.peerLog = peerLog if peerLog is not None else LogLimiter(clock)
         self.current = current
         self.router = router
         self.verifier = verifier
@@ -286,7 +357,8 @@ class InboundFactory(Factory):
         host, port = getattr(addr, "host", None), getattr(addr, "port", None)
         p = InboundStream(self.clock, self.current.runtime, self.router, self.verifier,
                           self.sessions, directTLS=self.directTLS,
-                          peerAddress=f"{host}:{port}" if host else None,
+                          peerAddress=f"{host}:{port}" if host else None, peerHost=host,
+                          peerLog=self.peerLog,
                           batch=self.batch, metrics=self.metrics)
         p.factory = self
         return p

@@ -18,6 +18,7 @@ from s2sgate.interfaces import IOutbound
 from s2sgate.net.connector import ConnectFailed
 from s2sgate.ops.metrics import NullMetrics
 from s2sgate.s2s.dial import dial
+from s2sgate.s2s.failures import FailureLog
 from s2sgate.s2s.negotiation import InitiatingStream
 
 
@@ -182,7 +183,8 @@ class OutboundPool:
     log = Logger()
     maxLinks = 1000
 
-    def __init__(self, clock, current, connector, sessions, bounce, *, batch=None, metrics=None):
+    def __init__(self, clock, current, connector, sessions, bounce, *, batch=None, metrics=None,
+                 failures=None):
         self.clock = clock
         self.current = current
         self.connector = connector
@@ -191,7 +193,7 @@ class OutboundPool:
         self.batch = batch
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.limits = OutboundLimits(current)
-        self.failures = collections.deque(maxlen=50)
+        self.failures = failures if failures is not None else FailureLog(clock)
         self.links = {}
         self.sent = 0
 
@@ -237,12 +239,7 @@ class OutboundPool:
 
     def recordFailure(self, local, remote, condition, text, attempts):
         """Keep the step-by-step log of a failed attempt for operators."""
-        self.failures.append({
-            "time": self.clock.seconds(), "local": local, "remote": remote,
-            "condition": condition, "text": text,
-            "steps": [{"step": a.step, "target": a.target, "ok": a.ok, "detail": a.error}
-                      for a in attempts],
-        })
+        self.failures.record(local, remote, condition, text, attempts)
 
     async def connectNow(self, local, remote):
         """

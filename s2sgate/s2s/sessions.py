@@ -9,6 +9,8 @@ list of streams.  A stream is tracked when it connects, indexed by pair
 when a pair is authenticated on it, and forgotten when it closes.
 """
 
+import collections
+
 from zope.interface import implementer
 
 from s2sgate.interfaces import ISessionTable
@@ -20,12 +22,20 @@ class SessionTable:
         self._streams = set()
         self._outgoing = {}    # (local, remote) -> stream
         self.inboundPaused = False
+        # Inbound streams with no pair yet, counted per peer IP: what an
+        # unauthenticated peer holds open ([s2s.limits] unauthenticated_*).
+        self._waiting = set()
+        self._waitingByHost = collections.Counter()
 
     def track(self, session):
         self._streams.add(session)
+        if session.direction == "in" and not session.pairs and session not in self._waiting:
+            self._waiting.add(session)
+            self._waitingByHost[session.peerHost] += 1
 
     def authenticated(self, session, sender, receiver):
         self._streams.add(session)
+        self._stopWaiting(session)
         if session.direction == "out":
             self._outgoing[(sender, receiver)] = session
         elif self.inboundPaused:
@@ -51,8 +61,19 @@ class SessionTable:
         for stream in [s for s in self._streams if s.direction == "in"]:
             stream.resumeReading()
 
+    def unauthenticated(self, host=None):
+        return self._waitingByHost[host] if host is not None else len(self._waiting)
+
+    def _stopWaiting(self, session):
+        if session in self._waiting:
+            self._waiting.discard(session)
+            self._waitingByHost[session.peerHost] -= 1
+            if not self._waitingByHost[session.peerHost]:
+                del self._waitingByHost[session.peerHost]
+
     def untrack(self, session):
         self._streams.discard(session)
+        self._stopWaiting(session)
         for pair in [p for p, s in self._outgoing.items() if s is session]:
             del self._outgoing[pair]
 

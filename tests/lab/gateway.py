@@ -89,6 +89,15 @@ class GatewayProcess:
         return "\n".join(p.read_text(errors="replace")
                          for p in sorted(self.workdir.glob("s2sgate.*.log")))
 
+    def api(self, path: str) -> dict:
+        """GET C{path} of the admin API (e.g. ``/api/failures``) as JSON."""
+        with _NO_PROXY.open(f"http://{self.ip}:5281{path}", timeout=5) as r:
+            return json.load(r)
+
+    def metrics(self) -> str:
+        with _NO_PROXY.open(f"http://{self.ip}:5281/metrics", timeout=5) as r:
+            return r.read().decode()
+
     def link(self) -> dict:
         """The admin API's view of the component link (``state``: up/down/connecting)."""
         with _NO_PROXY.open(f"http://{self.ip}:5281/api/link", timeout=2) as r:
