@@ -139,6 +139,185 @@ async def test_a_bounce_fails_the_demo_with_its_condition():
     assert not os.path.exists(demo.tempdir)
 
 
+# --- --keep-running: the tour -------------------------------------------------------
+
+
+class Tour:
+    """A running `s2sgate demo --keep-running`, its output read line by line."""
+
+    def __init__(self, tmp_path, *args):
+        import queue
+        import threading
+
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        self.process = subprocess.Popen(
+            [str(S2SGATE), "demo", "--keep-running", *args], cwd=tmp_path, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self._queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def until(self, pattern, timeout=60):
+        """Read lines until one matches C{pattern}; return the match."""
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} in {timeout} s:\n"
+                                     + "\n".join(self.lines)) from None
+            if line is None:
+                raise AssertionError(f"the demo ended before {pattern!r}:\n"
+                                     + "\n".join(self.lines) + self.process.stderr.read())
+            self.lines.append(line)
+            m = re.search(pattern, line)
+            if m:
+                return m
+
+    def interrupt(self, timeout=30):
+        """Ctrl-C: SIGINT, then the rest of the output and the exit status."""
+        import signal
+
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=timeout)
+        while (line := self._queue.get(timeout=timeout)) is not None:
+            self.lines.append(line)
+        return self.process.returncode, self.process.stderr.read()
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def fetch(url, timeout=10):
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as response:
+        return response.status, response.headers.get("content-type"), response.read()
+
+
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory):
+    """One tour for the module's tests: its URLs and printed commands, read from its output."""
+    t = Tour(tmp_path_factory.mktemp("tour"), "--burst", "20")
+    try:
+        t.until(r"^== both sites keep running until Ctrl-C")
+        t.urls = {}
+        for _ in range(2):
+            m = t.until(r"^  (\w+)\s+status page (http://127\.0\.0\.1:\d+/)")
+            t.urls[m.group(1)] = m.group(2)
+        t.commands = []
+        while True:
+            m = t.until(r"^    \$ (.*)$|^  files in (\S+)")
+            if m.group(2):
+                t.tempdir = m.group(2)
+                break
+            t.commands.append(m.group(1))
+        yield t
+    finally:
+        t.kill()
+
+
+def _printed(tour, word):
+    """The printed command line running `s2sgate WORD` on alpha's config, as argv."""
+    import shlex
+
+    line = next(c for c in tour.commands if f" {word} " in c and "alpha.toml" in c)
+    return shlex.split(line)
+
+
+def test_tour_prints_a_status_page_url_per_site_and_the_commands_to_try(tour):
+    assert sorted(tour.urls) == ["alpha", "beta"]
+    assert tour.urls["alpha"] != tour.urls["beta"]
+    words = {c.split()[1] for c in tour.commands}
+    assert {"sessions", "failures", "check", "connect"} <= words
+    assert all(("--config " + tour.tempdir) in c for c in tour.commands if "--config" in c)
+
+
+def test_tour_status_page_and_sessions_json_are_served_by_each_gateway(tour):
+    status, kind, body = fetch(tour.urls["alpha"])
+    assert status == 200 and kind.startswith("text/html") and b"<title>s2sgate status" in body
+    for site, local, remote in (("alpha", "alpha.test", "beta.test"),
+                                ("beta", "beta.test", "alpha.test")):
+        status, kind, body = fetch(tour.urls[site] + "api/sessions")
+        data = __import__("json").loads(body)
+        out = [s for s in data["sessions"] if s["direction"] == "out" and s["local"] == local]
+        assert [(s["remote"], s["auth"]) for s in out if s["remote"] == remote] == \
+            [(remote, "sasl-external")], data
+
+
+def test_tour_metrics_count_the_chat(tour):
+    def stanzasOut():
+        _, kind, body = fetch(tour.urls["alpha"] + "metrics")
+        m = re.search(r'^s2sgate_stanzas_total\{direction="out"\} (\d+)', body.decode(), re.M)
+        assert m, body[:500]
+        return int(m.group(1))
+
+    before = stanzasOut()
+    # A report comes every 5 s and chat messages go every 2 s: some went meanwhile.
+    tour.until(r"chat: \d+ messages delivered", timeout=20)
+    assert stanzasOut() > before
+
+
+def test_tour_chat_line_says_how_many_messages_went_each_way(tour):
+    m = tour.until(r"chat: (\d+) messages delivered \((\d+) alice -> bob, (\d+) bob -> alice\)"
+                   r"(, \d+ on the way)?; alpha \d+ s2s links, beta \d+ s2s links$", timeout=20)
+    assert int(m.group(1)) == int(m.group(2)) + int(m.group(3)) > 0
+
+
+def test_tour_printed_sessions_command_lists_the_links(tour):
+    result = subprocess.run(_printed(tour, "sessions"), capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert ["out", "alpha.test", "beta.test", "TLSv1.3", "valid", "sasl-external"] in \
+        [r[:6] for r in rows] or \
+        ["out", "alpha.test", "beta.test", "TLSv1.2", "valid", "sasl-external"] in \
+        [r[:6] for r in rows], result.stdout
+    assert "by certificate" in result.stdout
+
+
+def test_tour_printed_failures_and_check_commands_work(tour):
+    result = subprocess.run(_printed(tour, "failures"), capture_output=True, text=True,
+                            timeout=30)
+    assert (result.returncode, result.stdout.strip()) == \
+        (0, "no failed connection attempts recently"), result.stderr
+    result = subprocess.run(_printed(tour, "check"), capture_output=True, text=True,
+                            timeout=60)
+    # The check goes where alpha's gateway goes (its s2s.address override).
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Verdict: ✔ federation with beta.test can work" in result.stdout
+    assert re.search(r"certificate: valid for beta\.test", result.stdout)
+
+
+def test_tour_ctrl_c_stops_everything_and_removes_the_files(tmp_path):
+    t = Tour(tmp_path, "--burst", "0")
+    try:
+        t.until(r"^  alpha\s+status page (http://127\.0\.0\.1:\d+/)")
+        url = t.until(r"^  beta\s+status page (http://127\.0\.0\.1:\d+/)").group(1)
+        tempdir = t.until(r"^  files in (\S+)").group(1)
+        assert fetch(url + "api/link")[0] == 200
+        code, err = t.interrupt()
+    finally:
+        t.kill()
+    assert (code, err) == (0, "")
+    assert t.lines[-1] == "stopped; temporary files removed"
+    assert not os.path.exists(tempdir)
+    import urllib.error
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        fetch(url + "api/link", timeout=2)
+
+
 # --- the c2s stand-in: server side of XEP-0114 -----------------------------------
 
 HEADER = ("<stream:stream xmlns='jabber:component:accept' "

@@ -51,10 +51,26 @@ def register(subparsers):
     parser.add_argument("--timeout", type=_positive(float), default=60.0, metavar="SECONDS",
                         help="give up after this many seconds in all (default 60)")
     parser.add_argument("--keep-running", action="store_true",
-                        help="keep both sites running after the burst, until Ctrl-C")
+                        help="keep both sites running after the burst, until Ctrl-C: each "
+                             "serves its status page and admin API on 127.0.0.1, a small chat "
+                             "keeps going, and the commands to try are printed")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="also print every other log event of the gateways")
     parser.set_defaults(func=runDemo)
+
+
+def _command():
+    """How to run this s2sgate again: C{s2sgate} when PATH finds this one, else its path."""
+    import os
+    import shutil
+
+    me = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(me) != "s2sgate" or not os.path.exists(me):
+        return f"{sys.executable} -m s2sgate"
+    found = shutil.which("s2sgate")
+    if found and os.path.realpath(found) == os.path.realpath(me):
+        return "s2sgate"
+    return os.path.relpath(me) if not os.path.relpath(me).startswith("..") else me
 
 
 def runDemo(args):
@@ -65,7 +81,8 @@ def runDemo(args):
     from s2sgate.demo.run import Demo, DemoOptions
 
     options = DemoOptions(burst=args.burst, timeout=args.timeout,
-                          keepRunning=args.keep_running, verbose=args.verbose)
+                          keepRunning=args.keep_running, verbose=args.verbose,
+                          command=_command())
 
     def write(line):
         print(line, flush=True)

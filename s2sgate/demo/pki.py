@@ -30,7 +30,9 @@ __all__ = ["DemoCA", "Issued", "OID_SRV_NAME"]
 
 OID_SRV_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.7")  # id-on-dnsSRV (RFC 4985)
 
-_VALIDITY = _dt.timedelta(days=2)
+# Long enough that --keep-running's status pages and `s2sgate check` show no
+# expiry warning (they warn under 14 days); the key is deleted when the demo ends.
+_VALIDITY = _dt.timedelta(days=30)
 _BACKDATE = _dt.timedelta(minutes=5)   # tolerate clocks a little behind
 
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,6 +58,10 @@ class DemoOptions:
     keepRunning: bool = False
     verbose: bool = False
     bodySize: int = 250
+    command: str = "s2sgate"          # how the person runs s2sgate (in the printed commands)
+    chatInterval: float = 2.0         # --keep-running: one message each way this often
+    reportInterval: float = 5.0       # --keep-running: a line with the counts this often
+    chatTimeout: float = 10.0         # a chat message not delivered by then fails the run
 
 
 class DemoFailed(Exception):
@@ -72,7 +78,13 @@ class Site:
     listener: object = None       # our s2s listening port
     inbound: object = None        # the _LateFactory behind it
     config: object = None
+    configPath: str = ""
+    adminPort: int = 0
     entities: dict = field(default_factory=dict)
+
+    @property
+    def adminURL(self):
+        return f"http://{LOOPBACK}:{self.adminPort}/"
 
     @property
     def s2sPort(self):
@@ -220,11 +232,95 @@ def toml(data, prefix=""):
     return text
 
 
+def _freePort():
+    """
+    A loopback TCP port free right now, for an C{[admin] listen} written into
+    a config file (C{s2sgate sessions --config} reads it back, so port 0 will
+    not do).  Another process could take it before the gateway binds it; the
+    gateway then stops with one line saying so, and a second run picks another.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
 def _body(size, n):
     head = f"message {n}: "
     filler = "The quick brown fox jumps over the lazy dog. "
     text = head + filler * (size // len(filler) + 1)
     return text[:size]
+
+
+class _Chat:
+    """
+    The steady chat of C{--keep-running}: alice and bob each send one
+    message every C{chatInterval} (so the status pages and counters move),
+    and a line every C{reportInterval} says how many arrived.  Each message
+    is expected exactly once, like the rest of the demo; one that has not
+    arrived after C{chatTimeout} fails the run.
+    """
+
+    def __init__(self, demo):
+        self.demo = demo
+        self.options = demo.options
+        self.sent = 0
+        self.arrived = {"alice@alpha.test": 0, "bob@beta.test": 0}
+        self._calls = []
+        self._pending = set()
+        self.stopped = False
+
+    def start(self):
+        for interval, what in ((self.options.chatInterval, self.send),
+                               (self.options.reportInterval, self.report)):
+            call = task.LoopingCall(what)
+            call.clock = self.demo.reactor
+            call.start(interval, now=False)
+            self._calls.append(call)
+
+    def stop(self):
+        self.stopped = True
+        for call in self._calls:
+            if call.running:
+                call.stop()
+        self._calls = []
+        for d in list(self._pending):
+            d.cancel()
+
+    def send(self):
+        demo = self.demo
+        alice = demo.alpha.entities["alice@alpha.test"]
+        bob = demo.beta.entities["bob@beta.test"]
+        n = self.sent // 2
+        for sender, to in ((alice, "bob@beta.test"), (bob, "alice@alpha.test")):
+            stanzaId = f"chat-{sender.jid.split('@')[0]}-{n}"
+            d = demo.deliveries.expect(stanzaId, to)
+            self._pending.add(d)
+            d.addTimeout(self.options.chatTimeout, demo.reactor)
+            d.addBoth(lambda r, d=d: (self._pending.discard(d), r)[1])
+            d.addCallbacks(lambda _, to=to: self._arrived(to),
+                           lambda f, i=stanzaId, to=to: self._late(i, to, f))
+            sender.message(to, f"chat line {n} from {sender.jid}", stanzaId)
+            self.sent += 1
+
+    def _arrived(self, to):
+        self.arrived[to] += 1
+
+    def _late(self, stanzaId, to, failure):
+        if not self.stopped and failure.check(defer.TimeoutError, defer.CancelledError):
+            self.demo.fail(f"chat message {stanzaId!r} did not reach {to} within "
+                           f"{self.options.chatTimeout:g} s")
+        return None
+
+    def report(self):
+        demo = self.demo
+        links = ", ".join(f"{site.name} {len(site.gateway.sessions())} s2s links"
+                          for site in demo.sites)
+        total = sum(self.arrived.values())
+        onTheWay = len(self._pending)
+        demo.say(f"chat: {total} messages delivered "
+                 f"({self.arrived['bob@beta.test']} alice -> bob, "
+                 f"{self.arrived['alice@alpha.test']} bob -> alice)"
+                 + (f", {onTheWay} on the way" if onTheWay else "") + f"; {links}")
 
 
 class Demo:
@@ -248,6 +344,7 @@ class Demo:
         self.deliveries = _Deliveries(self.fail)
         self.burstRate = None
         self._series = None
+        self._keepRunningDeferred = None
 
     # failure and waiting
 
@@ -389,6 +486,7 @@ class Demo:
 
         from s2sgate.gateway.service import GatewayService
         for site in self.sites:
+            site.adminPort = _freePort()
             site.config = self._config(site, ca, certs[site.name].certfile)
             site.gateway = GatewayService(site.config, self.reactor)
             site.inbound.target = site.gateway.inboundFactory()
@@ -399,6 +497,9 @@ class Demo:
             site.gateway.startService()
         await self.wait(defer.gatherResults([s.gateway.link.whenUp() for s in self.sites]),
                         "waiting for the component links")
+        await self.wait(defer.gatherResults([s.gateway.admin.whenListening()
+                                             for s in self.sites]),
+                        "waiting for the admin listeners")
 
     def _config(self, site, ca, certfile):
         peers = [s for s in self.sites if s is not site]
@@ -427,12 +528,14 @@ class Demo:
                 # a domain slip past them, the query stays on this machine.
                 "dns": {"nameservers": [f"{LOOPBACK}:53"], "timeout": 1, "retries": 0},
             },
-            "admin": {"listen": ""},
+            # The gateway's own admin API and status page, on loopback
+            # (config refuses anything else without a token).
+            "admin": {"listen": f"tcp:{site.adminPort}:interface={LOOPBACK}"},
             "log": {"level": "info"},
         }
         # Written out so that a person can read it (and `s2sgate config check` it)
         # while --keep-running; the gateway loads it as it would any config.
-        path = os.path.join(self.tempdir, f"{site.name}.toml")
+        path = site.configPath = os.path.join(self.tempdir, f"{site.name}.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(f"# s2sgate demo: the gateway of site {site.name}.  Its s2s listener,\n"
                     f"# {LOOPBACK}:{site.s2sPort}, was opened by the demo before the gateway\n"
@@ -509,17 +612,39 @@ class Demo:
 
     async def _keepRunning(self):
         self.write("")
+        self.write("== both sites keep running until Ctrl-C: look into them")
         for site in self.sites:
-            self.write(f"{site.name}: s2s {LOOPBACK}:{site.s2sPort} for "
-                       f"{', '.join(site.domains)}; c2s stand-in component port "
-                       f"{LOOPBACK}:{site.componentPort}")
-        self.write(f"files in {self.tempdir}; running until Ctrl-C")
+            self.write(f"  {site.name:<6} status page {site.adminURL}  "
+                       f"({', '.join(site.domains)}; s2s {LOOPBACK}:{site.s2sPort})")
+        self.write("")
+        self.write("  try, in another terminal:")
+        alpha, beta = self.alpha, self.beta
+        cmd = self.options.command
+        for line in (
+                f"{cmd} sessions --config {shlex.quote(alpha.configPath)}",
+                f"{cmd} failures --config {shlex.quote(alpha.configPath)}",
+                f"{cmd} check beta.test --config {shlex.quote(alpha.configPath)}",
+                f"{cmd} connect beta.test alpha.test --config {shlex.quote(beta.configPath)}",
+                f"{cmd} sessions --config {shlex.quote(beta.configPath)} --json",
+                f"curl -s {alpha.adminURL}api/sessions",
+                f"curl -s {alpha.adminURL}metrics"):
+            self.write(f"    $ {line}")
+        self.write("")
+        self.write(f"  files in {self.tempdir} (the configs, the CA); a chat between "
+                   f"alice@alpha.test and bob@beta.test sends one message each way every "
+                   f"{self.options.chatInterval:g} s, counted every "
+                   f"{self.options.reportInterval:g} s")
         self.phase = "keep-running"
         self._keepRunningDeferred = defer.Deferred()
-        await self._keepRunningDeferred
+        chat = _Chat(self)
+        chat.start()
+        try:
+            await self.wait(self._keepRunningDeferred, "keep-running")
+        finally:
+            chat.stop()
 
     def _keepRunningDone(self):
-        d = getattr(self, "_keepRunningDeferred", None)
+        d = self._keepRunningDeferred
         if d is not None and not d.called:
             d.callback(None)
 

@@ -405,6 +405,7 @@ class Checker:
             self.report.nameservers = "the system's (/etc/resolv.conf)"
         self.domain = ""  # the A-label form, once known
         self.local = CHECK_FROM
+        self.override: Target | None = None  # s2s.address for the domain: where the gateway goes
 
     def _tlsContexts(self):
         from s2sgate.auth.tls import TLSContexts, TLSSetupError
@@ -454,6 +455,9 @@ class Checker:
         targets = await self._guard("srv", "SRV records", self._srvSteps())
         if targets and self.policy.daneEnabled:
             await self._guard("dane", "DANE", self._dane())
+        if self.override is not None:
+            # The gateway never asks DNS for this domain: probe where it goes.
+            targets = [self.override]
         if not targets:
             self._skipRemote("no XMPP service found in DNS")
         else:
@@ -541,10 +545,14 @@ class Checker:
             step.summary = self.domain + (f" ({unicode})" if unicode else "")
         override = next((a for a in self.s2s.address if a.host == self.domain), None)
         if override is not None:
+            self.override = Target(str(override.ip_address), int(override.port))
+            step.data["override"] = {"ip_address": str(override.ip_address),
+                                     "port": int(override.port)}
             step.details.append(
                 f"note: s2s.address in the config sends {self.domain} to "
-                f"{override.ip_address}:{override.port}; the gateway skips DNS for it "
-                "(DNS is checked anyway, for the servers that use it)")
+                f"{override.ip_address}:{override.port}; the gateway skips DNS for it, "
+                "so the check connects there (DNS is checked anyway, for the servers that "
+                "use it; a DNS problem is then not fatal)")
         self._add(step)
         return True
 
@@ -602,7 +610,8 @@ class Checker:
             self._add(step.fail(
                 f"lookup failed: {xmppErr}",
                 f"make sure the nameserver answers ({self.report.nameservers}); "
-                "use --nameserver to ask another one", fatal=not targets))
+                "use --nameserver to ask another one",
+                fatal=not targets and self.override is None))
             return targets
         if xmpp == "dot":
             step.data["records"] = []
@@ -615,7 +624,7 @@ class Checker:
             self._add(step.fail(
                 f"{d} publishes SRV '.': it says it has no XMPP federation service",
                 f"if {d} should federate, replace the '.' record with one pointing at "
-                f"the server, e.g. `{example}`"))
+                f"the server, e.g. `{example}`", fatal=self.override is None))
             return targets
         if isinstance(xmpp, list):
             targets += _listRecords(step, xmpp, directTLS=False)

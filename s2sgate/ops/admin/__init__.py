@@ -8,6 +8,7 @@ failing to bind stops start-up loudly.
 """
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -27,6 +28,15 @@ class AdminService(service.Service):
         self.description = gateway.config.admin.listen
         self.site = AdminSite(gateway)
         self.port = None
+        self._waiters = []
+
+    def whenListening(self):
+        """A Deferred firing with the listening port (its C{getHost()} has the real port)."""
+        if self.port is not None:
+            return defer.succeed(self.port)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
 
     def startService(self):
         service.Service.startService(self)
@@ -35,6 +45,9 @@ class AdminService(service.Service):
 
         def listening(port):
             self.port = port
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(port)
             self.log.info("admin API, status page and /metrics on {endpoint}{auth}",
                           endpoint=self.description, event="admin.listen",
                           auth=" (bearer token required)" if self.gateway.config.admin.token
@@ -44,6 +57,9 @@ class AdminService(service.Service):
             self.log.critical("cannot listen on {endpoint} for the admin API: {error}",
                               endpoint=self.description, error=f.getErrorMessage(),
                               event="admin.listen_failed")
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.errback(f)
             if getattr(self.reactor, "running", False):
                 self.reactor.stop()
 
