@@ -248,6 +248,12 @@ class GatewayService(service.MultiService):
         """One dict per s2s stream, inbound and outbound, for operators."""
         return self.sessionTable.describe(queued=self.pool.queued)
 
+    def ourCertificates(self):
+        """C{(local domain, LocalCertificate or None)} for each local domain, as presented now."""
+        tls = self.tls
+        return [(d, tls.certificateFor(d) if tls is not None else None)
+                for d in self.config.local_domains]
+
     def failureLog(self):
         """The recent failed outbound attempts and verify legs, newest first, with their steps."""
         return list(reversed(self.failures))

@@ -126,7 +126,8 @@ def sessionInfo(stream, pairs, *, stanzasIn, stanzasOut, queue, certificate):
         "certificate": None if certificate is None else {
             "status": certificate.status, "reason": certificate.reason,
             "names": certificate.identities.describe() if certificate.identities else "",
-            "dane": certificate.dane},
+            "dane": certificate.dane,
+            "not_after": certificate.notAfter.timestamp() if certificate.notAfter else None},
         "auth": stream.authMethod, "since": stream.since,
         "stanzas_in": stanzasIn, "stanzas_out": stanzasOut,
         "bytes_in": stream.bytesIn, "bytes_out": stream.bytesOut, "queue": queue,

@@ -7,6 +7,9 @@ command and Prometheus.
   GET  /api/sessions     {"sessions": [...], "totals": {...}, "now": t}
   GET  /api/failures     {"failures": [...], "now": t}  newest first, with their steps
   GET  /api/link         the component link state
+  GET  /api/certificates {"ours": [...], "peers": [...], "now", "warn_days", "error_days"}:
+                         our certificates (names, domains served, days left) and the
+                         peers' certificates on live links, each with a level
   POST /api/connect?local=L&remote=R   open and authenticate (L, R) now; waits:
                          200 {"session", "steps", "reused"} or 502 {"error",
                          "condition", "text", "steps"}
@@ -49,10 +52,15 @@ from s2sgate.config import ConfigError
 from s2sgate.net.connector import ConnectFailed
 from s2sgate.xmpp.domain import InvalidDomain, normalize
 
-__all__ = ["AdminSite", "AdminResource", "sessionTotals", "CERTIFICATE_AUTH"]
+__all__ = ["AdminSite", "AdminResource", "sessionTotals", "certificateReport",
+           "expiryLevel", "CERTIFICATE_AUTH", "WARN_DAYS", "ERROR_DAYS"]
 
 # Authentication methods that rest on the peer's certificate.
 CERTIFICATE_AUTH = ("sasl-external", "dialback-without-dialback")
+
+# A certificate with fewer days left than these is a warning / an error on the page.
+WARN_DAYS = 14
+ERROR_DAYS = 3
 
 _GET = (b"GET", b"HEAD")
 _POST = (b"POST",)
@@ -68,6 +76,63 @@ def sessionTotals(sessions):
         "dialback": sum(1 for s in sessions if s.get("auth") == "dialback"),
         "unauthenticated": sum(1 for s in sessions if not s.get("auth")),
     }
+
+
+def expiryLevel(daysLeft, status="valid"):
+    """C{"ok"}, C{"warn"} (under L{WARN_DAYS}) or C{"error"} (under L{ERROR_DAYS}, or not valid)."""
+    if status != "valid" or daysLeft is None or daysLeft < ERROR_DAYS:
+        return "error"
+    return "warn" if daysLeft < WARN_DAYS else "ok"
+
+
+def _daysLeft(notAfter, now):
+    return None if notAfter is None else int((notAfter - now) // 86400)
+
+
+def certificateReport(ourCertificates, sessions, now):
+    """
+    What C{/api/certificates} answers: each certificate we present (once,
+    with every local domain it is presented for and whether it names each),
+    and the certificate of each live link's peer.
+    """
+    from s2sgate.auth.certs import matchesDomain
+
+    ours, byPath = [], {}
+    for domain, cert in ourCertificates:
+        if cert is None:
+            ours.append({"certfile": None, "domains": [domain], "uncovered": [domain],
+                         "names": "", "not_after": None, "days_left": None, "level": "error",
+                         "problem": f"no certificate for {domain}"})
+            continue
+        entry = byPath.get(cert.path)
+        if entry is None:
+            notAfter = cert.leaf.not_valid_after_utc.timestamp()
+            days = _daysLeft(notAfter, now)
+            entry = byPath[cert.path] = {
+                "certfile": cert.path, "domains": [], "uncovered": [],
+                "names": cert.identities.describe(), "not_after": notAfter,
+                "days_left": days, "level": expiryLevel(days), "problem": None}
+            if days is not None and days < 0:
+                entry["problem"] = "expired"
+            ours.append(entry)
+        entry["domains"].append(domain)
+        if not matchesDomain(cert.identities, domain):
+            entry["uncovered"].append(domain)
+            entry["level"] = "error"
+            entry["problem"] = "does not name " + ", ".join(entry["uncovered"])
+    peers = []
+    for s in sessions:
+        c = s.get("certificate")
+        if c is None:
+            continue
+        days = _daysLeft(c.get("not_after"), now)
+        peers.append({"remote": s.get("remote"), "direction": s.get("direction"),
+                      "local": s.get("local"), "status": c.get("status"),
+                      "reason": c.get("reason"), "names": c.get("names"),
+                      "dane": c.get("dane"), "not_after": c.get("not_after"), "days_left": days,
+                      "level": expiryLevel(days, c.get("status"))})
+    return {"ours": ours, "peers": peers, "now": now, "warn_days": WARN_DAYS,
+            "error_days": ERROR_DAYS}
 
 
 class _HTTPError(Exception):
@@ -110,6 +175,7 @@ class AdminResource(Resource):
             b"/api/sessions": (_GET, self.apiSessions),
             b"/api/failures": (_GET, self.apiFailures),
             b"/api/link": (_GET, self.apiLink),
+            b"/api/certificates": (_GET, self.apiCertificates),
             b"/api/connect": (_POST, self.apiConnect),
             b"/api/close": (_POST, self.apiClose),
             b"/api/reload": (_POST, self.apiReload),
@@ -126,7 +192,7 @@ class AdminResource(Resource):
             route = self.routes.get(path)
             if route is None:
                 raise _HTTPError(404, f"no such resource: {_text(request.path)}; try /api/sessions, "
-                                      "/api/failures, /api/link, /metrics or /")
+                                      "/api/failures, /api/link, /api/certificates, /metrics or /")
             methods, handler = route
             if request.method not in methods:
                 raise _HTTPError(405, f"{_text(request.method)} is not allowed on {_text(path)}; "
@@ -216,6 +282,11 @@ class AdminResource(Resource):
 
     def apiLink(self, request):
         return self.json(request, self.gateway.linkState())
+
+    def apiCertificates(self, request):
+        gateway = self.gateway
+        return self.json(request, certificateReport(gateway.ourCertificates(), gateway.sessions(),
+                                                    gateway.clock.seconds()))
 
     def apiConnect(self, request):
         local = self._domainArg(request, "local")
