@@ -9,7 +9,11 @@ test reads the verdict of every step and the JSON.
   wrong.test   127.0.8.2  STARTTLS, certificate DNS:other.test
   expired.test 127.0.8.3  STARTTLS, expired certificate for expired.test
   plain.test   127.0.8.4  no TLS at all (use_starttls = "false")
+  both.test    127.0.8.5  STARTTLS on 5269 and direct TLS on 5270, both in SRV
   dot.test     SRV "."    (no service)
+
+Every peer's dialback secret (s2s.shared) is "shared-" + its domain: checking
+good.test as one of our own domains with that secret proves its listener is ours.
 """
 
 import dataclasses
@@ -17,6 +21,7 @@ import dataclasses
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from s2sgate.auth.tls import TLSContexts
 from s2sgate.config import parse_config
@@ -32,13 +37,15 @@ from tests.test_resolver import FakeResolver, a, srv
 PEERS = {"good.test": ("127.0.8.1", {"dns": ["good.test"]}),
          "wrong.test": ("127.0.8.2", {"dns": ["other.test"]}),
          "expired.test": ("127.0.8.3", {"dns": ["expired.test"], "expired": True}),
-         "plain.test": ("127.0.8.4", None)}
+         "plain.test": ("127.0.8.4", None),
+         "both.test": ("127.0.8.5", {"dns": ["both.test"]})}
 
 
 def peerConfig(domain, certfile, cafile):
-    s2s = {"use_starttls": "required", "certfile": str(certfile), "cafile": str(cafile)}
+    s2s = {"use_starttls": "required", "certfile": str(certfile), "cafile": str(cafile),
+           "shared": f"shared-{domain}"}
     if certfile is None:
-        s2s = {"use_starttls": "false"}
+        s2s = {"use_starttls": "false", "shared": f"shared-{domain}"}
     return parse_config({"local_domains": [domain],
                          "component": {"jid": f"s2s.{domain}", "secret": "x"},
                          "s2s": s2s}, f"{domain}.toml")
@@ -59,12 +66,21 @@ def lab(tmp_path_factory):
                                  SessionTable())
         ports.append(reactor.listenTCP(5269, factory, interface=ip))
         records[(domain, 1)] = [a(domain, ip)]
+        if domain == "both.test":
+            direct = InboundFactory(reactor, current, makeRouter(current), FakeVerifier(),
+                                    SessionTable(), directTLS=True)
+            ports.append(reactor.listenTCP(5270, TLSMemoryBIOFactory(
+                tls.directTLSServerCreator(), False, direct), interface=ip))
+            records[("_xmpps-server._tcp.both.test", 33)] = [
+                srv("_xmpps-server._tcp.both.test", "both.test", 5270)]
+            records[("_xmpp-server._tcp.both.test", 33)] = [
+                srv("_xmpp-server._tcp.both.test", "both.test", 5269)]
     yield {"ca": ca, "records": records}
     for port in ports:
         pytest_twisted.blockon(port.stopListening())
 
 
-def checker(lab, domain, **s2s):
+def checker(lab, domain, local=(), extraChecks=(), **s2s):
     """A Checker with the gateway's default policy, trusting the test CA, presenting no cert."""
     base = parse_config({"local_domains": ["home.test"],
                          "component": {"jid": "s2s.home.test", "secret": "x"},
@@ -73,11 +89,12 @@ def checker(lab, domain, **s2s):
                                  use_starttls=s2s.pop("use_starttls", "required"), **s2s)
     resolver = S2SResolver(reactor, resolver=FakeResolver(lab["records"]), port=5269,
                            ip_versions=(4,))
-    return Checker(reactor, CheckOptions(domain, s2s=config, timeout=5), resolver=resolver)
+    return Checker(reactor, CheckOptions(domain, s2s=config, timeout=5, localDomains=local),
+                   resolver=resolver, extraChecks=extraChecks)
 
 
-async def run(lab, domain, **s2s):
-    report = await checker(lab, domain, **s2s).run()
+async def run(lab, domain, local=(), **s2s):
+    report = await checker(lab, domain, local, **s2s).run()
     return report, {s.name: s for s in report.steps}, report.toJSON()
 
 
@@ -86,7 +103,7 @@ async def test_a_good_peer_passes_every_step(lab):
     report, steps, doc = await run(lab, "good.test")
     assert [s.name for s in report.steps] == [
         "name", "srv-xmpps", "srv", "addresses", "tcp", "stream", "tls", "certificate",
-        "authentication"]
+        "authentication", "stream-features"]
     assert steps["tls"].status == "ok" and steps["tls"].summary.startswith("STARTTLS: TLSv1.")
     assert steps["certificate"].status == "ok"
     assert steps["certificate"].data["dns"] == ["good.test"]
@@ -159,3 +176,109 @@ async def test_the_json_has_the_same_shape_for_every_step(lab):
     for step in doc["steps"]:
         assert set(step) == {"name", "title", "status", "summary", "details", "advice",
                              "fatal", "data", "ok"}
+
+
+# --- what the best testers report too -------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_offered_features_show_the_peers_limits_and_dialback_errors(lab):
+    report, steps, doc = await run(lab, "good.test")
+    features = steps["stream-features"]
+    assert features.status == "ok"
+    # The peer is an s2sgate inbound stream: XEP-0478 limits with its stanza_size_limit.
+    assert features.data["limits"]["max_bytes"] == 524288
+    assert features.data["dialback_errors"] is True
+    assert (features.data["bidi"], features.data["stream_management"]) == (False, None)
+    assert "dialback with errors (XEP-0220)" in features.summary
+    assert "no stream management before authentication" in features.summary
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_tls_and_starttls_are_probed_separately(lab):
+    report, steps, doc = await run(lab, "both.test")
+    # _xmpps-server comes first: the main steps are the direct TLS probe ...
+    assert steps["stream"].data["direct_tls"] is True
+    assert steps["tls"].summary.startswith("direct TLS (XEP-0368): TLSv1.")
+    assert steps["certificate"].status == "ok"
+    # ... and STARTTLS on the _xmpp-server target gets its own step.
+    other = steps["starttls"]
+    assert other.status == "ok" and other.title == "STARTTLS at 127.0.8.5:5269 (both.test)"
+    assert other.summary.startswith("STARTTLS: TLSv1.")
+    assert [s["name"] for s in other.data["steps"]] == [
+        "stream", "tls", "certificate", "authentication", "stream-features"]
+    assert doc["verdict"]["ok"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_with_only_starttls_gets_no_second_probe(lab):
+    report, steps, doc = await run(lab, "good.test")
+    assert "starttls" not in steps and "direct-tls" not in steps
+
+
+@pytest_twisted.ensureDeferred
+async def test_our_own_srv_target_proves_it_reaches_this_gateway(lab):
+    report, steps, doc = await run(lab, "good.test", local=("good.test",),
+                                   shared="shared-good.test")
+    own = steps["own-listener"]
+    assert own.status == "ok", own
+    assert own.summary == "1 of 1 reachable target answered as this gateway"
+    assert own.data["targets"][0]["ours"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_our_own_srv_target_at_another_server_is_fatal(lab):
+    report, steps, doc = await run(lab, "good.test", local=("good.test",),
+                                   shared="not-the-secret-good.test-uses")
+    own = steps["own-listener"]
+    assert (own.status, own.fatal) == ("fail", True)
+    assert "is served by another server" in own.summary
+    assert own.data["targets"][0]["answer"] == "invalid"
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_a_shared_secret_the_listener_cannot_be_proved(lab):
+    report, steps, doc = await run(lab, "good.test", local=("good.test",))
+    own = steps["own-listener"]
+    assert own.status == "skipped" and "s2s.shared is not set" in own.summary
+
+
+@pytest_twisted.ensureDeferred
+async def test_our_presented_certificate_days_left(lab):
+    certfile = lab["ca"].issue("home.test", dns=["home.test"], days=10)[0]
+    report, steps, doc = await run(lab, "good.test", local=("home.test",), certfile=certfile)
+    mine = steps["presented-certificate"]
+    assert mine.status == "warn" and mine.data["days_left"] in (9, 10)
+    assert mine.data["covers"] is True and "renew it" in mine.advice[0]
+    # Presenting it, EXTERNAL is offered to us now.
+    assert steps["authentication"].data["sasl_external"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_s2s_address_override_is_probed_where_the_gateway_goes(lab):
+    from s2sgate.config import AddressOverride
+
+    override = AddressOverride(host="nodns.test", ip_address="127.0.8.1", port=5269)
+    report, steps, doc = await run(lab, "nodns.test", address=(override,),
+                                   use_starttls="optional")
+    assert not steps["srv"].fatal
+    assert steps["tcp"].data["addresses"][0]["address"] == "127.0.8.1:5269"
+    # It reached good.test's server there, which rightly does not serve nodns.test.
+    assert steps["stream"].data["address"] == "127.0.8.1:5269"
+    assert "host-unknown" in steps["stream"].summary
+    assert steps["name"].data["override"] == {"ip_address": "127.0.8.1", "port": 5269}
+
+
+@pytest_twisted.ensureDeferred
+async def test_extra_checks_get_the_peers_chain(lab):
+    from s2sgate.ops.check import Step
+
+    seen = []
+
+    async def tlsa(checker, reachable, peerChain):
+        seen.append((checker.domain, [str(a) for _, a in reachable], peerChain is not None))
+        return Step("tlsa", "TLSA", summary="seen")
+
+    report = await checker(lab, "good.test", extraChecks=(tlsa,)).run()
+    assert seen == [("good.test", ["127.0.8.1:5269"], True)]
+    assert [s.name for s in report.steps][-2:] == ["stream-features", "tlsa"]

@@ -13,9 +13,15 @@ The checks are the ones federation how-tos walk through by hand, in order:
     reachable target (TLS first for direct TLS targets);
  4. TLS: STARTTLS (or direct TLS), protocol and cipher, the certificate
     chain and whether it is valid for the domain;
- 5. authentication after TLS: SASL EXTERNAL and dialback offered?
- 6. for one of our own domains: our certificate and every
-    C{domain_certfile} entry.
+ 5. authentication after TLS: SASL EXTERNAL and dialback offered?  What
+    else is offered (XEP-0478 limits, bidi, stream management, dialback
+    errors)?  The other way in (direct TLS or STARTTLS) probed on its own;
+ 6. for one of our own domains: do the published targets reach this
+    gateway (a dialback key made from C{s2s.shared}), our certificate and
+    every C{domain_certfile} entry; for a remote domain, the days left on
+    the certificate we present.
+
+docs/check.md compares the steps with C{prosodyctl check} and public testers.
 
 Each step is a L{Step}: a status (ok, warn, fail, skipped), one-line
 summary, details, advice (what to change), and whether it makes federation
@@ -34,6 +40,7 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import json
+import secrets
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -62,11 +69,16 @@ from s2sgate.net.resolver import (
 from s2sgate.s2s.negotiation import PEER_REFUSALS, Finished, InitiatingStream, StreamLimits
 from s2sgate.xmpp.domain import InvalidDomain, normalize
 from s2sgate.xmpp.features import StreamFeatures
+from s2sgate.xmpp.namespaces import NS_DB_FEATURE, NS_LIMITS
 
 __all__ = ["CheckOptions", "Step", "Report", "Checker", "TextPrinter", "CHECK_FROM"]
 
 CHECK_FROM = "check.invalid"
 EXPIRY_WARNING_DAYS = 14
+EXPIRY_ERROR_DAYS = 3
+NS_BIDI_FEATURE = "urn:xmpp:features:bidi"      # XEP-0288
+NS_SM = "urn:xmpp:sm:3"                          # XEP-0198
+MIN_STANZA_BYTES = 10000                         # RFC 6120 section 13.12
 
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 
@@ -353,6 +365,21 @@ def _oneLine(text: Any) -> str:
     return "".join(c if c.isprintable() else "?" for c in s)[:200]
 
 
+def _endpointPort(description: str) -> int | None:
+    """The TCP port of a Twisted endpoint string (C{tcp:5269:interface=...}), if any."""
+    parts = description.split(":")
+    if parts[0] not in ("tcp", "tcp6", "ssl"):
+        return None
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if (eq and key == "port") or not eq:
+            try:
+                return int(value if eq else key)
+            except ValueError:
+                return None
+    return None
+
+
 def _where(address: Address, target: Target) -> str:
     w = f"{address} ({target.host}"
     return w + (", direct TLS)" if target.direct_tls else ")")
@@ -371,12 +398,16 @@ class Checker:
     @param tls: a L{s2sgate.auth.tls.TLSContexts} (built from the options when
         omitted; L{s2sgate.auth.tls.TLSSetupError} for an unusable C{cafile}).
     @param resolver: an L{S2SResolver} (built from the options when omitted).
+    @param extraChecks: C{async (checker, reachable, peerChain) -> Step or None}
+        callables run after the stream probe, in order: the seam for checks
+        kept elsewhere (TLSA/DANE records against C{peerChain}, the leaf and
+        chain the peer presented with its target, or None).
     """
 
     def __init__(self, reactor, options: CheckOptions,
                  emit: Callable[[Step], None] = lambda step: None,
                  tls=None, resolver: S2SResolver | None = None,
-                 now: _dt.datetime | None = None):
+                 now: _dt.datetime | None = None, extraChecks=()):
         self.reactor = reactor
         self.options = options
         self.emit = emit
@@ -386,6 +417,8 @@ class Checker:
         self.report = Report(options.domain)
         self.tlsProblem: str | None = None
         self.peerCertificate = None  # the verdict on the peer's certificate
+        self.peerChain = None  # (leaf, chain) the peer presented, for extraChecks
+        self.extraChecks = tuple(extraChecks)
         self.tls = tls if tls is not None else self._tlsContexts()
         self.tlsa = None   # the authenticated TLSA set of the first secure target (DANE)
         if resolver is None:
@@ -469,9 +502,24 @@ class Checker:
                 if not reachable:
                     self._skipRemote("no target is reachable", fromStep="stream")
                 else:
-                    await self._guard("stream", "stream", self._negotiate(*reachable[0]))
+                    first = reachable[0]
+                    await self._guard("stream", "stream", self._negotiate(*first))
+                    other = next(((t, a) for t, a in reachable
+                                  if t.direct_tls != first[0].direct_tls), None)
+                    if other is not None:
+                        await self._guard("other-way", "the other way in", self._otherWay(*other))
+                    for extra in self.extraChecks:
+                        step = await self._guard("extra", "extra check",
+                                                 extra(self, reachable, self.peerChain))
+                        if step is not None:
+                            self._add(step)
+                    if self.domain in self.options.localDomains:
+                        await self._guard("own-listener", "our SRV targets",
+                                          self._ownListener(reachable))
         if self.domain in self.options.localDomains:
             await self._guard("our-certificate", "our certificate", self._localSteps())
+        elif self.local != CHECK_FROM:
+            self._presented()
         return self.report
 
     async def _dane(self) -> None:
@@ -756,17 +804,13 @@ class Checker:
 
     # -- 3.-5. stream, TLS, certificate, authentication ---------------------------------
 
-    async def _negotiate(self, target: Target, address: Address) -> None:
+    async def _probe(self, target: Target, address: Address, local: str, lastStep):
         """
-        Run the gateway's own negotiation steps (TLS as the gateway does it)
-        against one address, stop before authenticating, and report what the
-        recording trace saw.
+        Connect to C{address} and run the gateway's own TLS steps and then
+        C{lastStep}; C{(recorder, ConnectFailed or None)}, or C{None, text}
+        when the TCP connection fails.
         """
-        d, where = self.domain, _where(address, target)
-        stream = Step("stream", "stream")
-        stream.data = {"address": str(address), "host": target.host,
-                       "direct_tls": target.direct_tls, "from": self.local, "where": where}
-        tlsStep = Step("tls", "TLS")
+        d = self.domain
         timeout = self.options.timeout
         idle: list = []
 
@@ -781,24 +825,20 @@ class Checker:
                 probe.transport.abortConnection()
 
         recorder = _Recorder(restartTimer)
-        last = _ReportFeatures()
         probe = InitiatingStream(
-            self.reactor, self.local, d, [DirectTLS(), StartTLS(), last],
+            self.reactor, local, d, [DirectTLS(), StartTLS(), lastStep],
             requirements=_ProbeRequirements(), tls=self.tls,
             limits=StreamLimits(self.s2s.stanza_size_limit, None, 1e9), observer=recorder)
-        creator = self.tls.clientCreator(d, self.local, alpn=True) if target.direct_tls else None
+        creator = self.tls.clientCreator(d, local, alpn=True) if target.direct_tls else None
         endpoint = endpointFor(self.reactor, address, timeout, tlsCreator=creator)
         try:
             await endpoint.connect(Factory.forProtocol(lambda: probe))
         except Exception as e:
             text, _ = describeConnectError(e)
-            self._add(stream.fail(f"cannot connect to {where} any more ({text})"))
-            self._skipRemote("no connection", fromStep="tls")
-            return
+            return None, text
         restartTimer()
-        ready = probe.ready
         try:
-            await ready
+            await probe.ready
             failed = None
         except ConnectFailed as e:
             failed = e
@@ -806,7 +846,56 @@ class Checker:
             if idle and idle[0].active():
                 idle[0].cancel()
             probe.closeStream(wait=1)
+        return recorder, failed
+
+    async def _negotiate(self, target: Target, address: Address) -> None:
+        """
+        Run the gateway's own negotiation steps (TLS as the gateway does it)
+        against one address, stop before authenticating, and report what the
+        recording trace saw.
+        """
+        where = _where(address, target)
+        stream = Step("stream", "stream")
+        stream.data = {"address": str(address), "host": target.host,
+                       "direct_tls": target.direct_tls, "from": self.local, "where": where}
+        tlsStep = Step("tls", "TLS")
+        last = _ReportFeatures()
+        recorder, failed = await self._probe(target, address, self.local, last)
+        if recorder is None:
+            self._add(stream.fail(f"cannot connect to {where} any more ({failed})"))
+            self._skipRemote("no connection", fromStep="tls")
+            return
         self._report(recorder, last.features, failed, target, where, stream, tlsStep)
+
+    async def _otherWay(self, target: Target, address: Address) -> None:
+        """
+        The other way in, probed on its own: STARTTLS when the first probe
+        used direct TLS (XEP-0368), direct TLS when it used STARTTLS.  Its
+        steps are folded into one, never fatal (the first way works or fails
+        by itself).
+        """
+        where = _where(address, target)
+        name, title = (("direct-tls", f"direct TLS (XEP-0368) at {where}") if target.direct_tls
+                       else ("starttls", f"STARTTLS at {where}"))
+        sub = Checker(self.reactor, self.options, tls=self.tls, resolver=self.resolver,
+                      now=self.now)
+        sub.domain, sub.local, sub.report.asciiDomain = self.domain, self.local, self.domain
+        await sub._negotiate(target, address)
+        step = Step(name, title)
+        step.data = {"address": str(address), "host": target.host,
+                     "direct_tls": target.direct_tls, "steps": [s.toJSON() for s in sub.report.steps]}
+        byName = {s.name: s for s in sub.report.steps}
+        parts = [byName[n].summary for n in ("tls", "certificate", "authentication")
+                 if n in byName and byName[n].status != SKIPPED]
+        step.summary = "; ".join(parts) or "no result"
+        for s in sub.report.steps:
+            step.details.append(f"{s.title}: {s.status}: {s.summary}")
+        failed = [s for s in sub.report.steps if s.status == FAIL]
+        if failed:
+            step.fail(f"{failed[0].title}: {failed[0].summary}", *failed[0].advice, fatal=False)
+        elif any(s.status == WARN for s in sub.report.steps):
+            step.warn(None, *[a for s in sub.report.steps for a in s.advice])
+        self._add(step)
 
     def _report(self, r: _Recorder, finalFeatures, failed, target, where, stream, tlsStep):
         """Turn the recorded negotiation into the stream, TLS, certificate and auth steps."""
@@ -848,10 +937,12 @@ class Checker:
 
         if target.direct_tls:
             self._auth(features, secure=True)
+            self._offered(features, secure=True)
             return
         if not features.starttls:
             self._noTLS(features, tlsStep)
             self._auth(features, secure=False)
+            self._offered(features, secure=False)
             return
         if not r.tlsRequested:
             if failed is not None and not (r.timedOut or r.lost or r.ended or r.errorReceived
@@ -875,6 +966,7 @@ class Checker:
             self._probeFailed(self._stopped(r, where, failed), stream, tlsStep, "auth")
             return
         self._auth(finalFeatures, secure=True)
+        self._offered(finalFeatures, secure=True)
 
     def _stopped(self, r: _Recorder, where: str, failed) -> "_Probe":
         """Why the peer stopped before sending what the negotiation waited for."""
@@ -986,6 +1078,7 @@ class Checker:
                      "days_left": days}
         try:
             leaf, chain = peerCertificates(conn)
+            self.peerChain = (leaf, chain) if leaf is not None else None
             if leaf is not None:
                 c = leaf.to_cryptography()
                 step.details.append(f"subject {c.subject.rfc4514_string() or '(empty)'}, "
@@ -1124,6 +1217,166 @@ class Checker:
                     step.warn(None)
         if refused is not None and not step.advice:
             step.advice += refused.advice
+        self._add(step)
+
+    def _offered(self, features: StreamFeatures, secure: bool) -> None:
+        """
+        What else the peer offers before authentication: XEP-0478 stream
+        limits, XEP-0288 bidi, XEP-0198 stream management (most servers offer
+        it only after authentication, which the check does not do), and
+        whether its dialback speaks XEP-0220 errors.
+        """
+        d = self.domain
+        step = Step("stream-features", "offered features" + (" (after TLS)" if secure else ""))
+        limits = features.child(NS_LIMITS, "limits")
+        maxBytes = idle = None
+        if limits is not None:
+            for child in limits.elements():
+                try:
+                    value = int(str(child).strip())
+                except ValueError:
+                    step.warn(None, f"{d} advertises a malformed XEP-0478 <{child.name}/>: "
+                                    f"{str(child).strip()[:40]!r}")
+                    continue
+                if child.name == "max-bytes":
+                    maxBytes = value
+                elif child.name == "idle-seconds":
+                    idle = value
+        dialback = features.child(NS_DB_FEATURE, "dialback")
+        dialbackErrors = dialback is not None and any(
+            c.name == "errors" for c in dialback.elements())
+        bidi = features.child(NS_BIDI_FEATURE, "bidi") is not None
+        sm = features.child(NS_SM, "sm") is not None
+        step.data = {"limits": None if limits is None else {"max_bytes": maxBytes,
+                                                            "idle_seconds": idle},
+                     "bidi": bidi, "stream_management": sm if sm else None,
+                     "dialback_errors": dialbackErrors if dialback is not None else None}
+        parts = []
+        if limits is None:
+            parts.append("no stream limits (XEP-0478)")
+        else:
+            parts.append("limits: " + ", ".join(
+                p for p in ((f"{maxBytes} bytes per stanza" if maxBytes is not None else ""),
+                            (f"idle {idle} s" if idle is not None else "")) if p))
+        parts.append("bidi (XEP-0288)" if bidi else "no bidi")
+        parts.append("stream management (XEP-0198)" if sm else
+                     "no stream management before authentication")
+        if dialback is not None:
+            parts.append("dialback with errors (XEP-0220)" if dialbackErrors
+                         else "dialback without <errors/>")
+        step.summary = "; ".join(parts)
+        ours = self.s2s.stanza_size_limit
+        if maxBytes is not None:
+            step.details.append(f"{d} accepts stanzas up to {maxBytes} bytes; ours: {ours}")
+            if maxBytes < MIN_STANZA_BYTES:
+                step.warn(None, f"{d} limits stanzas to {maxBytes} bytes, below the 10000 "
+                                "RFC 6120 section 13.12 requires: larger stanzas to it fail")
+            elif maxBytes < ours:
+                step.details.append(f"stanzas between {maxBytes} and {ours} bytes pass here "
+                                    f"but {d} refuses them")
+        if idle is not None:
+            step.details.append(f"{d} closes streams idle for {idle} s; the gateway's "
+                                "whitespace keepalives keep them open")
+        if not sm:
+            step.details.append("stream management is usually offered after authentication, "
+                                "which the check does not perform")
+        if dialback is not None and not dialbackErrors:
+            step.details.append(f"a refused dialback from {d} may end the whole stream "
+                                "instead of one domain pair (no XEP-0220 errors)")
+        self._add(step)
+
+    def _presented(self) -> None:
+        """Days left on the certificate we present as C{self.local} (check with --config)."""
+        cert = self.tls.certificateFor(self.local)
+        step = Step("presented-certificate", f"our certificate for {self.local}")
+        if cert is None:
+            self._add(step.warn(f"we present no certificate for {self.local}",
+                                f"set s2s.certfile to a certificate for {self.local}: servers "
+                                "requiring one (secure_auth) refuse us otherwise"))
+            return
+        notAfter = cert.leaf.not_valid_after_utc
+        days = _daysLeft(notAfter, self.now)
+        from s2sgate.auth.certs import matchesDomain
+
+        covers = matchesDomain(cert.identities, self.local)
+        step.data = {"certfile": cert.path, "names": cert.identities.describe(),
+                     "covers": covers, "not_after": notAfter.isoformat(), "days_left": days}
+        step.summary = (f"{cert.path}: names {cert.identities.describe()}; expires "
+                        f"{_day(notAfter)}, {days} days left")
+        if not covers:
+            step.fail(f"{cert.path} does not name {self.local}",
+                      f"get a certificate that covers {self.local}: without it SASL EXTERNAL "
+                      "to any server fails", fatal=False)
+        elif days is not None and days < 0:
+            step.fail(f"{cert.path} expired on {_day(notAfter)}",
+                      "renew it and reload the gateway", fatal=False)
+        elif days is not None and days < EXPIRY_ERROR_DAYS:
+            step.fail(f"{cert.path} expires in {days} days",
+                      "renew it now and reload the gateway", fatal=False)
+        elif days is not None and days < EXPIRY_WARNING_DAYS:
+            step.warn(None, f"it expires in {days} days: renew it and reload the gateway")
+        self._add(step)
+
+    async def _ownListener(self, reachable) -> None:
+        """
+        For one of our own domains: does each published target reach this
+        gateway?  Only a server holding this gateway's dialback secret
+        (C{s2s.shared}) answers C{valid} to a C{<db:verify/>} with a key made
+        from it, so the answer proves (or disproves) it.
+        """
+        d = self.domain
+        step = Step("own-listener", f"published targets reach this gateway ({d})")
+        listenPorts = sorted({_endpointPort(e) for e in
+                              (*self.s2s.listen, *self.s2s.direct_tls_listen)} - {None})
+        for t, a in reachable:
+            if listenPorts and a.port not in listenPorts:
+                step.details.append(f"{_where(a, t)}: port {a.port} is not one of s2s.listen's "
+                                    f"({', '.join(map(str, listenPorts))}); fine only behind a "
+                                    "port forward that maps it")
+        if not self.s2s.shared:
+            step.status = SKIPPED
+            step.summary = ("not checked: s2s.shared is not set (the dialback secret is random "
+                            "per start, so no key can prove who answers)")
+            step.advice.append("set s2s.shared (the same on every instance) and run check again")
+            self._add(step)
+            return
+        from s2sgate.auth.dialback import DialbackKeys
+        from s2sgate.features.dialback import DialbackVerify
+
+        keys = DialbackKeys(self.s2s.shared)
+        probes = [(t, a) for t, a in reachable][:4]
+
+        async def verifyAt(t, a):
+            streamId = secrets.token_urlsafe(16)
+            verify = DialbackVerify(streamId, keys.generate(CHECK_FROM, d, streamId))
+            recorder, failed = await self._probe(t, a, CHECK_FROM, verify)
+            if recorder is None:
+                return None, f"cannot connect ({failed})"
+            if verify.verdict is None:
+                return None, f"no dialback answer ({failed.text if failed else 'stream ended'})"
+            return verify.verdict.valid, verify.verdict.answer
+
+        results = await defer.gatherResults(
+            [defer.ensureDeferred(verifyAt(t, a)) for t, a in probes], consumeErrors=True)
+        step.data = {"targets": [{"address": str(a), "host": t.host, "direct_tls": t.direct_tls,
+                                  "ours": ours, "answer": answer}
+                                 for (t, a), (ours, answer) in zip(probes, results)]}
+        wrong = [(t, a) for (t, a), (ours, _) in zip(probes, results) if ours is False]
+        unknown = [(t, a, why) for (t, a), (ours, why) in zip(probes, results) if ours is None]
+        for (t, a), (ours, answer) in zip(probes, results):
+            step.details.insert(0, f"{_where(a, t)}: " + (
+                "this gateway (verified a key made with s2s.shared)" if ours
+                else f"another server ({answer})" if ours is False else answer))
+        if wrong:
+            step.fail(f"{_where(wrong[0][1], wrong[0][0])} is served by another server: it "
+                      f"rejected a dialback key made with this gateway's s2s.shared",
+                      f"point the SRV record of {d} at this gateway (or forward the port to "
+                      "it); if it is another instance, give it the same s2s.shared")
+        elif unknown:
+            step.warn(f"could not tell for {_where(unknown[0][1], unknown[0][0])}: {unknown[0][2]}")
+        else:
+            step.summary = (f"{len(probes)} of {len(probes)} reachable target"
+                            f"{'s' if len(probes) > 1 else ''} answered as this gateway")
         self._add(step)
 
     # -- 6. our own certificates ---------------------------------------------------------
