@@ -9,7 +9,7 @@ from twisted.logger import globalLogPublisher
 
 from tests.s2sfakes import LOCAL, REMOTE
 from tests.test_component import Harness
-from tests.test_inbound_tls import auth, secured, valid
+from tests.test_inbound_tls import auth, header, secured, valid
 from tests.test_outbound_tls import SUCCESS, peerHeader
 from tests.test_outbound_tls import features as outboundFeatures
 from tests.test_outbound_tls import secured as outboundSecured
@@ -72,3 +72,80 @@ def test_each_component_link_state_change_is_logged_once(events):
     h.clock.advance(h.clock.getDelayedCalls()[0].getTime() - h.clock.seconds())
     h.refuse()                               # down again: a new state, logged again
     assert len(named(events, "component.network_failure")) == 2
+
+
+# --- one line per stream end: closed or lost, with pairs, direction, security, counters ---
+
+
+def _drop(stream):
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    stream.connectionLost(Failure(ConnectionLost("gone")))
+
+
+def test_an_inbound_stream_closed_by_the_peer_logs_one_closed_line(events):
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)})
+    stream.dataReceived(auth("="))
+    stream.dataReceived(header(sender=REMOTE))      # the restart after SASL
+    stream.dataReceived(b"</stream:stream>")
+    _drop(stream)
+    [line] = named(events, "stream.closed")
+    assert not named(events, "stream.lost")
+    assert (line["direction"], line["remote"], line["local"], line["reason"]) == (
+        "inbound", REMOTE, LOCAL, "closed by the peer")
+    assert line["pairs"] == [[REMOTE, LOCAL]] and line["method"] == "sasl-external"
+    assert line["security"].startswith("STARTTLS TLSv1.3")
+    assert line["stanzas_in"] == 0 and line["bytes_in"] > 0 and line["bytes_out"] > 0
+    assert line["log_level"].name == "info"
+    assert f"inbound stream {REMOTE} -> {LOCAL} closed by the peer after" in \
+        line["log_format"].format(**line)
+
+
+def test_an_inbound_stream_dropped_without_a_closing_tag_logs_lost(events):
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)})
+    stream.dataReceived(auth("="))
+    _drop(stream)
+    [line] = named(events, "stream.lost")
+    assert (line["direction"], line["reason"], line["log_level"].name) == ("inbound", None, "warn")
+    assert "lost (connection dropped without a closing tag)" in line["log_format"].format(**line)
+
+
+def test_an_unauthenticated_inbound_stream_logs_no_end_line(events):
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)})
+    _drop(stream)
+    assert not named(events, "stream.lost") and not named(events, "stream.closed")
+
+
+def test_an_outbound_stream_we_close_logs_closed_with_its_counters(events):
+    gw, pool, stream, out, results = outboundSecured(verdicts={REMOTE: valid(REMOTE)})
+    stream.dataReceived(SUCCESS)
+    stream.dataReceived(peerHeader("peer-3") + outboundFeatures())
+    stream.closeStream()
+    _drop(stream)
+    [line] = named(events, "stream.closed")
+    assert (line["direction"], line["local"], line["remote"], line["reason"]) == (
+        "outbound", LOCAL, REMOTE, "closed by us")
+    assert line["pairs"] == [[LOCAL, REMOTE]] and line["stanzas_out"] == 0
+    assert {"seconds", "bytes_in", "bytes_out", "stream", "security"} <= set(line)
+
+
+def test_an_outbound_stream_ended_by_a_stream_error_says_which(events):
+    gw, pool, stream, out, results = outboundSecured(verdicts={REMOTE: valid(REMOTE)})
+    stream.dataReceived(SUCCESS)
+    stream.dataReceived(peerHeader("peer-3") + outboundFeatures())
+    stream.dataReceived(b"<stream:error><system-shutdown "
+                        b"xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
+    _drop(stream)
+    [line] = named(events, "stream.closed")
+    assert line["reason"] == "stream error system-shutdown received"
+
+
+def test_established_lines_name_their_direction(events):
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)})
+    stream.dataReceived(auth("="))
+    gw2, pool, ostream, oout, results = outboundSecured(verdicts={REMOTE: valid(REMOTE)})
+    ostream.dataReceived(SUCCESS)
+    ostream.dataReceived(peerHeader("peer-3") + outboundFeatures())
+    assert [e["direction"] for e in named(events, "inbound.established")] == ["inbound"]
+    assert [e["direction"] for e in named(events, "outbound.established")] == ["outbound"]

@@ -16,6 +16,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.s2s.guard import LogLimiter
+from s2sgate.s2s.streamlog import logStreamEnd
 from s2sgate.xmpp.domain import InvalidDomain, domainOf, isUnambiguous, normalize, rawDomainOf
 from s2sgate.xmpp.namespaces import NS_DB, NS_LIMITS, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.stanzas import STANZA_NAMES
@@ -203,7 +204,7 @@ class InboundStream(XmlStream):
         self.log.info("inbound stream {remote} -> {local} authenticated ({method}; {security})",
                       remote=remote, local=local, method=method,
                       security=self.securitySummary(remote), stream=self.streamId, first=first,
-                      event="inbound.established")
+                      direction="inbound", event="inbound.established")
 
     def securitySummary(self, remote=None):
         if not self.secure:
@@ -329,6 +330,10 @@ class InboundStream(XmlStream):
 
     def streamClosed(self, reason):
         self._cancelNegotiationTimer()
+        if self.pairs:
+            pairs = sorted(self.pairs)
+            logStreamEnd(self, remote=self.peer, pairs=pairs, stanzasIn=self.stanzasIn, stanzasOut=0,
+                         security=self.securitySummary(pairs[0][0]), now=self.clock.seconds())
         self.sessions.untrack(self)
         for offer in self.offers:
             offer.streamClosed(self)

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from s2sgate.interfaces import INegotiationObserver, IOutcome
 from s2sgate.net.connector import Attempt, ConnectFailed
+from s2sgate.s2s.streamlog import logStreamEnd
 from s2sgate.xmpp.features import StreamFeatures
 from s2sgate.xmpp.namespaces import NS_DB, NS_STREAMS
 from s2sgate.xmpp.stream import XmlStream
@@ -301,7 +302,8 @@ class InitiatingStream(XmlStream):
         self._cancelNegotiationTimer()
         self.log.info("outbound stream {local} -> {remote} authenticated ({method}; {security})",
                       local=self.local, remote=self.remote, method=method,
-                      security=self.securitySummary(), event="outbound.established")
+                      security=self.securitySummary(), stream=self.streamId,
+                      direction="outbound", event="outbound.established")
         self._fire()
 
     def finished(self):
@@ -453,6 +455,10 @@ class InitiatingStream(XmlStream):
     def streamClosed(self, reason):
         self.observer.connectionLost(reason)
         self._cancelNegotiationTimer()
+        if self.authMethod:
+            logStreamEnd(self, remote=self.remote, pairs=[(self.local, self.remote)], stanzasIn=0,
+                         stanzasOut=self.stanzasOut, security=self.securitySummary(),
+                         now=self.clock.seconds())
         self.fail("remote-server-not-found",
                   f"{self.remote} closed the connection during negotiation")
         waiting, self._waiting = self._waiting, None

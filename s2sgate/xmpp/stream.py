@@ -125,6 +125,10 @@ class XmlStream(Protocol):
         self.closing = False
         self.closed = False
         self.headerSent = False
+        # How the stream ended, for the log line of its end: None until it
+        # does; still None when the connection drops without a closing tag
+        # or stream error from either side (the stream was lost).
+        self.endReason = None
         self._idleCall = None
         self._keepaliveCall = None
         self._closeCall = None
@@ -208,13 +212,19 @@ class XmlStream(Protocol):
             return   # RFC 6120 4.9: after our stream error nothing more is handled
         if (element.uri, element.name) == (NS_STREAMS, "error"):
             condition, text = parseStreamError(element)
+            self._ending(f"stream error {condition} received")
             self.streamErrorReceived(condition, text)
             self.closeStream()
             return
         self.elementReceived(element)
 
     def _onEnd(self):
+        self._ending("closed by the peer")
         self.streamEnded()
+
+    def _ending(self, reason):
+        if self.endReason is None:
+            self.endReason = reason
 
     # sending
 
@@ -330,6 +340,7 @@ class XmlStream(Protocol):
             return
         self.log.info("stream error {condition} sent: {text}", condition=condition,
                       text=text, stream=self.describe())
+        self._ending(f"stream error {condition} sent")
         if not self.headerSent:
             self.sendHeader(self.errorHeaderAttrs())
         self.send(streamErrorXml(condition, text))
@@ -341,6 +352,7 @@ class XmlStream(Protocol):
         if self.closing or self.closed:
             return
         self.closing = True
+        self._ending("closed by us")
         if not self.headerSent:
             self.sendHeader(self.errorHeaderAttrs())
         self.send(b"</stream:stream>")
@@ -368,6 +380,7 @@ class XmlStream(Protocol):
 
     def _idle(self):
         self._idleCall = None
+        self._ending(f"idle for {self.idleTimeout:g} s")
         self.idleTimedOut()
 
     def _keepalive(self):

@@ -1,0 +1,44 @@
+# -*- test-case-name: tests.test_logged_once -*-
+"""
+The log line of an authenticated stream's end: closed (a closing tag or a
+stream error, from either side, or our idle timeout) or lost (the connection
+dropped without either), with the pairs, direction, security and counters,
+so that one grep tells an operator what a link carried and how it ended.
+"""
+
+__all__ = ["logStreamEnd", "pairText"]
+
+
+def pairText(direction, pairs):
+    """C{"a.test -> b.test"} for the first pair (sender first), C{" (+N more)"} after."""
+    if not pairs:
+        return "?"
+    sender, receiver = pairs[0]
+    more = f" (+{len(pairs) - 1} more)" if len(pairs) > 1 else ""
+    return f"{sender} -> {receiver}{more}"
+
+
+def logStreamEnd(stream, *, remote, pairs, stanzasIn, stanzasOut, security, now):
+    """One C{stream.closed} (info) or C{stream.lost} (warn) event for C{stream}."""
+    lost = stream.endReason is None
+    how = "lost (connection dropped without a closing tag)" if lost else stream.endReason
+    seconds = max(0.0, now - stream.since)
+    emit = stream.log.warn if lost else stream.log.info
+    emit("{direction} stream {pair} {how} after {duration}: {stanzas_in} stanzas in, "
+         "{stanzas_out} out, {bytes_in} bytes in, {bytes_out} out ({security}; {method})",
+         direction="outbound" if stream.direction == "out" else "inbound",
+         pair=pairText(stream.direction, pairs), how=how, duration=_duration(seconds),
+         seconds=round(seconds, 3), pairs=[list(p) for p in pairs], local=stream.local,
+         remote=remote, stream=stream.streamId, security=security,
+         method=stream.authMethod, reason=None if lost else stream.endReason,
+         stanzas_in=stanzasIn, stanzas_out=stanzasOut, bytes_in=stream.bytesIn,
+         bytes_out=stream.bytesOut, event="stream.lost" if lost else "stream.closed")
+
+
+def _duration(seconds):
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min {int(seconds % 60)} s"
+    return f"{minutes // 60} h {minutes % 60} min"
