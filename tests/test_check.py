@@ -141,6 +141,18 @@ def test_good_peer_json(peer, config):
     assert by["certificate"]["data"]["days_left"] >= 363
     assert by["authentication"]["data"]["sasl_external"] is True
     assert by["authentication"]["data"]["dialback"] is False
+    # Direct TLS came first; STARTTLS on the _xmpp-server target is probed on its own.
+    other = by["starttls"]
+    assert other["status"] == "ok", other
+    assert other["title"] == "STARTTLS at 127.0.0.90:5269 (xmpp.good.test)"
+    assert [(s["name"], s["status"]) for s in other["data"]["steps"]][:3] == [
+        ("stream", "ok"), ("tls", "ok"), ("certificate", "ok")]
+    # Prosody 0.12: no XEP-0478 limits, no bidi (mod_s2s_bidi not loaded), no dialback.
+    assert by["stream-features"]["data"] == {"limits": None, "bidi": False,
+                                             "stream_management": None,
+                                             "dialback_errors": None}
+    assert by["presented-certificate"]["status"] == "ok"
+    assert by["presented-certificate"]["data"]["days_left"] >= 363
 
 
 def test_no_srv_record(peer, config):
