@@ -129,3 +129,24 @@ def test_python_m_s2sgate_error_has_no_traceback(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr == f"{path}: local_domains: got []; allowed: a non-empty list of domains\n"
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`s2sgate … | head`: a reader that goes away is no traceback."""
+    import subprocess
+    import sys
+
+    script = ("import sys, s2sgate.cli as c\n"
+              "def func(args):\n"
+              "    for _ in range(100000):\n"
+              "        print('x' * 80)\n"
+              "    return 0\n"
+              "p = c.build_parser()\n"
+              "sub = p._subparsers._group_actions[0]\n"
+              "sub.add_parser('flood').set_defaults(func=func)\n"
+              "c.build_parser = lambda: p\n"
+              "sys.exit(c.main(['flood']))\n")
+    r = subprocess.run(f"{sys.executable} -c \"$S\" | head -1", shell=True,
+                       capture_output=True, text=True, env={"S": script, "PATH": "/usr/bin:/bin"})
+    assert r.stdout == "x" * 80 + "\n"
+    assert "Traceback" not in r.stderr, r.stderr
