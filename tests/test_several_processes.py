@@ -24,6 +24,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 
+from s2sgate import cli
 from tests.lab.chat import login
 from tests.lab.dns import TestDNS
 from tests.lab.gateway import GatewayProcess
@@ -230,6 +231,27 @@ async def test_the_routing_module_spreads_remote_domains_by_rendezvous_hash(lab)
         other = next(c for c in COMPONENTS if c != owner)
         assert domain not in carriedBy(gateways[other]), (domain, other)
     assert all(lost == 0 and b == 0 for _, _, b, lost in traffic.counts().values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_all_lists_the_links_of_both_processes(lab, capsys):
+    gateways = lab["gateways"]
+    traffic = Traffic("all")
+    await traffic.start()
+    await sleep(0.5)
+    capsys.readouterr()
+    code = await threads.deferToThread(
+        cli.main, ["sessions", "--all", "--config", str(gateways[COMPONENTS[0]].configfile)])
+    out = capsys.readouterr().out
+    await traffic.stop()
+    assert code == 0, out
+    print(out)
+    rows = {tuple(line.split()[:4]) for line in out.splitlines() if line.startswith("s2s")
+            and " at " not in line}
+    for domain in ("peer1.test", "peer2.test"):
+        owner = rendezvous(COMPONENTS, domain)[0]
+        assert (owner, "out", "home.test", domain) in rows, rows
+    assert {jid for jid, _, _, _ in rows} <= set(COMPONENTS)
 
 
 @pytest_twisted.ensureDeferred

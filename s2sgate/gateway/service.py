@@ -294,7 +294,9 @@ class GatewayService(service.MultiService):
                 "backlog_bytes": self.link.stream.backlog if self.link.stream else 0,
                 "inbound_paused": self.link.throttled,
                 "inbound_paused_times": self.link.throttledCount,
-                "problem": self.link.lastProblem[1] if self.link.lastProblem else None}
+                "problem": self.link.lastProblem[1] if self.link.lastProblem else None,
+                # The other gateway processes (their own links: s2sgate sessions --all).
+                "peers": list(self.config.admin.peers)}
 
     async def connect(self, local, remote):
         """
