@@ -339,6 +339,11 @@ def parse_config(data: Any, filename: str) -> Config:
     component = _component(ctx, top)
     s2s = _s2s(ctx, top, local)
     admin = _admin(ctx, top)
+    if admin.peers and s2s.shared is None:
+        # Several processes: a remote server checks our dialback key with
+        # whichever process its connection reaches.
+        ctx.fail("s2s.shared", "unset while admin.peers names other gateway processes",
+                 "the same dialback secret on every process of the site")
     log = _log(ctx, top)
     return Config(
         path=filename, local_domains=local, component=component, s2s=s2s,

@@ -877,8 +877,15 @@ def test_shutdown_timeout_defaults_to_10_and_is_checked():
         assert reject(minimal(shutdown_timeout=value)).key == "s2s.shutdown_timeout"
 
 
-def test_admin_peers_are_admin_urls_of_the_other_processes():
+def test_several_processes_need_the_same_dialback_secret():
     data = minimal()
+    data["admin"] = {"peers": ["http://127.0.0.1:5282"]}
+    err = reject(data)
+    assert err.key == "s2s.shared" and "admin.peers" in str(err)
+
+
+def test_admin_peers_are_admin_urls_of_the_other_processes():
+    data = minimal(shared="the same on every process")
     data["admin"] = {"peers": ["http://127.0.0.1:5282/", "unix:/run/s2sgate/2.sock"]}
     assert parse_config(data, "x.toml").admin.peers == ("http://127.0.0.1:5282",
                                                         "unix:/run/s2sgate/2.sock")
@@ -895,6 +902,6 @@ def test_admin_peers_are_admin_urls_of_the_other_processes():
     (["http://a:1", "http://a:1/"], "admin.peers[1]"),
 ])
 def test_admin_peers_checked(peers, key):
-    data = minimal()
+    data = minimal(shared="the same on every process")
     data["admin"] = {"peers": peers}
     assert reject(data).key == key

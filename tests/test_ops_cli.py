@@ -252,7 +252,7 @@ def twoProcesses(tmp_path):
     urls = [f"http://{API_IP}:{p.getHost().port}" for p in ports]
     config = tmp_path / "s2sgate.toml"
     config.write_text('local_domains = ["home.test"]\n[component]\njid = "s2s.home.test"\n'
-                      'secret = "x"\n[s2s]\nuse_starttls = "false"\n'
+                      'secret = "x"\n[s2s]\nuse_starttls = "false"\nshared = "s"\n'
                       f'[admin]\nlisten = "tcp:{ports[0].getHost().port}:interface={API_IP}"\n'
                       f'peers = ["{urls[1]}", "http://{NOTHING_IP}:5281"]\n')
     yield config, urls

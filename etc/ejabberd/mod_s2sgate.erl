@@ -58,9 +58,14 @@
 
 %% filter_packet is a global hook: adding it again for another host is a
 %% no-op (ejabberd_hooks keeps one entry), removing it waits for the last host.
-start(_Host, _Opts) ->
-    ejabberd_hooks:add(filter_packet, ?MODULE, filter_packet, ?SEQ),
-    ok.
+start(Host, _Opts) ->
+    case components(Host) of
+        [] ->
+            {error, <<"mod_s2sgate: set the option components (or component)">>};
+        _ ->
+            ejabberd_hooks:add(filter_packet, ?MODULE, filter_packet, ?SEQ),
+            ok
+    end.
 
 stop(Host) ->
     case gen_mod:is_loaded_elsewhere(Host, ?MODULE) of
