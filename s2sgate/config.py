@@ -28,6 +28,7 @@ import re
 import ssl
 import stat
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -200,6 +201,7 @@ class S2SConfig:
     queue_limit: int = 1000
     idle_timeout: float = 600
     negotiation_timeout: float = 30
+    shutdown_timeout: float = 10
     outgoing: OutgoingConfig = field(default_factory=OutgoingConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     limits: PeerLimits = field(default_factory=PeerLimits)
@@ -234,6 +236,7 @@ class AdminConfig:
 
     listen: str | None = "tcp:5281:interface=127.0.0.1"
     token: str | None = None
+    peers: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return _maskedRepr(self, ("token",))
@@ -336,6 +339,11 @@ def parse_config(data: Any, filename: str) -> Config:
     component = _component(ctx, top)
     s2s = _s2s(ctx, top, local)
     admin = _admin(ctx, top)
+    if admin.peers and s2s.shared is None:
+        # Several processes: a remote server checks our dialback key with
+        # whichever process its connection reaches.
+        ctx.fail("s2s.shared", "unset while admin.peers names other gateway processes",
+                 "the same dialback secret on every process of the site")
     log = _log(ctx, top)
     return Config(
         path=filename, local_domains=local, component=component, s2s=s2s,
@@ -400,7 +408,7 @@ _S2S_KEYS = (
     "shared", "secure_auth", "insecure_domains", "secure_domains", "dane", "dane_domains",
     "stanza_size_limit", "max_retry_delay", "address", "allow_anonymous_s2s",
     "anonymous_domains", "disabled_domains", "queue_limit", "idle_timeout",
-    "negotiation_timeout", "outgoing", "dns", "limits",
+    "negotiation_timeout", "shutdown_timeout", "outgoing", "dns", "limits",
 )
 
 
@@ -447,6 +455,7 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
     queueLimit = _integer(ctx, t, "queue_limit", 1000, 1)
     idle = _seconds(ctx, t, "idle_timeout", 600, above=0)
     negotiation = _seconds(ctx, t, "negotiation_timeout", 30, above=0)
+    shutdown = _seconds(ctx, t, "shutdown_timeout", 10, atLeast=0)
     dns = _dns(ctx, t)
     limits = _limits(ctx, t)
 
@@ -491,7 +500,8 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
         max_retry_delay=maxRetry, address=address,
         allow_anonymous_s2s=allowAnon, anonymous_domains=anon,
         disabled_domains=disabled, queue_limit=queueLimit, idle_timeout=idle,
-        negotiation_timeout=negotiation, outgoing=outgoing, dns=dns, limits=limits,
+        negotiation_timeout=negotiation, shutdown_timeout=shutdown, outgoing=outgoing,
+        dns=dns, limits=limits,
     )
 
 
@@ -647,7 +657,8 @@ def parseNameserver(text: Any) -> tuple[str, int] | None:
 
 
 def _admin(ctx: _Context, top: _Table) -> AdminConfig:
-    t = top.table("admin", ("listen", "token"))
+    t = top.table("admin", ("listen", "token", "peers"))
+    peers = _peers(ctx, t)
     token = t.get("token", None)
     if token is not None:
         # Never show the value, not even part of it.
@@ -658,13 +669,46 @@ def _admin(ctx: _Context, top: _Table) -> AdminConfig:
             ctx.fail(t.key("token"), f"got {what}", _TOKEN_ALLOWED)
     listen = t.get("listen", "tcp:5281:interface=127.0.0.1")
     if listen == "":
-        return AdminConfig(listen=None, token=token)
+        return AdminConfig(listen=None, token=token, peers=peers)
     listen = _endpoint(ctx, t.key("listen"), listen, extra=' or "" to disable')
     if token is None and not _isLoopbackEndpoint(listen):
         ctx.fail(t.key("listen"),
                  f"{_show(listen)} is reachable from other machines and admin.token is not set",
                  "a loopback interface, or set admin.token")
-    return AdminConfig(listen=listen, token=token)
+    return AdminConfig(listen=listen, token=token, peers=peers)
+
+
+_PEERS_ALLOWED = ('a list of admin API URLs of the other gateway processes, '
+                  'such as ["http://127.0.0.1:5282"] or ["unix:/run/s2sgate/2.sock"]')
+
+
+def _peers(ctx: _Context, t: _Table) -> tuple[str, ...]:
+    """The other processes' admin APIs (for C{s2sgate sessions --all})."""
+    v = t.get("peers", [])
+    if not isinstance(v, list):
+        ctx.fail(t.key("peers"), f"got {_kind(v)}", _PEERS_ALLOWED)
+    seen = set()
+    for i, url in enumerate(v):
+        key = f"{t.key('peers')}[{i}]"
+        if not isinstance(url, str):
+            ctx.fail(key, f"got {_kind(url)}", _PEERS_ALLOWED)
+        if url.startswith("unix:"):
+            ok = len(url) > len("unix:") and "\0" not in url
+        else:
+            parts = urllib.parse.urlsplit(url)
+            ok = (parts.scheme in ("http", "https") and bool(parts.hostname)
+                  and parts.path in ("", "/") and not parts.query and not parts.fragment
+                  and not any(c.isspace() for c in url))
+            try:
+                parts.port
+            except ValueError:
+                ok = False
+        if not ok:
+            ctx.fail(key, f"got {_show(url)}", _PEERS_ALLOWED)
+        if url.rstrip("/") in seen:
+            ctx.fail(key, f"{_show(url)} is listed twice", _PEERS_ALLOWED)
+        seen.add(url.rstrip("/"))
+    return tuple(u.rstrip("/") for u in v)
 
 
 _TOKEN_ALLOWED = "a non-empty string of printable ASCII without spaces"

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
+from twisted.python import failure
 from twisted.words.xish import domish
 
 from s2sgate.gateway.component import ComponentLink, handshakeDigest
@@ -308,3 +309,36 @@ def test_a_stanza_that_expects_no_answer_is_dropped_when_it_waited_too_long(name
     assert list(h.link.buffer) == []
     _, transport = h.accept()
     assert transport.value().endswith(b"</handshake>")   # nothing left to flush
+
+
+def test_stopping_closes_the_xep0114_way_and_still_handles_what_the_server_sent_before():
+    h = Harness()
+    h.link.startService()
+    proto, transport = h.accept()
+    transport.clear()
+    gone = h.link.stopService()
+    assert transport.value().endswith(b"</stream:stream>")
+    assert not gone.called
+    # The c2s server wrote this before it saw our closing tag.
+    proto.dataReceived(b"<message xmlns='jabber:component:accept' from='alice@home.test' "
+                       b"to='bob@remote.test' id='late'><body>x</body></message>")
+    assert [m["id"] for m in h.received] == ["late"]
+    proto.dataReceived(b"</stream:stream>")
+    proto.connectionLost(failure.Failure(error.ConnectionDone()))
+    assert gone.called and h.link.state == "down"
+    h.clock.advance(600)
+    assert len(h.attempts) == 1    # no reconnect while stopped
+
+
+def test_a_stopping_link_gives_the_server_close_wait_seconds_then_drops_the_connection():
+    h = Harness()
+    h.link.closeWait = 2
+    h.link.startService()
+    proto, transport = h.accept()
+    gone = h.link.stopService()
+    h.clock.advance(1.9)
+    assert not transport.disconnecting
+    h.clock.advance(0.2)
+    assert transport.disconnecting
+    proto.connectionLost(failure.Failure(error.ConnectionLost()))
+    assert gone.called

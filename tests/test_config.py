@@ -868,3 +868,40 @@ def test_an_unknown_peer_limit_is_refused():
     with pytest.raises(ConfigError) as e:
         parse_config(data, "x.toml")
     assert e.value.key == "s2s.limits.verifies"
+
+
+def test_shutdown_timeout_defaults_to_10_and_is_checked():
+    assert parse_config(minimal(), "x.toml").s2s.shutdown_timeout == 10
+    assert parse_config(minimal(shutdown_timeout=0), "x.toml").s2s.shutdown_timeout == 0
+    for value in (-1, "5", float("inf")):
+        assert reject(minimal(shutdown_timeout=value)).key == "s2s.shutdown_timeout"
+
+
+def test_several_processes_need_the_same_dialback_secret():
+    data = minimal()
+    data["admin"] = {"peers": ["http://127.0.0.1:5282"]}
+    err = reject(data)
+    assert err.key == "s2s.shared" and "admin.peers" in str(err)
+
+
+def test_admin_peers_are_admin_urls_of_the_other_processes():
+    data = minimal(shared="the same on every process")
+    data["admin"] = {"peers": ["http://127.0.0.1:5282/", "unix:/run/s2sgate/2.sock"]}
+    assert parse_config(data, "x.toml").admin.peers == ("http://127.0.0.1:5282",
+                                                        "unix:/run/s2sgate/2.sock")
+    assert parse_config(minimal(), "x.toml").admin.peers == ()
+
+
+@pytest.mark.parametrize("peers, key", [
+    ("http://127.0.0.1:5282", "admin.peers"),
+    ([5282], "admin.peers[0]"),
+    (["127.0.0.1:5282"], "admin.peers[0]"),
+    (["http://127.0.0.1:5282/api/sessions"], "admin.peers[0]"),
+    (["http://127.0.0.1:99999"], "admin.peers[0]"),
+    (["unix:"], "admin.peers[0]"),
+    (["http://a:1", "http://a:1/"], "admin.peers[1]"),
+])
+def test_admin_peers_checked(peers, key):
+    data = minimal(shared="the same on every process")
+    data["admin"] = {"peers": peers}
+    assert reject(data).key == key

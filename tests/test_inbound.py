@@ -609,3 +609,32 @@ def test_a_closed_stream_frees_its_unauthenticated_slot():
     first.connectionLost(None)
     second, out = connectedFrom(gw, "127.0.3.20")
     assert out.streamError() is None
+
+
+def test_after_our_closing_tag_stanzas_the_peer_already_sent_are_still_delivered():
+    gw, stream, out = authenticated()
+    stream.closeStream()
+    stream.dataReceived(stanza().toXml().encode())
+    [delivered] = gw.router.delivered
+    assert delivered["from"] == f"juliet@{REMOTE}/balcony"
+
+
+def test_after_our_closing_tag_negotiation_is_over():
+    gw, stream, out = opened()
+    stream.closeStream()
+    stream.dataReceived(dbResult())
+    assert gw.verifier.requests == []
+
+
+def test_after_our_closing_tag_a_stanza_of_an_unauthenticated_pair_is_still_refused():
+    gw, stream, out = authenticated()
+    stream.closeStream()
+    stream.dataReceived(stanza(sender="mallory@evil.test").toXml().encode())
+    assert gw.router.delivered == []
+
+
+def test_after_our_stream_error_nothing_more_is_delivered():
+    gw, stream, out = authenticated()
+    stream.streamError("policy-violation")
+    stream.dataReceived(stanza().toXml().encode())
+    assert gw.router.delivered == []

@@ -240,3 +240,46 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for name in ("sessions", "failures", "connect", "close", "reload"):
         assert name in out
+
+
+@pytest.fixture
+def twoProcesses(tmp_path):
+    """Two admin APIs (two gateway processes) and the first one's config naming the second."""
+    first, second = FakeGateway(), FakeGateway()
+    second.linkState = lambda: {"jid": "s2s2.home.test", "host": "127.0.0.1", "port": 5347,
+                                "state": "up", "buffered": 0, "problem": None}
+    ports = [reactor.listenTCP(0, AdminSite(g), interface=API_IP) for g in (first, second)]
+    urls = [f"http://{API_IP}:{p.getHost().port}" for p in ports]
+    config = tmp_path / "s2sgate.toml"
+    config.write_text('local_domains = ["home.test"]\n[component]\njid = "s2s.home.test"\n'
+                      'secret = "x"\n[s2s]\nuse_starttls = "false"\nshared = "s"\n'
+                      f'[admin]\nlisten = "tcp:{ports[0].getHost().port}:interface={API_IP}"\n'
+                      f'peers = ["{urls[1]}", "http://{NOTHING_IP}:5281"]\n')
+    yield config, urls
+    for p in ports:
+        pytest_twisted.blockon(p.stopListening())
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_all_asks_every_peer_of_the_config_and_names_the_process(twoProcesses,
+                                                                                capsys):
+    config, urls = twoProcesses
+    code, out, err = await run(capsys, "sessions", "--all", "--config", str(config))
+    lines = out.splitlines()
+    assert lines[:3] == [f"s2s.home.test at {urls[0]}: link up, 2 links",
+                         f"s2s2.home.test at {urls[1]}: link up, 2 links",
+                         f"? at http://{NOTHING_IP}:5281: NOT REACHED"]
+    table = [line.split()[:4] for line in lines if line.startswith("s2s") and " at " not in line]
+    assert sorted(table) == sorted([["s2s.home.test", "in", "home.test", "plain.test"],
+                                    ["s2s.home.test", "out", "home.test", "secure.test"],
+                                    ["s2s2.home.test", "in", "home.test", "plain.test"],
+                                    ["s2s2.home.test", "out", "home.test", "secure.test"]])
+    assert "4 links: 2 TLS, 2 plain; 2 by certificate, 2 by dialback" in lines
+    # One peer did not answer: said on stderr and in the exit status.
+    assert code == 1 and f"cannot reach the admin API at http://{NOTHING_IP}:5281" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_all_needs_the_config_with_the_peers(admin, capsys):
+    code, out, err = await run(capsys, "sessions", "--all", "--admin", admin.url)
+    assert code == 2 and "--all needs --config FILE" in err

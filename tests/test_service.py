@@ -1,6 +1,10 @@
 """GatewayService: reload behaviour, in process, without network traffic."""
 
+from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.words.xish import domish
 
 from s2sgate.config import load_config
 from s2sgate.gateway.service import GatewayService
@@ -64,3 +68,105 @@ def test_a_bad_file_on_sighup_keeps_the_old_config_without_a_traceback(tmp_path)
     path.write_text(BASE.format(extra="frobnicate = 1"))
     gw._reloadFromSignal()     # what the SIGHUP handler calls; must not raise
     assert gw.config is before
+
+
+class StoppingLink(service.Service):
+    """A component link whose stop the test finishes by hand."""
+
+    state = "up"
+    buffer = ()
+    lastProblem = None
+
+    def __init__(self, onStanza, onBounce):
+        self.fromLocal = onStanza
+        self.stopping = None
+
+    def send(self, element):
+        pass
+
+    def whenUp(self):
+        return defer.succeed(self)
+
+    def stopService(self):
+        if not self.running:
+            return None
+        service.Service.stopService(self)
+        self.stopping = defer.Deferred()
+        return self.stopping
+
+
+class PeerStream:
+    """An inbound stream that closes when its peer answers our closing tag."""
+
+    direction = "in"
+    closing = closed = False
+    pairs = {("remote.test", "example.com")}
+    peerHost = "192.0.2.8"
+
+    def __init__(self, table):
+        self.table = table
+
+    def closeStream(self, wait):
+        self.closing = True
+
+    def peerClosed(self):
+        self.closed = True
+        self.table.untrack(self)
+
+
+class HangingConnector:
+    def connect(self, domain, factory, directTLS=None):
+        return defer.Deferred()
+
+
+def stoppingGateway(tmp_path, extra=""):
+    path = tmp_path / "s2sgate.toml"
+    path.write_text(BASE.format(extra=extra))
+    reactor = MemoryReactorClock()
+    gw = GatewayService(load_config(path), reactor, componentLink=StoppingLink,
+                        connector=HangingConnector())
+    gw.startService()
+    return gw, reactor
+
+
+def chat(to="bob@remote.test"):
+    m = domish.Element(("jabber:server", "message"))
+    m["from"], m["to"], m["type"] = "alice@example.com/pc", to, "chat"
+    return m
+
+
+def test_stopping_closes_inbound_streams_before_the_component_link(tmp_path):
+    gw, reactor = stoppingGateway(tmp_path)
+    peer = PeerStream(gw.sessionTable)
+    gw.sessionTable.track(peer)
+    done = gw.stopService()
+    reactor.advance(0.1)
+    assert peer.closing and gw.link.stopping is None
+    peer.peerClosed()
+    reactor.advance(0.1)
+    assert gw.link.stopping is not None and not done.called
+    gw.link.stopping.callback(None)
+    reactor.advance(0.1)
+    assert done.called
+
+
+def test_stopping_waits_for_queued_stanzas_until_shutdown_timeout_then_counts_them_lost(tmp_path):
+    gw, reactor = stoppingGateway(tmp_path, "shutdown_timeout = 6")
+    gw.router.fromLocal(chat())
+    gw.router.fromLocal(chat())
+    assert gw.pool.busy()
+    done = gw.stopService()
+    gw.link.stopping.callback(None)
+    reactor.advance(5)
+    assert not done.called and gw.pool.busy()
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor.pump([0.1] * 20)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert done.called and not gw.pool.busy()
+    [lost] = [e for e in events if e.get("event") == "shutdown.lost"]
+    assert (lost["count"], lost["remote"]) == (2, "remote.test")
+    [stopped] = [e for e in events if e.get("event") == "shutdown.done"]
+    assert stopped["lost"] == 2

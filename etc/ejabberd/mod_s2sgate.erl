@@ -6,16 +6,28 @@
 %%% stanza before it looks up routes.  A stanza whose recipient domain has no
 %%% route (ejabberd neither serves it nor knows a component for it) and whose
 %%% sender is served by a host that loads this module is sent, unchanged, to
-%%% the process of the connected component named by the option `component',
-%%% exactly as the router itself sends to a route.  While that component is
-%%% not connected the sender gets <remote-server-timeout/> (type wait, by = the
-%%% component), like Prosody's mod_component.  Everything else passes through
-%%% untouched (local delivery, other components, ejabberd's own s2s).
+%%% the process of a connected gateway component, exactly as the router
+%%% itself sends to a route.  While no component is connected the sender gets
+%%% <remote-server-timeout/> (type wait, by = the component), like Prosody's
+%%% mod_component.  Everything else passes through untouched (local delivery,
+%%% other components, ejabberd's own s2s).
+%%%
+%%% Several gateway processes (one component JID each): each remote domain
+%%% goes to one of them by rendezvous (highest random weight) hashing, the
+%%% same as etc/prosody/mod_s2sgate.lua: the score of a component for a domain
+%%% is the first six bytes of SHA-256("<component> <remote domain>") as an
+%%% integer, and the connected component with the highest score wins.  One
+%%% domain's stanzas keep their order on one link; the domains of a component
+%%% that is not connected go to their next-best connected one, and only those
+%%% move.  "Connected" is the router's own state: the component has a live
+%%% route (ejabberd_service registers it on login and removes it when the
+%%% connection goes).
 %%%
 %%% Configuration (per host):
 %%%   modules:
 %%%     mod_s2sgate:
-%%%       component: "s2s.example.com"   # the gateway's [component] jid
+%%%       components: ["s2s1.example.com", "s2s2.example.com"]
+%%%       # or, for one gateway:  component: "s2s.example.com"
 %%%
 %%% APIs used, present with the same signatures in ejabberd 23.01 through
 %%% 26.07 (see docs/attach-ejabberd.md): ejabberd_hooks:add/4, delete/4;
@@ -46,9 +58,14 @@
 
 %% filter_packet is a global hook: adding it again for another host is a
 %% no-op (ejabberd_hooks keeps one entry), removing it waits for the last host.
-start(_Host, _Opts) ->
-    ejabberd_hooks:add(filter_packet, ?MODULE, filter_packet, ?SEQ),
-    ok.
+start(Host, _Opts) ->
+    case components(Host) of
+        [] ->
+            {error, <<"mod_s2sgate: set the option components (or component)">>};
+        _ ->
+            ejabberd_hooks:add(filter_packet, ?MODULE, filter_packet, ?SEQ),
+            ok
+    end.
 
 stop(Host) ->
     case gen_mod:is_loaded_elsewhere(Host, ?MODULE) of
@@ -65,21 +82,28 @@ depends(_Host, _Opts) ->
     [].
 
 mod_opt_type(component) ->
-    econf:domain().
+    econf:domain();
+mod_opt_type(components) ->
+    econf:list(econf:domain(), [unique]).
 
-%% A bare atom: the option is required.
+%% One of the two must be set; filter_packet reads them through components/1.
 mod_options(_Host) ->
-    [component].
+    [{component, undefined}, {components, []}].
 
 mod_doc() ->
     #{desc =>
           [<<"Hands every stanza for a domain that has no route to the "
              "s2sgate federation gateway (an XEP-0114 component).">>],
       opts =>
-          [{component,
+          [{components,
+            #{value => <<"[Domain, ...]">>,
+              desc => <<"The component JIDs of the gateway processes, each one of "
+                        "the hosts of an ejabberd_service listener with "
+                        "check_from: false. Each remote domain goes to one of "
+                        "them (rendezvous hashing of the domain).">>}},
+           {component,
             #{value => <<"Domain">>,
-              desc => <<"The gateway's component JID, one of the hosts of an "
-                        "ejabberd_service listener with check_from: false.">>}}]}.
+              desc => <<"One gateway: the same as components with one JID.">>}}]}.
 
 %%%===================================================================
 %%% Hook
@@ -105,40 +129,65 @@ route_remote(Pkt) ->
         true ->
             Pkt;
         false ->
-            case gateway_for(xmpp:get_from(Pkt)) of
-                undefined ->
+            case gateways_for(xmpp:get_from(Pkt)) of
+                [] ->
                     Pkt;
-                Component ->
-                    hand_over(Component, To, Pkt),
+                Components ->
+                    hand_over(rank(Components, To), To, Pkt),
                     {stop, drop}
             end
     end.
 
-%% The gateway of the sender's host: a local user, the host itself or one of
+%% The gateways of the sender's host: a local user, the host itself or one of
 %% its services (conference.example.com ...).  A sender that is not ours, or
-%% the gateway itself, is left to ejabberd (never echo a component's stanza
-%% back to it).
-gateway_for(#jid{lserver = From}) ->
+%% one of the gateways itself, is left to ejabberd (never echo a component's
+%% stanza back to it).
+gateways_for(#jid{lserver = From}) ->
     try ejabberd_router:host_of_route(From) of
         Host ->
             case gen_mod:is_loaded(Host, ?MODULE) of
                 true ->
-                    case gen_mod:get_module_opt(Host, ?MODULE, component) of
-                        From -> undefined;
-                        Component -> Component
+                    Components = components(Host),
+                    case lists:member(From, Components) of
+                        true -> [];
+                        false -> Components
                     end;
                 false ->
-                    undefined
+                    []
             end
     catch error:_ ->
-            undefined
+            []
     end;
-gateway_for(_) ->
-    undefined.
+gateways_for(_) ->
+    [].
 
-hand_over(Component, RemoteDomain, Pkt) ->
-    case component_routes(Component) of
+components(Host) ->
+    case gen_mod:get_module_opt(Host, ?MODULE, components) of
         [] ->
+            case gen_mod:get_module_opt(Host, ?MODULE, component) of
+                undefined -> [];
+                Component -> [Component]
+            end;
+        Components ->
+            Components
+    end.
+
+%% The components in preference order for one remote domain.
+rank(Components, RemoteDomain) ->
+    Scored = [{-score(C, RemoteDomain), I, C}
+              || {I, C} <- lists:zip(lists:seq(1, length(Components)), Components)],
+    [C || {_, _, C} <- lists:sort(Scored)].
+
+score(Component, RemoteDomain) ->
+    <<Score:48, _/binary>> = crypto:hash(sha256, [Component, <<" ">>, RemoteDomain]),
+    Score.
+
+%% The first connected component of the ranking; the best one's bounce while
+%% none is connected.
+hand_over(Ranked, RemoteDomain, Pkt) ->
+    case connected(Ranked) of
+        none ->
+            Component = hd(Ranked),
             ?WARNING_MSG("mod_s2sgate: component ~ts is not connected; bouncing ~ts "
                          "from ~ts to ~ts",
                          [Component, element(1, Pkt), jid:encode(xmpp:get_from(Pkt)),
@@ -149,11 +198,19 @@ hand_over(Component, RemoteDomain, Pkt) ->
             %% route_error/2 sends nothing for type error or result.
             ejabberd_router:route_error(Pkt, Err#stanza_error{by = jid:make(Component)});
         Routes ->
-            %% Several gateway processes may log in as the same component:
+            %% Several processes may also log in as the same component:
             %% one remote domain always goes through the same one.
             #route{pid = Pid} = lists:nth(erlang:phash2(RemoteDomain, length(Routes)) + 1,
                                           Routes),
             ejabberd_cluster:send(Pid, {route, Pkt})
+    end.
+
+connected([]) ->
+    none;
+connected([Component | Rest]) ->
+    case component_routes(Component) of
+        [] -> connected(Rest);
+        Routes -> Routes
     end.
 
 %% The component's live routes, read from the router backend: the router's

@@ -3,6 +3,8 @@
 Operator commands that talk to a running gateway's admin API:
 
   s2sgate sessions              every s2s link and how it is secured, plus totals
+  s2sgate sessions --all        the same for this process and every C{[admin] peers}
+                                entry of C{--config} (one gateway process each)
   s2sgate failures              recent failed outbound attempts, step by step
   s2sgate connect LOCAL REMOTE  open and authenticate a stream now, printing each step
   s2sgate close REMOTE          close every stream with REMOTE
@@ -63,6 +65,9 @@ def register(commands):
 
     p = commands.add_parser("sessions", parents=[common],
                             help="list s2s links: security, auth, traffic (running gateway)")
+    p.add_argument("--all", action="store_true",
+                   help="also ask the other gateway processes listed in --config's "
+                        "[admin] peers (same token)")
     p.set_defaults(func=_run(cmdSessions))
     p = commands.add_parser("failures", parents=[common],
                             help="recent failed outbound connection attempts with their steps")
@@ -255,15 +260,24 @@ def certificateColumn(cert):
 
 
 def cmdSessions(client, args):
+    if args.all:
+        return _allSessions(client, args)
     _, data = client.call("GET", "/api/sessions")
     if args.json:
         return _printJSON(data)
+    _printSessions(data)
+    return EXIT_OK
+
+
+def _printSessions(data, process=None):
     sessions = sorted(data["sessions"], key=lambda s: (s.get("remote") or "", s["direction"]))
     if sessions:
-        rows = [("DIR", "LOCAL", "REMOTE", "SECURITY", "CERTIFICATE", "AUTH", "PEER", "SINCE",
+        rows = [(("PROCESS",) if process else ()) + (
+                 "DIR", "LOCAL", "REMOTE", "SECURITY", "CERTIFICATE", "AUTH", "PEER", "SINCE",
                  "STANZAS IN/OUT", "QUEUE")]
         for s in sessions:
-            rows.append((s["direction"], s.get("local") or "-", s.get("remote") or "-",
+            rows.append(((process(s),) if process else ()) + (
+                         s["direction"], s.get("local") or "-", s.get("remote") or "-",
                          security(s), certificateColumn(s.get("certificate")),
                          s.get("auth") or "(pending)", s.get("peer") or "-",
                          ago(data["now"], s["since"]),
@@ -273,6 +287,51 @@ def cmdSessions(client, args):
     else:
         print("no s2s links")
     print(totalsLine(data["totals"]))
+
+
+def _allSessions(client, args):
+    """Every process of the site: this one, then each of C{[admin] peers}."""
+    if not args.config:
+        raise OpsError("--all needs --config FILE: the other processes are its [admin] peers",
+                       EXIT_CONFIG)
+    from s2sgate.config import ConfigError, load_config
+    try:
+        peers = load_config(args.config).admin.peers
+    except ConfigError as e:
+        raise OpsError(str(e), EXIT_CONFIG) from None
+    processes, failed = [], 0
+    for url in [client.url] + [u for u in peers if u != client.url.rstrip("/")]:
+        other = client if url == client.url else AdminClient(url, client.token, client.timeout)
+        try:
+            _, link = other.call("GET", "/api/link")
+            _, data = other.call("GET", "/api/sessions")
+        except OpsError as e:
+            failed += 1
+            print(f"s2sgate: {e}", file=sys.stderr)
+            processes.append({"admin": url, "error": str(e)})
+            continue
+        processes.append({"admin": url, "component": link.get("jid"), "link": link.get("state"),
+                          **data})
+    if args.json:
+        _printJSON({"processes": processes})
+        return EXIT_FAILED if failed else EXIT_OK
+    answered = [p for p in processes if "error" not in p]
+    merged = {"now": max((p["now"] for p in answered), default=0), "sessions": [],
+              "totals": {}}
+    for p in answered:
+        merged["sessions"] += [dict(s, process=p["component"]) for s in p["sessions"]]
+        for key, value in p["totals"].items():
+            merged["totals"][key] = merged["totals"].get(key, 0) + value
+    for p in processes:
+        state = f"link {p['link']}" if "error" not in p else "NOT REACHED"
+        print(f"{p.get('component') or '?'} at {p['admin']}: {state}"
+              + (f", {p['totals']['links']} links" if "error" not in p else ""))
+    print()
+    if merged["totals"]:
+        _printSessions(merged, process=lambda s: s["process"])
+    if failed:
+        print(f"{failed} of {len(processes)} processes did not answer: the list is incomplete")
+        return EXIT_FAILED
     return EXIT_OK
 
 

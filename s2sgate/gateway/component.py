@@ -88,7 +88,8 @@ class ComponentStream(XmlStream):
     def resumeProducing(self):
         self.writable = True
         # The transport's buffer is empty: refill it until it says stop.
-        while self.held and self.writable and not self.closed:
+        # Not after our closing tag: the link's stop bounces what is left.
+        while self.held and self.writable and not self.closed and not self.closing:
             _, data = self.held.popleft()
             self.heldBytes -= len(data)
             self.transport.write(data)
@@ -146,6 +147,12 @@ class ComponentStream(XmlStream):
         if self.state == "ready" and element.name in ("message", "presence", "iq"):
             self.link.stanzaReceived(element)
 
+    def elementAfterClose(self, element):
+        # Our closing tag is out (shutdown): what the c2s server wrote before
+        # it saw it still goes out, so nothing it handed us is lost.
+        if self.state == "ready" and element.name in ("message", "presence", "iq"):
+            self.link.stanzaReceived(element)
+
     def streamErrorReceived(self, condition, text):
         if condition in AUTH_CONDITIONS and self.state != "ready":
             self.failure = ("auth", f"{condition}" + (f" ({text})" if text else ""))
@@ -172,13 +179,16 @@ class ComponentLink(service.Service):
     @param batch: the gateway's L{WriteBatch}, or None.
     @param inbound: the L{ISessionTable} to pause and resume when the c2s
         server does not keep up, or None.
+    @param closeWait: seconds the c2s server has to answer our closing tag
+        when the link stops.
     """
 
     log = Logger()
     initialDelay = 1.0
 
     def __init__(self, config, clock, connect, onStanza, onBounce,
-                 maxStanzaBytes=524288, rng=None, metrics=None, batch=None, inbound=None):
+                 maxStanzaBytes=524288, rng=None, metrics=None, batch=None, inbound=None,
+                 closeWait=1.0):
         self.config = config
         self.batch = batch
         self.clock = clock
@@ -202,6 +212,8 @@ class ComponentLink(service.Service):
         self._expiryCall = None
         self._connecting = None
         self.waiters = []
+        self.closeWait = closeWait
+        self._gone = []
 
     # service
 
@@ -210,6 +222,14 @@ class ComponentLink(service.Service):
         self._connect()
 
     def stopService(self):
+        """
+        Close the link the XEP-0114 way: our closing tag, then the c2s server's.
+        It sees the link go at once and routes to another gateway; what it wrote
+        before that still arrives and is handled.  Fires when the connection is
+        gone (at most C{closeWait} seconds).
+        """
+        if not self.running:
+            return None
         service.Service.stopService(self)
         for name in ("_retryCall", "_expiryCall"):
             call = getattr(self, name)
@@ -222,10 +242,13 @@ class ComponentLink(service.Service):
             _, element, _ = self.buffer.popleft()
             self._bounce(element, "recipient-unavailable", "the gateway is shutting down")
         self.bufferBytes = 0
-        if self.stream is not None:
-            self.stream.closeStream(wait=1)
-            if self.stream.transport is not None:
-                self.stream.transport.loseConnection()
+        stream = self.stream
+        if stream is None or stream.closed:
+            return None
+        gone = defer.Deferred()
+        self._gone.append(gone)
+        stream.closeStream(wait=self.closeWait)
+        return gone
 
     # connection management
 
@@ -272,6 +295,19 @@ class ComponentLink(service.Service):
             self.metrics.link(False)
         kind, text = stream.failure or ("network", reason.getErrorMessage()
                                          if reason is not None else "connection lost")
+        if not self.running:
+            self.state = "down"
+            if wasUp:
+                self.log.info("component link closed: the gateway is stopping",
+                              event="component.closed")
+                # What the c2s server never took goes back to its remote senders.
+                for element in stream.takeHeld():
+                    self._bounce(element, "recipient-unavailable", "the gateway is shutting down")
+                self._release()
+            gone, self._gone = self._gone, []
+            for d in gone:
+                d.callback(None)
+            return
         if wasUp:
             self.log.warn("component link down: {text}; reconnecting", text=text,
                           event="component.down")
@@ -281,8 +317,7 @@ class ComponentLink(service.Service):
             for element in stream.takeHeld():
                 self._hold(element)
             self._release()
-        if self.running:
-            self._scheduleRetry(kind, text)
+        self._scheduleRetry(kind, text)
 
     def _scheduleRetry(self, kind, text):
         self.state = "down"

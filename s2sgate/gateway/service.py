@@ -14,6 +14,7 @@ import signal
 from dataclasses import dataclass
 
 from twisted.application import service
+from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -102,8 +103,10 @@ class ListenerService(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
-        if self.port is not None:
-            return self.port.stopListening()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,8 @@ class GatewayService(service.MultiService):
                 return ComponentLink(c, reactor, endpoint.connect, onStanza=onStanza,
                                      onBounce=onBounce, maxStanzaBytes=s.stanza_size_limit,
                                      metrics=self.metrics, batch=self.batch,
-                                     inbound=self.sessionTable)
+                                     inbound=self.sessionTable,
+                                     closeWait=max(s.shutdown_timeout / 3, 0.1))
         self.router = Router(
             self.current, metrics=self.metrics,
             outbound=lambda bounce: OutboundPool(
@@ -237,10 +241,40 @@ class GatewayService(service.MultiService):
         service.MultiService.startService(self)
 
     def stopService(self):
-        self.pool.closeAll()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self):
+        """
+        Stop so that another gateway process can take over without a bounce:
+        listeners first (peers connect to the other SRV targets), then inbound
+        streams (what their peers sent before our closing tag is delivered),
+        then the component link (the c2s server routes to another component;
+        what it sent us before is still sent on), then the outbound queues
+        drain and the streams close.  C{s2s.shutdown_timeout} bounds it all.
+        """
+        clock = self.reactor
+        timeout = self.config.s2s.shutdown_timeout
+        start = clock.seconds()
+        deadline = start + timeout
+        self.log.info("s2sgate stopping: draining for up to {timeout} s", timeout=timeout,
+                      event="shutdown.start")
+        await defer.gatherResults([defer.maybeDeferred(listener.stopService)
+                                   for listener in self.listeners], consumeErrors=True)
+        inboundUntil = start + timeout / 3
         for stream in self.sessionTable.streams("in"):
-            stream.closeStream(wait=1)
-        return service.MultiService.stopService(self)
+            stream.closeStream(wait=max(inboundUntil - clock.seconds(), 0))
+        await self._until(lambda: not self.sessionTable.streams("in"), inboundUntil)
+        await defer.maybeDeferred(self.link.stopService)
+        await self._until(lambda: not self.pool.busy(), deadline)
+        lost = self.pool.closeAll(wait=max(deadline - clock.seconds(), 0.1))
+        await self._until(lambda: not self.sessionTable.streams("out"), deadline + 0.2)
+        self.log.info("s2sgate stopped after {seconds:.2f} s; {lost} stanza(s) lost",
+                      seconds=clock.seconds() - start, lost=lost, event="shutdown.done")
+        await defer.maybeDeferred(service.MultiService.stopService, self)
+
+    async def _until(self, done, deadline, step=0.02):
+        while not done() and self.reactor.seconds() < deadline:
+            await task.deferLater(self.reactor, min(step, max(deadline - self.reactor.seconds(), 0)))
 
     # what operators see (admin API, status page, CLI, metrics)
 
@@ -266,7 +300,9 @@ class GatewayService(service.MultiService):
                 "backlog_bytes": self.link.stream.backlog if self.link.stream else 0,
                 "inbound_paused": self.link.throttled,
                 "inbound_paused_times": self.link.throttledCount,
-                "problem": self.link.lastProblem[1] if self.link.lastProblem else None}
+                "problem": self.link.lastProblem[1] if self.link.lastProblem else None,
+                # The other gateway processes (their own links: s2sgate sessions --all).
+                "peers": list(self.config.admin.peers)}
 
     async def connect(self, local, remote):
         """

@@ -281,6 +281,13 @@ class InboundStream(XmlStream):
         if self.requireTLS(self.remoteHeader):
             self._stanza(element)
 
+    def elementAfterClose(self, element):
+        # We closed (a shutdown, an idle stream): stanzas the peer sent
+        # before it saw our closing tag are still delivered; negotiation is over.
+        if (element.name in STANZA_NAMES and element.uri == NS_SERVER
+                and self.requireTLS(self.remoteHeader)):
+            self._stanza(element)
+
     # stanzas
 
     def _stanza(self, element):

@@ -116,7 +116,7 @@ class OutboundLink:
     def _failed(self, failure):
         self.attempt = None
         if failure.check(defer.CancelledError):
-            return failure
+            return None   # closed (the gateway is stopping): close() counted the queue
         if failure.check(ConnectFailed):
             condition, text = failure.value.condition, failure.value.text
             attempts = failure.value.attempts
@@ -143,15 +143,22 @@ class OutboundLink:
         if self.queue:
             self._maybeConnect()
 
-    def close(self):
+    def busy(self):
+        """Stanzas waiting or a connection attempt under way."""
+        return bool(self.queue) or self.attempt is not None
+
+    def close(self, wait=1):
+        """Close the stream; returns how many queued stanzas could not be sent."""
         if self._retryCall is not None and self._retryCall.active():
             self._retryCall.cancel()
         self._retryCall = None
+        dropped, self.queue = len(self.queue), collections.deque()
         if self.attempt is not None:
             self.attempt.cancel()
         stream = self.stream
         if stream is not None:
-            stream.closeStream(wait=1)
+            stream.closeStream(wait=wait)
+        return dropped
 
 
 class OutboundLimits:
@@ -256,6 +263,8 @@ class OutboundPool:
         await d
         stream = link.stream
         if stream is None:
+            if link.lastFailure is None:
+                raise ConnectFailed("remote-server-timeout", "the gateway is stopping", [])
             condition, text, attempts = link.lastFailure
             raise ConnectFailed(condition, text, list(attempts))
         return stream
@@ -266,6 +275,22 @@ class OutboundPool:
         if link is not None:
             link.streamClosed()
 
-    def closeAll(self):
+    def busy(self):
+        """Whether any pair still has stanzas waiting or an attempt under way."""
+        return any(link.busy() for link in self.links.values())
+
+    def closeAll(self, wait=1):
+        """
+        Close every outbound stream (the gateway is stopping).  Stanzas still
+        waiting for a connection can be neither sent nor bounced (the component
+        link is closed by then): each pair's count is logged; returns the total.
+        """
+        total = 0
         for link in list(self.links.values()):
-            link.close()
+            dropped = link.close(wait)
+            if dropped:
+                self.log.warn("stopping: {count} stanza(s) for {remote} from {local} were still "
+                              "waiting for a connection and are lost", count=dropped,
+                              remote=link.remote, local=link.local, event="shutdown.lost")
+            total += dropped
+        return total

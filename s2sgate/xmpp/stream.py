@@ -124,6 +124,7 @@ class XmlStream(Protocol):
         self.parser = StreamParser(self._onHeader, self._onElement, self._onEnd, maxStanzaBytes)
         self.closing = False
         self.closed = False
+        self.errorSent = False
         self.headerSent = False
         # How the stream ended, for the log line of its end: None until it
         # does; still None when the connection drops without a closing tag
@@ -209,7 +210,11 @@ class XmlStream(Protocol):
 
     def _onElement(self, element):
         if self.closing:
-            return   # RFC 6120 4.9: after our stream error nothing more is handled
+            # RFC 6120 4.9: after our stream error nothing more is handled;
+            # after our closing tag (4.4) the peer may still finish what it sent.
+            if not self.errorSent:
+                self.elementAfterClose(element)
+            return
         if (element.uri, element.name) == (NS_STREAMS, "error"):
             condition, text = parseStreamError(element)
             self._ending(f"stream error {condition} received")
@@ -315,6 +320,7 @@ class XmlStream(Protocol):
             self._blockedSince = None
             self._pending = []
             self.closing = True
+            self.errorSent = True
             abort = getattr(self.transport, "abortConnection", None)
             (abort or self.transport.loseConnection)()
 
@@ -344,6 +350,7 @@ class XmlStream(Protocol):
         if not self.headerSent:
             self.sendHeader(self.errorHeaderAttrs())
         self.send(streamErrorXml(condition, text))
+        self.errorSent = True
         self.streamErrorSent(condition, text)
         self.closeStream()
 
@@ -404,6 +411,10 @@ class XmlStream(Protocol):
 
     def elementReceived(self, element):
         pass
+
+    def elementAfterClose(self, element):
+        """An element that arrived after our closing tag; ignored unless a stream
+        has a use for what its peer still sends (stanzas, during a shutdown)."""
 
     def streamEnded(self):
         self.closeStream()

@@ -54,7 +54,7 @@ class GatewayProcess:
         self.ip = ip
         self.dns = dns
         config = dict(config)
-        config["admin"] = {"listen": f"tcp:5281:interface={ip}"}
+        config["admin"] = dict(config.get("admin", {}), listen=f"tcp:5281:interface={ip}")
         config["s2s"] = dict(config.get("s2s", {}), listen=[f"tcp:5269:interface={ip}"])
         self.config = config
         self.configfile = self.workdir / "s2sgate.toml"
@@ -85,6 +85,19 @@ class GatewayProcess:
             self.proc.stop()
             self.proc = None
 
+    def signal(self, sig):
+        """SIGTERM / SIGKILL now, without waiting: see L{exited}."""
+        if self.proc is not None:
+            self.proc.signal(sig)
+
+    def exited(self) -> bool:
+        if self.proc is None or self.proc.exited():
+            if self.proc is not None:
+                self.proc.stop()   # reap it
+            self.proc = None
+            return True
+        return False
+
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace")
                          for p in sorted(self.workdir.glob("s2sgate.*.log")))
@@ -102,6 +115,15 @@ class GatewayProcess:
         """The admin API's view of the component link (``state``: up/down/connecting)."""
         with _NO_PROXY.open(f"http://{self.ip}:5281/api/link", timeout=2) as r:
             return json.load(r)
+
+    def sessions(self) -> list[dict]:
+        """The admin API's s2s sessions of this process."""
+        with _NO_PROXY.open(f"http://{self.ip}:5281/api/sessions", timeout=2) as r:
+            return json.load(r)["sessions"]
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.ip}:5281"
 
     def wait_link_up(self, timeout=15):
         deadline = time.monotonic() + timeout

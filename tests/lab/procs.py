@@ -78,6 +78,18 @@ class Proc:
                                 f"last log lines:\n{self.log_tail()}")
             time.sleep(0.05)
 
+    def signal(self, sig):
+        """Send C{sig} to the process group without waiting (SIGTERM, SIGKILL)."""
+        if self.popen is not None:
+            _killpg(self.popen.pid, sig)
+
+    def exited(self) -> bool:
+        """True once no process of the group is left (reaped or not)."""
+        if self.popen is None:
+            return True
+        self.popen.poll()
+        return not _group_alive(self.popen.pid)
+
     def stop(self, timeout=10):
         """SIGTERM the process group, wait for the whole group to go, then SIGKILL.
         Idempotent."""

@@ -50,8 +50,9 @@ class Prosody:
     """Prosody on ``ip`` (c2s 5222, s2s 5269 when enabled, components 5347).
 
     ``hosts``: VirtualHost names; ``users``: ``[("alice@home.test", "pw"), ...]``;
-    ``components``: ``{jid: secret}`` external components; ``route_to``: component JID,
-    loads mod_s2sgate (from etc/prosody) on every host and disables mod_s2s;
+    ``components``: ``{jid: secret}`` external components; ``route_to``: component JID
+    (``s2sgate_component``) or a list of them (``s2sgate_components``: one gateway process
+    each), loads mod_s2sgate (from etc/prosody) on every host and disables mod_s2s;
     ``s2s``: "dialback" (plain-TCP dialback peer) or None (no s2s);
     ``dns``: a started :class:`TestDNS` (Prosody then resolves only through it);
     ``extra``: raw Lua appended to the config (after the host sections: Prosody scopes
@@ -170,8 +171,10 @@ class Prosody:
             if t["direct_tls_port"] and t["certs"]:
                 cert, key = next(iter(t["certs"].values()))
                 L += [f"s2s_direct_tls_ssl = {_lua_ssl(cert, key)}"]
-        if self.route_to:
+        if isinstance(self.route_to, str):
             L += [f"s2sgate_component = {_lua_str(self.route_to)}"]
+        elif self.route_to:
+            L += [f"s2sgate_components = {_lua_list(self.route_to)}"]
         if self.dns is not None:
             L += ["unbound = {",
                   f"  resolvconf = {_lua_str(self.dns.resolv_conf)};",

@@ -1,0 +1,318 @@
+"""
+Two gateway processes, one federation (issue 14, part 1), with real servers:
+
+  alice@home.test ─ Prosody 0.12 (127.0.10.2), mod_s2sgate with
+      s2sgate_components = { s2s1.home.test, s2s2.home.test }
+      ─ XEP-0114 ─ twistd s2sgate #1 (127.0.10.3) and #2 (127.0.10.4), same dialback secret
+      ─ s2s, dialback ─ Prosody peers peer1.test (127.0.10.5, bob), peer2.test (127.0.10.6, carol)
+
+Inbound, _xmpp-server._tcp.home.test has both gateways as SRV targets.  Traffic flows
+all the time (alice to bob and carol, bob and carol to alice, three messages each
+every 20 ms); each case stops or kills a gateway in the middle of it and counts, per
+direction, what was delivered, bounced and lost (sent − delivered − bounced).  The
+figures are printed (pytest -s) and asserted: a rolling restart (SIGTERM, start, then
+the other) bounces and loses nothing; a SIGKILL loses only what the killed process had
+in flight, and its remote domains are carried by the other process within 1 s.
+"""
+
+import hashlib
+import itertools
+import signal
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task, threads
+
+from s2sgate import cli
+from tests.lab.chat import login
+from tests.lab.dns import TestDNS
+from tests.lab.gateway import GatewayProcess
+from tests.lab.prosody import Prosody
+
+pytestmark = pytest.mark.servers
+
+DNS_IP, HOME_IP, GW1_IP, GW2_IP, PEER1_IP, PEER2_IP = (
+    "127.0.10.1", "127.0.10.2", "127.0.10.3", "127.0.10.4", "127.0.10.5", "127.0.10.6")
+COMPONENTS = ["s2s1.home.test", "s2s2.home.test"]
+SECRET = "component-secret-for-tests"
+SHARED = "dialback-secret-shared-by-both-processes"
+INTERVAL = 0.02
+BURST = 3           # messages per direction per tick: 150/s each way, 600/s in all
+IDS = itertools.count()
+
+
+def rendezvous(components, domain):
+    """The components in the routing modules' preference order for C{domain}."""
+    def score(c):
+        return int.from_bytes(hashlib.sha256(f"{c} {domain}".encode()).digest()[:6], "big")
+    return sorted(components, key=lambda c: -score(c))
+
+
+def gatewayConfig(jid, otherIp):
+    return {
+        "local_domains": ["home.test"],
+        "component": {"jid": jid, "host": HOME_IP, "port": 5347, "secret": SECRET,
+                      "max_retry_delay": 1},
+        "s2s": {"use_starttls": "false", "shared": SHARED, "max_retry_delay": 2,
+                "shutdown_timeout": 6, "outgoing": {"connection_timeout": 3},
+                "dns": {"nameservers": [f"{DNS_IP}:53"], "timeout": 2, "retries": 0}},
+        "admin": {"peers": [f"http://{otherIp}:5281"]},
+    }
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    base = tmp_path_factory.mktemp("several")
+    started = []
+    try:
+        dns = TestDNS(base / "dns", ip=DNS_IP, fallback=False)
+        for name, ip in (("gw1.home.test", GW1_IP), ("gw2.home.test", GW2_IP)):
+            dns.add_srv("_xmpp-server._tcp.home.test", name, 5269)
+            dns.add_host(name, ip)
+        dns.add_host("peer1.test", PEER1_IP)
+        dns.add_host("peer2.test", PEER2_IP)
+        dns.start()
+        started.append(dns)
+        home = Prosody(base, "home", HOME_IP, hosts=["home.test"],
+                       users=[("alice@home.test", "alicepw")],
+                       components={c: SECRET for c in COMPONENTS}, route_to=COMPONENTS)
+        peer1 = Prosody(base, "peer1", PEER1_IP, hosts=["peer1.test"],
+                        users=[("bob@peer1.test", "bobpw")], dns=dns)
+        peer2 = Prosody(base, "peer2", PEER2_IP, hosts=["peer2.test"],
+                        users=[("carol@peer2.test", "carolpw")], dns=dns)
+        for server in (home, peer1, peer2):
+            server.start()
+            started.append(server)
+        gateways = {}
+        for jid, ip, other in ((COMPONENTS[0], GW1_IP, GW2_IP), (COMPONENTS[1], GW2_IP, GW1_IP)):
+            gw = GatewayProcess(base / jid, ip, gatewayConfig(jid, other), dns)
+            gw.start()
+            started.append(gw)
+            gateways[jid] = gw
+        for gw in gateways.values():
+            gw.wait_link_up()
+        yield {"home": home, "gateways": gateways}
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+async def until(predicate, what, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout}s")
+        await task.deferLater(reactor, 0.02)
+
+
+async def sleep(seconds):
+    await task.deferLater(reactor, seconds)
+
+
+class Traffic:
+    """Messages both ways between alice and each peer user, one per direction every 20 ms."""
+
+    PEERS = {"bob@peer1.test": ("bobpw", PEER1_IP), "carol@peer2.test": ("carolpw", PEER2_IP)}
+
+    def __init__(self, case):
+        self.case = case
+        self.sent = {}         # id -> (direction, time)
+        self.delivered = {}    # id -> time
+        self.bounced = {}      # id -> condition
+        self.clients = {}
+        self.running = False
+
+    async def start(self):
+        self.clients["alice@home.test"] = await login("alice@home.test", "alicepw", HOME_IP)
+        for jid, (password, ip) in self.PEERS.items():
+            self.clients[jid] = await login(jid, password, ip)
+        for client in self.clients.values():
+            client.xs.addObserver("/message", self._received, priority=10)
+        self.running = True
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = reactor
+        self._done = self._loop.start(INTERVAL)
+
+    def _tick(self):
+        for _ in range(BURST):
+            for peer in self.PEERS:
+                self._send("alice@home.test", peer, f"out:{peer.split('@')[1]}")
+                self._send(peer, "alice@home.test", f"in:{peer.split('@')[1]}")
+
+    def _send(self, sender, to, direction):
+        stanzaId = f"{self.case}-{next(IDS)}"
+        self.sent[stanzaId] = (direction, time.monotonic())
+        self.clients[sender].send(f"<message xmlns='jabber:client' to='{to}' type='chat' "
+                                  f"id='{stanzaId}'><body>{direction}</body></message>")
+
+    def _received(self, element):
+        stanzaId = element.getAttribute("id") or ""
+        if stanzaId not in self.sent:
+            return
+        if element.getAttribute("type") == "error":
+            conditions = [c.name for c in element.error.elements() if c.name != "text"]
+            self.bounced[stanzaId] = conditions[0] if conditions else "?"
+        else:
+            self.delivered.setdefault(stanzaId, time.monotonic())
+
+    async def stop(self):
+        self._loop.stop()
+        # Let stragglers arrive: until nothing changed for 2 s (at most 20 s).
+        last, stable = None, time.monotonic()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = (len(self.delivered), len(self.bounced))
+            if now != last:
+                last, stable = now, time.monotonic()
+            elif time.monotonic() - stable > 2:
+                break
+            await sleep(0.1)
+        for client in self.clients.values():
+            await client.disconnect()
+
+    def counts(self, since=None, until=None):
+        """{direction: (sent, delivered, bounced, lost)} for messages sent in [since, until)."""
+        result = {}
+        for stanzaId, (direction, at) in self.sent.items():
+            if since is not None and at < since or until is not None and at >= until:
+                continue
+            s, d, b, lost = result.get(direction, (0, 0, 0, 0))
+            delivered, bounced = stanzaId in self.delivered, stanzaId in self.bounced
+            result[direction] = (s + 1, d + delivered, b + bounced,
+                                 lost + (not delivered and not bounced))
+        return dict(sorted(result.items()))
+
+    def report(self, title, **window):
+        print(f"\n{title}")
+        print(f"  {'direction':<12} {'sent':>6} {'delivered':>10} {'bounced':>8} {'lost':>6}")
+        for direction, (s, d, b, lost) in self.counts(**window).items():
+            print(f"  {direction:<12} {s:>6} {d:>10} {b:>8} {lost:>6}")
+        if self.bounced:
+            print(f"  bounce conditions: {sorted(set(self.bounced.values()))}")
+
+    def firstDeliveredAfter(self, direction, when):
+        """When the first message of C{direction} sent after C{when} arrived."""
+        times = [self.delivered[i] for i, (d, at) in self.sent.items()
+                 if d == direction and at >= when and i in self.delivered]
+        return min(times) if times else None
+
+
+async def stopGracefully(gw):
+    gw.signal(signal.SIGTERM)
+    await until(gw.exited, f"{gw.ip} exited after SIGTERM")
+
+
+async def startAgain(gw):
+    await threads.deferToThread(gw.start)
+    await until(lambda: gw.link()["state"] == "up", f"{gw.ip} link up")
+
+
+def carriedBy(gw, direction="out"):
+    """The remote domains this process has a stream with (outbound by default)."""
+    return {s["remote"] for s in gw.sessions() if s["direction"] == direction}
+
+
+def stopLines(gw):
+    return [line for line in gw.log_text().splitlines() if "s2sgate stopped after" in line]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_routing_module_spreads_remote_domains_by_rendezvous_hash(lab):
+    gateways = lab["gateways"]
+    traffic = Traffic("spread")
+    await traffic.start()
+    await sleep(1)
+    await traffic.stop()
+    traffic.report("both processes up, 1 s of traffic")
+    for domain in ("peer1.test", "peer2.test"):
+        owner = rendezvous(COMPONENTS, domain)[0]
+        assert domain in carriedBy(gateways[owner]), (domain, owner)
+        other = next(c for c in COMPONENTS if c != owner)
+        assert domain not in carriedBy(gateways[other]), (domain, other)
+    assert all(lost == 0 and b == 0 for _, _, b, lost in traffic.counts().values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_all_lists_the_links_of_both_processes(lab, capsys):
+    gateways = lab["gateways"]
+    traffic = Traffic("all")
+    await traffic.start()
+    await sleep(0.5)
+    capsys.readouterr()
+    code = await threads.deferToThread(
+        cli.main, ["sessions", "--all", "--config", str(gateways[COMPONENTS[0]].configfile)])
+    out = capsys.readouterr().out
+    await traffic.stop()
+    assert code == 0, out
+    print(out)
+    rows = {tuple(line.split()[:4]) for line in out.splitlines() if line.startswith("s2s")
+            and " at " not in line}
+    for domain in ("peer1.test", "peer2.test"):
+        owner = rendezvous(COMPONENTS, domain)[0]
+        assert (owner, "out", "home.test", domain) in rows, rows
+    assert {jid for jid, _, _, _ in rows} <= set(COMPONENTS)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rolling_restart_under_traffic_bounces_and_loses_nothing(lab):
+    gateways = lab["gateways"]
+    traffic = Traffic("rolling")
+    await traffic.start()
+    await sleep(1.5)
+    for jid in COMPONENTS:
+        await stopGracefully(gateways[jid])
+        await sleep(1)
+        await startAgain(gateways[jid])
+        await sleep(1.5)
+    await traffic.stop()
+    traffic.report(f"rolling restart (SIGTERM s2s1, start it, then s2s2), {BURST} messages/20 ms "
+                   "per direction")
+    for jid in COMPONENTS:
+        print(f"  {jid}: {stopLines(gateways[jid])[-1].split(' [')[-1]}")
+    counts = traffic.counts()
+    assert all(s > 100 for s, _, _, _ in counts.values()), counts
+    assert traffic.bounced == {}, counts
+    assert all(lost == 0 for _, _, _, lost in counts.values()), counts
+
+
+@pytest.mark.parametrize("victim", COMPONENTS)
+@pytest_twisted.ensureDeferred
+async def test_a_sigkill_loses_only_what_was_in_flight_and_its_domains_move_within_1s(lab, victim):
+    gateways = lab["gateways"]
+    survivor = next(c for c in COMPONENTS if c != victim)
+    moved = [d for d in ("peer1.test", "peer2.test") if rendezvous(COMPONENTS, d)[0] == victim]
+    traffic = Traffic(f"kill-{victim}")
+    await traffic.start()
+    await sleep(1.5)
+    inbound = carriedBy(gateways[victim], "in")
+    killedAt = time.monotonic()
+    gateways[victim].signal(signal.SIGKILL)
+    await until(gateways[victim].exited, "the killed process gone")
+    await sleep(2)
+    await traffic.stop()
+    traffic.report(f"SIGKILL of {victim} (outbound to {', '.join(moved) or 'none'}, inbound "
+                   f"from {', '.join(sorted(inbound)) or 'none'}), all traffic")
+    traffic.report("  of which sent within 1 s around the kill",
+                   since=killedAt - 0.5, until=killedAt + 0.5)
+    try:
+        for domain in moved:
+            first = traffic.firstDeliveredAfter(f"out:{domain}", killedAt)
+            assert first is not None, domain
+            print(f"  out:{domain}: first message sent after the kill delivered "
+                  f"{first - killedAt:.3f} s after it")
+            assert first - killedAt < 1.0
+            assert domain in carriedBy(gateways[survivor])
+        counts = traffic.counts()
+        around = traffic.counts(since=killedAt - 0.5, until=killedAt + 0.5)
+        none = (0, 0, 0, 0)
+        for direction, (_, _, b, lost) in counts.items():
+            # Lost or bounced: only messages sent around the kill...
+            assert b + lost == sum(around.get(direction, none)[2:]), (direction, counts, around)
+            # ... and only on what the killed process carried.
+            carried = (direction[len("out:"):] in moved if direction.startswith("out:")
+                       else direction[len("in:"):] in inbound)
+            if not carried:
+                assert b + lost == 0, (direction, counts)
+    finally:
+        await startAgain(gateways[victim])
