@@ -36,6 +36,10 @@ SLICE = 16384
 _TAG = re.compile(rb"<[^'\">]*(?:(?:'[^']*'|\"[^\"]*\")[^'\">]*)*>")
 _SPACE = re.compile(rb"[ \t\r\n]*")
 _SPACE_BYTES = b" \t\r\n"
+# Inside a tag: what ends it, or opens a quoted value.
+_TAG_STOP = re.compile(rb"[>'\"]")
+# An open tag this long is fed to expat in doubling steps (see feed).
+TRICKLE_BYTES = 4096
 
 
 class StreamError(Exception):
@@ -106,6 +110,13 @@ class StreamParser:
         self._error = None
         self._resetPending = False
         self._feeding = False
+        # Trickled tags (see feed): where the tag still open in the bytes
+        # received began (None: no tag open), the quote it is inside of,
+        # how far the bytes are scanned, and what is held back from expat.
+        self._tagStart = None
+        self._quote = None
+        self._scanned = 0
+        self._trickle = b""
 
     def reset(self):
         """
@@ -123,11 +134,56 @@ class StreamParser:
         return handler
 
     def feed(self, data):
+        """
+        Parse C{data}.  The bytes of a tag that is still open (a start tag
+        with a huge attribute, say) may be held back: expat 2.5 scans an
+        unfinished tag again from its start at every call, so a tag that
+        arrives in tiny pieces would cost quadratic time.  Once a tag is over
+        TRICKLE_BYTES, its bytes go to expat only when they at least double
+        what expat has seen of it, or close it, or reach the size limit.
+        """
+        self._scan(data)
+        if self._tagStart is not None and not self._feeding:
+            held = len(self._trickle) + len(data)
+            seen = self._fed - self._tagStart       # of the open tag, fed to expat
+            total = self._fed + held
+            if (total - self._tagStart > TRICKLE_BYTES and held < seen
+                    and total - self._unitStart <= self.maxStanzaBytes):
+                self._trickle += data
+                return
+        if self._trickle:
+            data, self._trickle = self._trickle + data, b""
         self._feeding = True
         try:
             self._feed(data)
         finally:
             self._feeding = False
+
+    def _scan(self, data):
+        """Follow tags and quoted attribute values through C{data}, in C speed."""
+        i, end = 0, len(data)
+        start = self._scanned
+        while i < end:
+            if self._tagStart is None:
+                j = data.find(b"<", i)
+                if j < 0:
+                    break
+                self._tagStart, i = start + j, j + 1
+            elif self._quote is not None:
+                j = data.find(self._quote, i)
+                if j < 0:
+                    break
+                self._quote, i = None, j + 1
+            else:
+                m = _TAG_STOP.search(data, i)
+                if m is None:
+                    break
+                i = m.end()
+                if m.group() == b">":
+                    self._tagStart = None
+                else:
+                    self._quote = m.group()
+        self._scanned = start + end
 
     def _feed(self, data):
         i, size, limit = 0, len(data), self.maxStanzaBytes
