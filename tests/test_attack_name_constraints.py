@@ -128,3 +128,37 @@ async def test_identity_outside_the_constraint_is_refused_and_delivers_nothing(l
     assert b"not-authorized" in answer, answer
     assert not await received(lab["alice"], body, wait=2)
     assert "mallory@victim.test" not in " ".join(m.toXml() for m in lab["alice"].received)
+
+
+def claimAfterClaim(lab, count):
+    """Blocking: authenticate evil.test by certificate, then claim domain after domain
+    with dialback on the same stream (refused under secure_auth); return the answers."""
+    peer = S2SPeer(GATEWAY_IP, 5269, "evil.test", "home.test")
+    answers = []
+    try:
+        peer.starttls(lab["leaves"][("dns", "evil.test")], lab["ca"].cafile)
+        assert b"<success" in peer.sasl_external("evil.test")
+        peer.header()
+        for i in range(count):
+            peer.send(f"<db:result xmlns:db='jabber:server:dialback' from='claim{i}.test' "
+                      f"to='home.test'>0123456789abcdef</db:result>")
+            try:
+                answers.append(peer.read_until(
+                    rb"<db:result[^>]*type=.error.*?</db:result>|</stream:error>"))
+            except (PeerClosed, OSError):
+                break
+        return answers
+    finally:
+        peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_claiming_domain_after_domain_is_cut_off_after_three_refusals(lab):
+    """Issue 10, item 3: each refused claim costs a chain check and a log line; the
+    stream ends with policy-violation at the third (s2s.limits.refused_claims)."""
+    await linkUp(lab["gateway"])
+    answers = await threads.deferToThread(claimAfterClaim, lab, 10)
+    # three dialback errors, then the stream error, then nothing: the stream is gone
+    assert [b"not-authorized" in a and b"<db:result" in a for a in answers[:3]] == [True] * 3
+    assert len(answers) == 4, answers
+    assert b"<policy-violation" in answers[3] and b"3 refused claims" in answers[3]
