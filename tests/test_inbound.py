@@ -638,3 +638,76 @@ def test_after_our_stream_error_nothing_more_is_delivered():
     stream.streamError("policy-violation")
     stream.dataReceived(stanza().toXml().encode())
     assert gw.router.delivered == []
+
+
+# what the mutation run (scripts/mutate, docs/testing.md) found untested
+
+
+def test_stanza_from_an_address_that_is_not_valid_is_invalid_from():
+    gw, stream, out = authenticated()
+    stream.dataReceived(stanza(sender="juliet@a..b").toXml().encode())
+    assert out.streamError() == "invalid-from"
+    assert gw.router.delivered == []
+
+
+def test_stanza_to_an_address_that_is_not_valid_is_improper_addressing():
+    gw, stream, out = authenticated()
+    stream.dataReceived(stanza(to="romeo@a..b").toXml().encode())
+    assert out.streamError() == "improper-addressing"
+    assert gw.router.delivered == []
+
+
+def test_a_to_domain_read_differently_by_idna_2003_is_improper_addressing():
+    from s2sgate.config import parse_config
+    config = parse_config({"local_domains": [LOCAL, "xn--fa-hia.de"],
+                           "component": {"jid": "s2s.home.test", "secret": "x"},
+                           "s2s": {"use_starttls": "false", "shared": SECRET}}, "t.toml")
+    gw, stream, out = authenticated(local="xn--fa-hia.de", gw=opened_on(makeGateway(config)))
+    stream.dataReceived(stanza(to="admin@faß.de").toXml().encode())
+    assert out.streamError() == "improper-addressing"
+    assert gw.router.delivered == []
+
+
+def opened_on(gw):
+    stream = inbound(gw)
+    out = Output(connect(stream))
+    stream.dataReceived(header())
+    return gw, stream, out
+
+
+def test_each_delivered_stanza_is_counted_once_in_the_session_table():
+    gw, stream, out = authenticated()
+    for _ in range(3):
+        stream.dataReceived(stanza().toXml().encode())
+    [session] = gw.sessions.describe()
+    assert session["stanzas_in"] == 3
+
+
+def test_refused_stanza_is_not_counted():
+    gw, stream, out = opened()
+    stream.dataReceived(stanza().toXml().encode())
+    assert stream.stanzasIn == 0
+
+
+def test_stream_error_before_our_header_opens_a_1_0_header_with_a_stream_id():
+    gw, stream, out = opened_on_header(header(to="elsewhere.test"))
+    assert out.streamError() == "host-unknown"
+    assert out.header["version"] == "1.0"
+    assert len(out.header["id"]) >= 16
+    assert out.header.getAttribute("from") is None
+
+
+def opened_on_header(data):
+    gw = makeGateway()
+    stream = inbound(gw)
+    out = Output(connect(stream))
+    stream.dataReceived(data)
+    return gw, stream, out
+
+
+def test_stream_closed_after_the_negotiation_timeout_untracks_it_cleanly():
+    gw, stream, out = opened()
+    gw.clock.advance(gw.config.s2s.negotiation_timeout)
+    stream.connectionLost(Failure(Exception("gone")))
+    assert stream not in gw.sessions.streams()
+    assert stream._negotiationCall is None

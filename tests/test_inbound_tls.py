@@ -644,3 +644,22 @@ def test_the_refused_claim_line_is_rate_limited_across_streams():
         stream.dataReceived(header() + dbResult(sender="victim0.test"))
     [line] = [e for e in events if e.get("event") == "inbound.claim_refused"]
     assert line["suppressed"] == 50
+
+
+def test_restart_naming_another_local_domain_is_host_unknown_from_the_first():
+    gw, stream, out = opened(mode="required")
+    stream.dataReceived(STARTTLS)
+    stream.handshakeCompleted()
+    out = fresh(out.transport)
+    stream.dataReceived(header(to=MUC))
+    assert out.streamError() == "host-unknown"
+    assert (out.header["from"], out.header["version"]) == (LOCAL, "1.0")
+
+
+def test_stream_error_right_after_the_sasl_restart_opens_a_new_header_first():
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)})
+    stream.dataReceived(auth("="))
+    out = fresh(out.transport)
+    stream.dataReceived(header(to=MUC))
+    assert out.streamError() == "host-unknown"
+    assert (out.header["from"], out.header["version"]) == (LOCAL, "1.0")

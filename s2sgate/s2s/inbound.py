@@ -132,7 +132,16 @@ class InboundStream(XmlStream):
     def startTLS(self, creator):
         self.flushPending()   # <proceed/> must go out in plaintext
         self.transport.startTLS(creator)
+        self.restartStream()
+
+    def restartStream(self):
+        """
+        After STARTTLS or SASL: a new stream on both sides, so our next
+        header is due again (and a stream error before it opens one, RFC
+        6120 4.9.1.1: the peer's parser was reset too).
+        """
         self.parser.reset()
+        self.headerSent = False
 
     def certificateFor(self, remote):
         """The verdict on the peer's TLS certificate for C{remote} (cached per stream)."""
