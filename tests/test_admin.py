@@ -678,3 +678,52 @@ async def test_status_page_in_headless_chromium_shows_the_links(lab):
     assert "updated " in dom
     link = dom.split('id="link"', 1)[1].split("</p>", 1)[0]
     assert "up" in link and "s2s.home.test" in link and "null" not in link
+
+
+# the access checks, one rule each (what scripts/mutate found untested)
+
+
+def _basic(credentials):
+    import base64
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def test_basic_credentials_that_are_not_base64_are_refused():
+    from s2sgate.ops.admin.api import _tokenMatches
+    assert _tokenMatches("Basic %%%not-base64%%%", "secret") is False
+
+
+def test_basic_credentials_with_characters_outside_base64_are_refused():
+    from s2sgate.ops.admin.api import _tokenMatches
+    # Without validation the '!' would be dropped and the rest decode to the token.
+    assert _tokenMatches("Basic !" + _basic("admin:secret")[6:], "secret") is False
+
+
+def test_basic_password_is_everything_after_the_first_colon():
+    from s2sgate.ops.admin.api import _tokenMatches
+    assert _tokenMatches(_basic("admin:to:ken"), "to:ken") is True
+
+
+def test_bearer_token_after_more_than_one_space_is_read():
+    from s2sgate.ops.admin.api import _tokenMatches
+    assert _tokenMatches("Bearer   secret", "secret") is True
+
+
+def test_bracketed_ipv6_host_with_a_port_is_an_address():
+    from s2sgate.ops.admin.api import _isAddressHost
+    assert _isAddressHost("[::1]:5281") is True
+
+
+def test_bracketed_name_is_not_an_address():
+    from s2sgate.ops.admin.api import _isAddressHost
+    assert _isAddressHost("[evil.example]:5281") is False
+
+
+def test_fully_qualified_localhost_is_accepted():
+    from s2sgate.ops.admin.api import _isAddressHost
+    assert _isAddressHost("localhost.:5281") is True
+
+
+def test_host_without_a_port_is_judged_whole():
+    from s2sgate.ops.admin.api import _isAddressHost
+    assert (_isAddressHost("127.0.0.1"), _isAddressHost("evil.example")) == (True, False)

@@ -95,7 +95,8 @@ def test_does_not_send_starttls_under_false():
 def test_peer_requiring_starttls_under_false_fails():
     gw, pool, stream, out, results = newStream(mode="false")
     stream.dataReceived(peerHeader() + features(STARTTLS, DIALBACK))
-    assert "STARTTLS" in failure(results).text
+    e = failure(results)
+    assert (e.condition, "STARTTLS" in e.text) == ("remote-server-not-found", True)
     assert out.named("result", NS_DB) == []
 
 
@@ -145,7 +146,8 @@ def test_starttls_failure_fails_the_attempt():
     gw, pool, stream, out, results = newStream()
     stream.dataReceived(peerHeader() + features(STARTTLS, DIALBACK))
     stream.dataReceived(f"<failure xmlns='{NS_TLS}'/>".encode())
-    assert "refused STARTTLS" in failure(results).text
+    e = failure(results)
+    assert (e.condition, "refused STARTTLS" in e.text) == ("remote-server-not-found", True)
     assert out.transport.tlsStarts == []
     assert out.named("result", NS_DB) == []
 
@@ -158,6 +160,7 @@ def test_untrusted_certificate_under_required_trusted_fails_naming_the_reason():
                                                   verdicts={REMOTE: selfSigned()})
     stream.handshakeCompleted()
     e = failure(results)
+    assert e.condition == "remote-server-not-found"
     assert "self-signed certificate" in e.text
     assert REMOTE in e.text
     last = e.attempts[-1]
