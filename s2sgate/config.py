@@ -202,6 +202,7 @@ class S2SConfig:
     idle_timeout: float = 600
     negotiation_timeout: float = 30
     shutdown_timeout: float = 10
+    bidi: bool = True
     outgoing: OutgoingConfig = field(default_factory=OutgoingConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     limits: PeerLimits = field(default_factory=PeerLimits)
@@ -408,7 +409,7 @@ _S2S_KEYS = (
     "shared", "secure_auth", "insecure_domains", "secure_domains", "dane", "dane_domains",
     "stanza_size_limit", "max_retry_delay", "address", "allow_anonymous_s2s",
     "anonymous_domains", "disabled_domains", "queue_limit", "idle_timeout",
-    "negotiation_timeout", "shutdown_timeout", "outgoing", "dns", "limits",
+    "negotiation_timeout", "shutdown_timeout", "bidi", "outgoing", "dns", "limits",
 )
 
 
@@ -456,6 +457,7 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
     idle = _seconds(ctx, t, "idle_timeout", 600, above=0)
     negotiation = _seconds(ctx, t, "negotiation_timeout", 30, above=0)
     shutdown = _seconds(ctx, t, "shutdown_timeout", 10, atLeast=0)
+    bidi = _bool(ctx, t, "bidi", True)
     dns = _dns(ctx, t)
     limits = _limits(ctx, t)
 
@@ -500,8 +502,8 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
         max_retry_delay=maxRetry, address=address,
         allow_anonymous_s2s=allowAnon, anonymous_domains=anon,
         disabled_domains=disabled, queue_limit=queueLimit, idle_timeout=idle,
-        negotiation_timeout=negotiation, shutdown_timeout=shutdown, outgoing=outgoing,
-        dns=dns, limits=limits,
+        negotiation_timeout=negotiation, shutdown_timeout=shutdown, bidi=bidi,
+        outgoing=outgoing, dns=dns, limits=limits,
     )
 
 

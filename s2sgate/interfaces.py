@@ -127,6 +127,7 @@ class ISession(Interface):
         "(local, remote) outbound, (remote, local) inbound")
     authMethod = Attribute("How the first pair was authenticated, or None")
     secure = Attribute("Whether TLS protects the stream")
+    bidi = Attribute("Whether it carries stanzas both ways (XEP-0288)")
     closing = Attribute("Whether our closing tag is out")
 
     def describe():

@@ -56,6 +56,7 @@ class FakeInbound(XmlStream):
 
     direction = "in"
     peerHost = "127.0.0.9"
+    bidi = False
 
     def __init__(self, clock, idleTimeout=None):
         XmlStream.__init__(self, clock, idleTimeout=idleTimeout)
@@ -279,5 +280,5 @@ class Outbound(SimpleNamespace):
 
 def test_sessions_table_pause_touches_only_inbound_streams():
     table = SessionTable()
-    table.track(Outbound(direction="out", pairs={("a", "b")}, closed=False))
+    table.track(Outbound(direction="out", pairs={("a", "b")}, closed=False, bidi=False))
     assert table.pauseInbound() == 0

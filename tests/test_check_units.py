@@ -189,7 +189,8 @@ async def test_offered_features_show_the_peers_limits_and_dialback_errors(lab):
     # The peer is an s2sgate inbound stream: XEP-0478 limits with its stanza_size_limit.
     assert features.data["limits"]["max_bytes"] == 524288
     assert features.data["dialback_errors"] is True
-    assert (features.data["bidi"], features.data["stream_management"]) == (False, None)
+    # An s2sgate offers bidi (XEP-0288) before authentication.
+    assert (features.data["bidi"], features.data["stream_management"]) == (True, None)
     assert "dialback with errors (XEP-0220)" in features.summary
     assert "no stream management before authentication" in features.summary
 

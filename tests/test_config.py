@@ -110,6 +110,7 @@ def test_defaults():
     assert s.stanza_size_limit == 524288
     assert s.max_retry_delay == 300
     assert (s.queue_limit, s.idle_timeout, s.negotiation_timeout) == (1000, 600, 30)
+    assert s.bidi is True
     assert (s.outgoing.port, s.outgoing.ip_versions, s.outgoing.connection_timeout,
             s.outgoing.connection_attempt_delay) == (5269, (4, 6), 10, 0.25)
     assert (s.dns.timeout, s.dns.retries, s.dns.nameservers) == (10, 2, ())
@@ -905,3 +906,8 @@ def test_admin_peers_checked(peers, key):
     data = minimal(shared="the same on every process")
     data["admin"] = {"peers": peers}
     assert reject(data).key == key
+
+
+def test_bidi_is_a_boolean():
+    assert str(reject(minimal(bidi="yes"))).startswith("x.toml: s2s.bidi: got ")
+    assert parse_config(minimal(bidi=False), "x.toml").s2s.bidi is False

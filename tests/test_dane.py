@@ -302,7 +302,7 @@ def test_sessions_and_cli_show_how_dane_decided():
     stream = SimpleNamespace(direction="out", local=LOCAL, peer=REMOTE, streamId="s",
                              peerAddress="127.0.6.60:5269", secure=True, tlsInfo={},
                              directTLS=False, authMethod="dialback", since=0, bytesIn=0,
-                             bytesOut=0)
+                             bytesOut=0, bidi=False)
     info = sessionInfo(stream, [[LOCAL, REMOTE]], stanzasIn=0, stanzasOut=0, queue=0,
                        certificate=PeerCertificate("valid", "by DANE", dane="dane-ee"))
     assert info["certificate"]["dane"] == "dane-ee"

@@ -88,8 +88,9 @@ def test_demo_session_table(demoRun):
     # beta judges alpha's certificate for conference.alpha.test: it does not name it.
     assert ["beta", "in", "beta.test", "conference.alpha.test", out[0][4], "name-mismatch",
             "dialback"] in rows
-    assert [r[:4] for r in rows if r[0] == "beta" and r[1] == "out"] == \
-        [["beta", "out", "beta.test", "alpha.test"]]
+    # Both gateways speak bidi (XEP-0288): beta's replies travel over the
+    # streams alpha opened, beta opens none of its own.
+    assert [r[:4] for r in rows if r[0] == "beta" and r[1] == "out"] == []
 
 
 def test_demo_burst_line(demoRun):
@@ -247,13 +248,16 @@ def test_tour_prints_a_status_page_url_per_site_and_the_commands_to_try(tour):
 def test_tour_status_page_and_sessions_json_are_served_by_each_gateway(tour):
     status, kind, body = fetch(tour.urls["alpha"])
     assert status == 200 and kind.startswith("text/html") and b"<title>s2sgate status" in body
-    for site, local, remote in (("alpha", "alpha.test", "beta.test"),
-                                ("beta", "beta.test", "alpha.test")):
-        status, kind, body = fetch(tour.urls[site] + "api/sessions")
-        data = __import__("json").loads(body)
-        out = [s for s in data["sessions"] if s["direction"] == "out" and s["local"] == local]
-        assert [(s["remote"], s["auth"]) for s in out if s["remote"] == remote] == \
-            [(remote, "sasl-external")], data
+    sessions = {site: __import__("json").loads(fetch(tour.urls[site] + "api/sessions")[2])
+                for site in ("alpha", "beta")}
+    out = [(s["remote"], s["auth"], s["bidi"]) for s in sessions["alpha"]["sessions"]
+           if s["direction"] == "out" and s["local"] == "alpha.test"]
+    assert out == [("beta.test", "sasl-external", True)], sessions["alpha"]
+    # Both speak bidi (XEP-0288): beta answers over alpha's stream, opens none of its own.
+    beta = [(s["direction"], s["remote"], s["bidi"]) for s in sessions["beta"]["sessions"]
+            if s["local"] == "beta.test"]
+    assert ("in", "alpha.test", True) in beta and not [d for d in beta if d[0] == "out"], \
+        sessions["beta"]
 
 
 def test_tour_metrics_count_the_chat(tour):
@@ -280,9 +284,9 @@ def test_tour_printed_sessions_command_lists_the_links(tour):
                             timeout=30)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()]
-    assert ["out", "alpha.test", "beta.test", "TLSv1.3", "valid", "sasl-external"] in \
+    assert ["out+in", "alpha.test", "beta.test", "TLSv1.3", "valid", "sasl-external"] in \
         [r[:6] for r in rows] or \
-        ["out", "alpha.test", "beta.test", "TLSv1.2", "valid", "sasl-external"] in \
+        ["out+in", "alpha.test", "beta.test", "TLSv1.2", "valid", "sasl-external"] in \
         [r[:6] for r in rows], result.stdout
     assert "by certificate" in result.stdout
 

@@ -51,6 +51,6 @@ def test_the_seams():
     assert verifyClass(IResolver, S2SResolver)
     assert verifyClass(IResolver, TimedResolver)
     assert verifyObject(IConnector, Connector(task.Clock(), None))
-    assert verifyObject(IOutbound, OutboundPool(gw.clock, gw.current, None, gw.sessions, None))
-    assert verifyObject(IOutbound, NoFederation(None))
+    assert verifyObject(IOutbound, OutboundPool(gw.clock, gw.current, None, gw.sessions, None, None))
+    assert verifyObject(IOutbound, NoFederation(None, None))
     assert verifyClass(IComponentLink, ComponentLink)

@@ -283,3 +283,12 @@ async def test_sessions_all_asks_every_peer_of_the_config_and_names_the_process(
 async def test_sessions_all_needs_the_config_with_the_peers(admin, capsys):
     code, out, err = await run(capsys, "sessions", "--all", "--admin", admin.url)
     assert code == 2 and "--all needs --config FILE" in err
+@pytest_twisted.ensureDeferred
+async def test_sessions_mark_a_bidi_stream_as_used_both_ways(admin, capsys, monkeypatch):
+    bidi = [dict(SESSIONS[0], bidi=True), dict(SESSIONS[1], bidi=False)]
+    monkeypatch.setattr(admin, "sessions", lambda: bidi)
+    code, out, err = await run(capsys, "sessions", "--admin", admin.url)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[1].split()[:3] == ["in", "home.test", "plain.test"]
+    assert lines[2].split()[:3] == ["out+in", "home.test", "secure.test"]

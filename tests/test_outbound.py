@@ -51,7 +51,8 @@ class FakeConnector:
 def makePool(connector=None, **s2s):
     gw = makeGateway(**s2s)
     connector = connector if connector is not None else FakeConnector()
-    pool = OutboundPool(gw.clock, gw.current, connector, gw.sessions, gw.router.bounce)
+    pool = OutboundPool(gw.clock, gw.current, connector, gw.sessions, gw.router.bounce,
+                        gw.router.fromRemote)
     return gw, pool, connector
 
 

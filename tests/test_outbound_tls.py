@@ -35,7 +35,8 @@ def features(*parts):
 
 def newStream(mode="required", verify=None, **kw):
     gw = tlsGateway(mode=mode, **kw)
-    pool = OutboundPool(gw.clock, gw.current, None, gw.sessions, gw.router.bounce)
+    pool = OutboundPool(gw.clock, gw.current, None, gw.sessions, gw.router.bounce,
+                        gw.router.fromRemote)
     if verify:
         runtime = gw.runtime
         steps = [s(runtime) for s in runtime.verifySteps] + [DialbackVerify(*verify)]
@@ -315,7 +316,8 @@ def _fallbackPool(directTLSFails):
             stream.established("dialback")
             return Connection(stream, target, None)
 
-    pool = OutboundPool(gw.clock, gw.current, MemoryConnector(), gw.sessions, gw.router.bounce)
+    pool = OutboundPool(gw.clock, gw.current, MemoryConnector(), gw.sessions, gw.router.bounce,
+                        gw.router.fromRemote)
     return pool, calls
 
 

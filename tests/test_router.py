@@ -87,7 +87,7 @@ def test_ping_to_the_gateway_is_answered():
 
 @implementer(IOutbound)
 class Recording:
-    def __init__(self, bounce):
+    def __init__(self, bounce, deliver):
         self.sent = []
 
     def send(self, local, remote, element):

@@ -15,7 +15,7 @@ def stream(direction, pairs=(), peer="remote.test", closing=False, **kw):
                   closed=False, local="home.test", remote=peer, streamId="s1", peerAddress=None,
                   secure=False, tlsInfo={}, directTLS=False, authMethod="dialback", since=0.0,
                   stanzasIn=2, stanzasOut=3, bytesIn=10, bytesOut=20, certificate=None,
-                  certificates={}, peerHost="127.0.3.7")
+                  certificates={}, peerHost="127.0.3.7", bidi=False)
     values.update(kw)
     return Stream(**values)
 

@@ -277,7 +277,7 @@ def _printSessions(data, process=None):
                  "STANZAS IN/OUT", "QUEUE")]
         for s in sessions:
             rows.append(((process(s),) if process else ()) + (
-                         s["direction"], s.get("local") or "-", s.get("remote") or "-",
+                         direction(s), s.get("local") or "-", s.get("remote") or "-",
                          security(s), certificateColumn(s.get("certificate")),
                          s.get("auth") or "(pending)", s.get("peer") or "-",
                          ago(data["now"], s["since"]),
@@ -370,7 +370,8 @@ def cmdConnect(client, args):
     else:
         _printSteps(data.get("steps") or [])
     cert = s.get("certificate")
-    print(f"connected: {s['local']} -> {s['remote']}, {security(s, cipher=True)}, "
+    print(f"connected: {s['local']} -> {s['remote']}{' (bidi)' if s.get('bidi') else ''}, "
+          f"{security(s, cipher=True)}, "
           f"certificate {certificateColumn(cert) if cert else 'none'}, auth {s.get('auth')}, "
           f"peer {s.get('peer') or '-'}, stream {s.get('stream_id')}")
     return EXIT_OK
@@ -414,6 +415,12 @@ def totalsLine(t):
     if t.get("unauthenticated"):
         line += f"; {t['unauthenticated']} not yet authenticated"
     return line
+
+
+def direction(s):
+    """'in'/'out', and 'in+out'/'out+in' for a bidi stream (XEP-0288): opened that way, used both."""
+    return s["direction"] + ("+" + ("in" if s["direction"] == "out" else "out")
+                             if s.get("bidi") else "")
 
 
 def security(s, cipher=False):

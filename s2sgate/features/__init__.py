@@ -6,12 +6,20 @@ initiating side, constructed per stream with the runtime) in the order of
 preference, and/or an offer class (the receiving side, per stream).
 """
 
-from s2sgate.features import dialback, dialback_without_dialback, limits, sasl_external, starttls
+from s2sgate.features import (
+    bidi,
+    dialback,
+    dialback_without_dialback,
+    limits,
+    sasl_external,
+    starttls,
+)
 
 # The initiating side, in order of preference: what an outbound stream runs.
 STEPS = (
     starttls.DirectTLS,
     starttls.StartTLS,
+    bidi.Bidi,
     sasl_external.SaslExternal,
     dialback.Dialback,
 )
@@ -27,6 +35,7 @@ OFFERS = (
     starttls.StartTLSOffer,
     sasl_external.SaslExternalOffer,
     dialback.DialbackOffer,
+    bidi.BidiOffer,
     limits.LimitsOffer,
 )
 

@@ -105,7 +105,7 @@ class SaslExternalOffer:
         stream.send(domish.Element((NS_SASL, "success")))
         self.done = True
         stream.authenticated(remote, stream.local, "sasl-external")
-        stream.restartStream()
+        stream.expectRestart()
 
     def _failure(self, stream, condition, text, remote=None):
         """Every SASL failure is a refused claim: bounded per stream, rate-limited in the log."""

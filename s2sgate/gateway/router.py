@@ -27,7 +27,7 @@ class NoFederation:
     is bounced with C{remote-server-not-found}.
     """
 
-    def __init__(self, bounce):
+    def __init__(self, bounce, deliver):
         self.bounce = bounce
 
     def send(self, local, remote, element):
@@ -43,11 +43,12 @@ class Router:
     neighbours itself and hands each the methods it calls back:
 
       c2s server --local--> fromLocal --> outbound.send(local, remote, stanza)
-      c2s server <--local-- deliverLocal <-- fromRemote <-- inbound streams
+      c2s server <--local-- deliverLocal <-- fromRemote <-- inbound (and bidi) streams
                                           <-- bounce <-- outbound failures
 
     @param current: the L{Current} runtime (policy, local domains).
-    @param outbound: C{outbound(bounce=...) -> IOutbound}.
+    @param outbound: C{outbound(bounce=..., deliver=...) -> IOutbound}; C{deliver}
+        takes what peers send on bidi streams we opened (XEP-0288).
     @param local: C{local(onStanza=..., onBounce=...) -> IComponentLink}.
     """
 
@@ -58,7 +59,7 @@ class Router:
         self.componentJid = current.runtime.config.component.jid
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.bounced = 0
-        self.outbound = outbound(bounce=self.bounce)
+        self.outbound = outbound(bounce=self.bounce, deliver=self.fromRemote)
         self.local = local(onStanza=self.fromLocal, onBounce=self.bounceFromLocalSide)
 
     def isLocal(self, domain):

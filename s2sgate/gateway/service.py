@@ -180,8 +180,8 @@ class GatewayService(service.MultiService):
                                      closeWait=max(s.shutdown_timeout / 3, 0.1))
         self.router = Router(
             self.current, metrics=self.metrics,
-            outbound=lambda bounce: OutboundPool(
-                reactor, self.current, connector, self.sessionTable, bounce,
+            outbound=lambda bounce, deliver: OutboundPool(
+                reactor, self.current, connector, self.sessionTable, bounce, deliver,
                 batch=self.batch, metrics=self.metrics, failures=self.failures),
             local=componentLink)
         self.pool = self.router.outbound

@@ -15,9 +15,10 @@ from twisted.internet.protocol import Factory
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from s2sgate.s2s.addressing import checkedPair
 from s2sgate.s2s.guard import LogLimiter
 from s2sgate.s2s.streamlog import logStreamEnd
-from s2sgate.xmpp.domain import InvalidDomain, domainOf, isUnambiguous, normalize, rawDomainOf
+from s2sgate.xmpp.domain import InvalidDomain, normalize
 from s2sgate.xmpp.namespaces import NS_DB, NS_LIMITS, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.stanzas import STANZA_NAMES
 from s2sgate.xmpp.stream import XmlStream, newStreamId
@@ -67,6 +68,10 @@ class InboundStream(XmlStream):
         self.tlsInfo = {}
         self.certificates = {}     # remote domain -> PeerCertificate
         self.stanzasIn = 0
+        self.stanzasOut = 0
+        self.bidi = False          # the peer asked for a bidirectional stream (XEP-0288)
+        self._restarting = False   # SASL succeeded: the peer's new header is due
+        self._held = []            # our stanzas (bidi) written once that header came
         self.since = clock.seconds()
         self.offers = runtime.offersForStream()
         self.handlers = {}
@@ -142,6 +147,26 @@ class InboundStream(XmlStream):
         """
         self.parser.reset()
         self.headerSent = False
+
+    def useBidi(self):
+        """
+        The peer asked for bidi (XEP-0288): once authenticated, this stream
+        carries our stanzas to it too (the session table hands it out).
+        """
+        self.bidi = True
+
+    def expectRestart(self):
+        """SASL succeeded: the peer restarts the stream; nothing of ours may go before our new header."""
+        self._restarting = True
+        self.restartStream()
+
+    def sendStanza(self, element):
+        """One of our stanzas to the peer, on a bidi stream (held over a SASL restart)."""
+        self.stanzasOut += 1
+        if self._restarting:
+            self._held.append(element)
+        else:
+            self.send(element)
 
     def certificateFor(self, remote):
         """The verdict on the peer's TLS certificate for C{remote} (cached per stream)."""
@@ -265,6 +290,11 @@ class InboundStream(XmlStream):
         self.sendHeader(attrs)
         if "version" in attrs:
             self.send(self.features())
+            if self._restarting:
+                self._restarting = False
+                held, self._held = self._held, []
+                for element in held:
+                    self.send(element)
         elif self.requirements.mustEncrypt(self.remoteHeader) and not self.secure:
             self.streamError("policy-violation", "this server requires TLS (STARTTLS)")
 
@@ -300,32 +330,7 @@ class InboundStream(XmlStream):
     # stanzas
 
     def _stanza(self, element):
-        sender, to = element.getAttribute("from"), element.getAttribute("to")
-        if not sender or not to:
-            self.streamError("improper-addressing", "stanzas on s2s streams need from and to")
-            return
-        try:
-            remote = domainOf(sender)
-        except InvalidDomain:
-            self.streamError("invalid-from", f"{sender!r} is not a valid address")
-            return
-        try:
-            local = domainOf(to)
-        except InvalidDomain:
-            self.streamError("improper-addressing", f"{to!r} is not a valid address")
-            return
-        if not self.runtime.isLocal(local):
-            self.streamError("host-unknown", f"this server does not serve {local}")
-            return
-        for address in (sender, to):
-            if not isUnambiguous(rawDomainOf(address)):
-                self.streamError("invalid-from" if address is sender else "improper-addressing",
-                                 f"{rawDomainOf(address)!r} names different domains under "
-                                 "IDNA 2003 and IDNA 2008")
-                return
-        if (remote, local) not in self.pairs:
-            self.streamError("invalid-from",
-                             f"{remote} is not authenticated on this stream for {local}")
+        if checkedPair(self, element, self.pairs, self.runtime.isLocal) is None:
             return
         self.stanzasIn += 1
         self.router.fromRemote(element)

@@ -192,7 +192,9 @@ class InitiatingStream(XmlStream):
         self.certificate = None
         self.dane = None         # the target's authenticated TLSASet (useDANE)
         self.since = clock.seconds()
+        self.stanzasIn = 0
         self.stanzasOut = 0
+        self.bidi = False        # we asked for a bidirectional stream (XEP-0288)
         self.peerAddress = None
         self.ready = defer.Deferred()
         self.trace = []          # Attempt per step, for the diagnostic log
@@ -286,6 +288,14 @@ class InitiatingStream(XmlStream):
         self.transport.startTLS(creator)
         self.observer.tlsStarted(direct=False)
         self.secure = True
+
+    def requestBidi(self, element):
+        """
+        Ask for a bidirectional stream (XEP-0288): once authenticated, the
+        peer may send us its stanzas on it too.
+        """
+        self.bidi = True
+        self.send(element)
 
     def restart(self):
         """A new stream: reset the parser and send a new header (RFC 6120 4.3.3)."""
@@ -420,12 +430,20 @@ class InitiatingStream(XmlStream):
     def elementReceived(self, element):
         if self.closing:
             return   # nothing may answer a peer we are leaving (no key to a refused server)
+        if self.authMethod is not None:
+            self.authenticatedElement(element)
+            return
         if (element.uri, element.name) == (NS_STREAMS, "features"):
             features = StreamFeatures.parse(element)
             self.observer.featuresReceived(features)
             self._deliver(features, True)
             return
         self._deliver(element, False)
+
+    def authenticatedElement(self, element):
+        """For subclasses: an element the peer sent once the stream is established."""
+        self.log.debug("{stream}: ignored <{name}/> on the established stream",
+                       stream=self.describe(), name=element.name)
 
     def _negotiationTimedOut(self):
         self._negotiationCall = None

@@ -17,21 +17,56 @@ from zope.interface import implementer
 from s2sgate.interfaces import IOutbound
 from s2sgate.net.connector import ConnectFailed
 from s2sgate.ops.metrics import NullMetrics
+from s2sgate.s2s.addressing import checkedPair
 from s2sgate.s2s.dial import dial
 from s2sgate.s2s.failures import FailureLog
 from s2sgate.s2s.negotiation import InitiatingStream
+from s2sgate.xmpp.namespaces import NS_SERVER
+from s2sgate.xmpp.stanzas import STANZA_NAMES
 
 
 class OutboundStream(InitiatingStream):
-    """An outbound stream that carries stanzas for one pair once authenticated."""
+    """
+    An outbound stream that carries stanzas for one pair once authenticated;
+    bidirectional (XEP-0288), it carries the peer's stanzas to us as well.
 
-    def __init__(self, clock, local, remote, steps, *, onClosed, **kwargs):
+    @param deliver: C{deliver(stanza)} for the peer's checked stanzas (the
+        router's C{fromRemote}).
+    @param isLocal: whether a domain is one of ours.
+    """
+
+    def __init__(self, clock, local, remote, steps, *, onClosed, deliver, isLocal, **kwargs):
         InitiatingStream.__init__(self, clock, local, remote, steps, **kwargs)
         self._onClosed = onClosed
+        self._fromPeer = deliver
+        self._isLocal = isLocal
 
     @property
     def peer(self):
         return self.remote
+
+    @property
+    def reversePairs(self):
+        """The (remote, local) pairs whose stanzas may come to us on this stream."""
+        return {(remote, local) for local, remote in self.pairs} if self.bidi else set()
+
+    def sendStanza(self, element):
+        self.stanzasOut += 1
+        self.send(element)
+
+    def authenticatedElement(self, element):
+        if element.name in STANZA_NAMES and element.uri == NS_SERVER:
+            if not self.bidi:
+                self.streamError("unsupported-stanza-type",
+                                 "this stream is not bidirectional (XEP-0288): "
+                                 "send your stanzas on a stream of your own")
+                return
+            if checkedPair(self, element, self.reversePairs, self._isLocal) is None:
+                return
+            self.stanzasIn += 1
+            self._fromPeer(element)
+            return
+        InitiatingStream.authenticatedElement(self, element)
 
     def streamGone(self):
         self._onClosed(self)
@@ -66,9 +101,8 @@ class OutboundLink:
     def send(self, element):
         stream = self.stream
         if stream is not None:
-            stream.send(element)
+            stream.sendStanza(element)
             self.pool.sent += 1
-            stream.stanzasOut += 1
             return
         if len(self.queue) >= self.pool.limits.queueLimit:
             self.pool.bounce(element, "resource-constraint",
@@ -108,9 +142,8 @@ class OutboundLink:
         self.failures = 0
         self.lastFailure = None
         while self.queue and not stream.closing and not stream.closed:
-            stream.send(self.queue.popleft())
+            stream.sendStanza(self.queue.popleft())
             self.pool.sent += 1
-            stream.stanzasOut += 1
         return stream
 
     def _failed(self, failure):
@@ -185,18 +218,21 @@ class OutboundPool:
     @param connector: an L{IConnector}.
     @param sessions: the L{SessionTable}.
     @param bounce: C{bounce(element, condition, text)} for what cannot be sent.
+    @param deliver: C{deliver(stanza)} for what a peer sends us on a bidi
+        stream we opened.
     """
 
     log = Logger()
     maxLinks = 1000
 
-    def __init__(self, clock, current, connector, sessions, bounce, *, batch=None, metrics=None,
-                 failures=None):
+    def __init__(self, clock, current, connector, sessions, bounce, deliver, *, batch=None,
+                 metrics=None, failures=None):
         self.clock = clock
         self.current = current
         self.connector = connector
         self.sessions = sessions
         self.bounce = bounce
+        self.deliver = deliver
         self.batch = batch
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.limits = OutboundLimits(current)
@@ -232,7 +268,8 @@ class OutboundPool:
 
     def newStream(self, local, remote, runtime):
         return OutboundStream(self.clock, local, remote, runtime.stepsForStream(),
-                              onClosed=self._streamClosed, requirements=runtime.requirements,
+                              onClosed=self._streamClosed, deliver=self.deliver,
+                              isLocal=runtime.isLocal, requirements=runtime.requirements,
                               tls=runtime.tls, limits=runtime.limits, batch=self.batch,
                               metrics=self.metrics)
 

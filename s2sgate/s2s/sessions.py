@@ -7,6 +7,10 @@ The outbound links find their stream here, the admin API, the status
 page, the metrics and C{s2sgate sessions} read it; nothing else keeps a
 list of streams.  A stream is tracked when it connects, indexed by pair
 when a pair is authenticated on it, and forgotten when it closes.
+
+A bidirectional inbound stream (XEP-0288) serves both directions: each
+(remote, local) pair authenticated on it also carries our stanzas from
+local to remote, when no outbound stream of our own does.
 """
 
 import collections
@@ -21,6 +25,7 @@ class SessionTable:
     def __init__(self):
         self._streams = set()
         self._outgoing = {}    # (local, remote) -> stream
+        self._reverse = {}     # (local, remote) -> bidi inbound stream that carries it
         self.inboundPaused = False
         # Inbound streams with no pair yet, counted per peer IP: what an
         # unauthenticated peer holds open ([s2s.limits] unauthenticated_*).
@@ -38,7 +43,12 @@ class SessionTable:
         self._stopWaiting(session)
         if session.direction == "out":
             self._outgoing[(sender, receiver)] = session
-        elif self.inboundPaused:
+            if session.bidi and self.inboundPaused:
+                session.pauseReading()
+            return
+        if session.bidi:
+            self._reverse[(receiver, sender)] = session
+        if self.inboundPaused:
             session.pauseReading()
 
     # Back-pressure from the component link: inbound streams that carry
@@ -49,8 +59,7 @@ class SessionTable:
     def pauseInbound(self):
         """Stop reading from every authenticated inbound stream; returns how many."""
         self.inboundPaused = True
-        paused = [s for s in self._streams if s.direction == "in" and s.pairs
-                  and not s.closed]
+        paused = [s for s in self._streams if _delivers(s) and not s.closed]
         for stream in paused:
             stream.pauseReading()
         return len(paused)
@@ -58,7 +67,7 @@ class SessionTable:
     def resumeInbound(self):
         """Read from every inbound stream again."""
         self.inboundPaused = False
-        for stream in [s for s in self._streams if s.direction == "in"]:
+        for stream in [s for s in self._streams if s.direction == "in" or s.bidi]:
             stream.resumeReading()
 
     def unauthenticated(self, host=None):
@@ -74,15 +83,21 @@ class SessionTable:
     def untrack(self, session):
         self._streams.discard(session)
         self._stopWaiting(session)
-        for pair in [p for p, s in self._outgoing.items() if s is session]:
-            del self._outgoing[pair]
+        for table in (self._outgoing, self._reverse):
+            for pair in [p for p, s in table.items() if s is session]:
+                del table[pair]
 
     def outgoing(self, local, remote):
-        stream = self._outgoing.get((local, remote))
-        if stream is None or stream.closing:
-            # Our closing tag is out: anything written now would be lost.
-            return None
-        return stream
+        """
+        The stream our stanzas from C{local} to C{remote} go on: our own
+        outbound stream, else a bidi stream the peer opened to us.
+        """
+        for table in (self._outgoing, self._reverse):
+            stream = table.get((local, remote))
+            # Once our closing tag is out, anything written would be lost.
+            if stream is not None and not stream.closing:
+                return stream
+        return None
 
     def streams(self, direction=None):
         """Open streams (authenticated or not), optionally of one direction."""
@@ -105,15 +120,23 @@ class SessionTable:
                 if not stream.authMethod:
                     continue
                 result.append(sessionInfo(stream, [[stream.local, stream.remote]],
-                                          stanzasIn=0, stanzasOut=stream.stanzasOut,
+                                          stanzasIn=stream.stanzasIn, stanzasOut=stream.stanzasOut,
                                           queue=queued(stream.local, stream.remote),
                                           certificate=stream.certificate))
             else:
                 remote = stream.peer
                 result.append(sessionInfo(stream, sorted([sender, to] for sender, to in stream.pairs),
-                                          stanzasIn=stream.stanzasIn, stanzasOut=0, queue=0,
+                                          stanzasIn=stream.stanzasIn, stanzasOut=stream.stanzasOut,
+                                          queue=0,
                                           certificate=stream.certificates.get(remote)))
         return result
+
+
+def _delivers(stream):
+    """Whether stanzas from the peer arrive on C{stream} (inbound, or bidi outbound)."""
+    if stream.direction == "in":
+        return bool(stream.pairs)
+    return stream.bidi and stream.authMethod is not None
 
 
 def sessionInfo(stream, pairs, *, stanzasIn, stanzasOut, queue, certificate):
@@ -123,6 +146,7 @@ def sessionInfo(stream, pairs, *, stanzasIn, stanzasOut, queue, certificate):
         "pairs": pairs, "stream_id": stream.streamId, "peer": str(stream.peerAddress or ""),
         "tls": dict(stream.tlsInfo) if stream.secure else None,
         "direct_tls": bool(stream.directTLS),
+        "bidi": bool(stream.bidi),
         "certificate": None if certificate is None else {
             "status": certificate.status, "reason": certificate.reason,
             "names": certificate.identities.describe() if certificate.identities else "",
