@@ -50,12 +50,20 @@ class FakeVerifier:
 
 @implementer(IComponentLink)
 class DeliveredList(list):
-    """The c2s side of a router in tests: what it delivers is appended here."""
+    """
+    The c2s side of a router in tests: what it delivers is appended here, as
+    a DOM; C{stanzas} keeps the L{RawStanza}s themselves.
+    """
 
     state = "up"
 
-    def send(self, element):
-        self.append(element)
+    def __init__(self):
+        list.__init__(self)
+        self.stanzas = []
+
+    def send(self, stanza):
+        self.stanzas.append(stanza)
+        self.append(stanza.element())
 
     def whenUp(self):
         return defer.succeed(self)

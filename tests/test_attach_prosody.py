@@ -12,11 +12,13 @@ from twisted.internet import reactor, task
 
 from s2sgate.config import parse_config
 from s2sgate.gateway.service import GatewayService
+from s2sgate.xmpp.namespaces import NS_SERVER
 from tests.lab.chat import assertBounce, assertDelivered, conditionOf
-from tests.lab.client import connect_client, parse_xml
+from tests.lab.client import connect_client
 from tests.lab.dns import TestDNS, pick_dns_ip
 from tests.lab.prosody import Prosody
 from tests.lab.wait import until
+from tests.test_rawstanza import one as rawStanza
 
 pytestmark = pytest.mark.servers
 
@@ -79,9 +81,11 @@ async def checkBounceAndInjection(gateway):
         assertBounce(bounce, "bob@nowhere.test", "alice@home.test/test", "hello")
         assert conditionOf(bounce) == "remote-server-not-found"
 
-        gateway.router.fromRemote(parse_xml(
-            "<message xmlns='jabber:server' from='bob@remote.test/x' to='alice@home.test' "
-            "type='chat' id='in1'><body>from afar</body></message>"))
+        # As an inbound stream hands it over: its own bytes, the outer xmlns
+        # rewritten for the component link.
+        gateway.router.fromRemote(rawStanza(NS_SERVER,
+            b"<message xmlns='jabber:server' from='bob@remote.test/x' to='alice@home.test' "
+            b"type='chat' id='in1'><body>from afar</body></message>"))
         got = await alice.wait_for(lambda e: e.name == "message" and e.getAttribute("id") == "in1")
         assertDelivered(got, "bob@remote.test/x", "alice@home.test", "from afar")
     finally:

@@ -17,6 +17,7 @@ from twisted.words.xish import domish
 from s2sgate.config import ConfigError, parse_config
 from s2sgate.gateway.component import ComponentLink
 from s2sgate.s2s.sessions import SessionTable
+from s2sgate.xmpp.rawstanza import RawStanza
 from s2sgate.xmpp.stream import XmlStream
 from tests.test_component import HEADER, linkConfig
 
@@ -75,7 +76,8 @@ class Flood:
                       buffer_bytes=1 << 20)
         config.update(kw)
         self.link = ComponentLink(linkConfig(**config), self.clock, self.connect,
-                                  onStanza=lambda e: None, onBounce=self.bounces.append,
+                                  onStanza=lambda e: None,
+                                  onBounce=lambda reply: self.bounces.append(reply.element()),
                                   rng=random.Random(1), inbound=self.sessions)
         self.link.startService()
 
@@ -107,7 +109,7 @@ def big(i, size=32 * KIB, to="alice@home.test"):
     m = domish.Element(("jabber:server", "message"))
     m["from"], m["to"], m["id"] = f"bob@remote.test/{i}", to, f"m{i}"
     m.addElement("body", content="x" * size)
-    return m
+    return RawStanza.fromElement(m)
 
 
 def ids(data):

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from s2sgate.features.bidi import Bidi
 from s2sgate.xmpp.features import StreamFeatures
 from s2sgate.xmpp.namespaces import NS_BIDI, NS_BIDI_FEATURE, NS_DB, NS_STREAMS
+from s2sgate.xmpp.rawstanza import RawStanza
 from tests.s2sfakes import LOCAL, MUC, REMOTE, VALID, Output, connect, inbound, makeGateway, stanza
 from tests.test_inbound import dbResult, header
 from tests.test_outbound import FakeConnector, dbAnswer, local, makePool, peerHeader
@@ -87,6 +88,14 @@ def test_a_bidi_outbound_stream_delivers_the_peers_stanza_to_us():
     assert (delivered["from"], delivered["to"], str(delivered.body)) == (
         f"juliet@{REMOTE}/balcony", f"romeo@{LOCAL}", "back")
     assert stream.stanzasIn == 1 and out.streamError() is None
+
+
+def test_a_bidi_outbound_stream_hands_the_peers_stanza_on_as_the_bytes_it_sent():
+    gw, _, stream, out, _ = outbound()
+    data = fromPeer()
+    stream.dataReceived(data)
+    [stanza] = gw.router.local.stanzas
+    assert stanza.data == data
 
 
 def test_a_bidi_outbound_stream_refuses_a_sender_not_authenticated_on_it():
@@ -238,7 +247,8 @@ def test_our_stanzas_wait_for_our_header_after_a_sasl_restart():
     gw, stream, out = bidiInbound()
     stream.expectRestart()
     out = afterRestart(out)
-    stream.sendStanza(stanza(sender=f"alice@{LOCAL}/pc", to=f"bob@{REMOTE}", body="held"))
+    stream.sendStanza(RawStanza.fromElement(
+        stanza(sender=f"alice@{LOCAL}/pc", to=f"bob@{REMOTE}", body="held")))
     assert out.transport.value()[out._seen:] == b""
     stream.dataReceived(header())
     # The new header, the features, then what waited.

@@ -12,6 +12,7 @@ from twisted.python import failure
 from twisted.words.xish import domish
 
 from s2sgate.gateway.component import ComponentLink, handshakeDigest
+from s2sgate.xmpp.rawstanza import RawStanza
 
 HEADER = ("<stream:stream xmlns='jabber:component:accept' "
           "xmlns:stream='http://etherx.jabber.org/streams' from='s2s.home.test' id='{id}'>")
@@ -35,7 +36,8 @@ class Harness:
         self.received = []
         self.bounces = []
         self.link = ComponentLink(linkConfig(**kw), self.clock, self.connect,
-                                  onStanza=self.received.append, onBounce=self.bounces.append,
+                                  onStanza=self.received.append,
+                                  onBounce=lambda reply: self.bounces.append(reply.element()),
                                   rng=random.Random(seed))
 
     def connect(self, factory):
@@ -68,7 +70,7 @@ def message(sender="bob@remote.test/x", to="alice@home.test", kind=None):
     if kind:
         m["type"] = kind
     m.addElement("body", content="hi")
-    return m
+    return RawStanza.fromElement(m)
 
 
 def test_handshake_sends_the_sha1_of_stream_id_and_secret():
@@ -195,13 +197,15 @@ def test_error_stanza_is_never_bounced():
     assert h.bounces == []
 
 
-def test_stanzas_from_the_c2s_server_arrive_in_the_server_namespace():
+def test_stanzas_from_the_c2s_server_reach_the_router_as_the_bytes_it_sent():
     h = Harness()
     h.link.startService()
     proto, _ = h.accept()
-    proto.dataReceived(b"<message from='alice@home.test' to='bob@remote.test'><body>x</body></message>")
-    assert h.received[0].uri == "jabber:server"
-    assert h.received[0].body.uri == "jabber:server"
+    sent = b"<message from='alice@home.test' to='bob@remote.test'><body>x &amp; y</body></message>"
+    proto.dataReceived(sent + b" ")
+    [stanza] = h.received
+    assert (stanza.name, stanza.sender, stanza.recipient, stanza.data) == (
+        "message", "alice@home.test", "bob@remote.test", sent)
 
 
 def test_whitespace_keepalive_is_sent():
@@ -245,7 +249,7 @@ def stanza(name, kind):
         e["type"] = kind
     if name == "message":
         e.addElement("body", content="hi")
-    return e
+    return RawStanza.fromElement(e)
 
 
 EXPECT_AN_ANSWER = [("message", None), ("message", "normal"), ("message", "chat"),
@@ -322,7 +326,7 @@ def test_stopping_closes_the_xep0114_way_and_still_handles_what_the_server_sent_
     # The c2s server wrote this before it saw our closing tag.
     proto.dataReceived(b"<message xmlns='jabber:component:accept' from='alice@home.test' "
                        b"to='bob@remote.test' id='late'><body>x</body></message>")
-    assert [m["id"] for m in h.received] == ["late"]
+    assert [m.getAttribute("id") for m in h.received] == ["late"]
     proto.dataReceived(b"</stream:stream>")
     proto.connectionLost(failure.Failure(error.ConnectionDone()))
     assert gone.called and h.link.state == "down"

@@ -12,6 +12,7 @@ from s2sgate.net.connector import Attempt, ConnectFailed, Connection
 from s2sgate.s2s.negotiation import InitiatingStream
 from s2sgate.s2s.outbound import OutboundPool
 from s2sgate.xmpp.parser import NS_STREAMS
+from s2sgate.xmpp.rawstanza import RawStanza
 from s2sgate.xmpp.stanzas import NS_STANZA_ERRORS
 from tests.s2sfakes import LOCAL, REMOTE, Output, connect, makeGateway, stanza
 
@@ -96,7 +97,7 @@ def local(body="1", kind=None):
     e = stanza(sender=f"alice@{LOCAL}/pc", to=f"bob@{REMOTE}", body=body)
     if kind:
         e["type"] = kind
-    return e
+    return RawStanza.fromElement(e)
 
 
 def errorOf(bounce):

@@ -28,6 +28,7 @@ from s2sgate.interfaces import IComponentLink, IConnector, IOffer, IStep
 from s2sgate.net.connector import Connection
 from s2sgate.net.resolver import Address, Target
 from s2sgate.s2s.negotiation import Skip
+from s2sgate.xmpp.rawstanza import RawStanza
 
 NS_HELLO = "urn:example:hello"
 
@@ -91,8 +92,8 @@ class LocalDeliveries(service.Service):
         self.fromLocal = onStanza
         self.delivered = []
 
-    def send(self, element):
-        self.delivered.append(element)
+    def send(self, stanza):
+        self.delivered.append(stanza.element())
 
     def whenUp(self):
         return defer.succeed(self)
@@ -147,7 +148,7 @@ def message(sender, to, body):
     m = domish.Element(("jabber:server", "message"))
     m["from"], m["to"], m["type"] = sender, to, "chat"
     m.addElement("body", content=body)
-    return m
+    return RawStanza.fromElement(m)
 
 
 def federate(registered):

@@ -26,13 +26,12 @@ from twisted.internet import defer
 from twisted.internet import error as ierror
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.interfaces import IComponentLink
 from s2sgate.ops.metrics import NullMetrics
-from s2sgate.xmpp.stanzas import errorReply, setNamespace, shouldBounce
-from s2sgate.xmpp.stream import NS_COMPONENT, NS_SERVER, XmlStream
+from s2sgate.xmpp.stanzas import STANZA_NAMES, shouldBounce
+from s2sgate.xmpp.stream import NS_COMPONENT, XmlStream
 
 # Seconds the c2s server has to answer our header and handshake.
 HANDSHAKE_TIMEOUT = 30
@@ -51,6 +50,8 @@ class ComponentStream(XmlStream):
     """One connection of the component link; the state lives here."""
 
     namespace = NS_COMPONENT
+    # Stanzas are routed from their bytes (RawStanza); only the handshake is parsed.
+    stanzaNames = frozenset((NS_COMPONENT, name) for name in STANZA_NAMES)
 
     def __init__(self, link, clock):
         cfg = link.config
@@ -60,7 +61,7 @@ class ComponentStream(XmlStream):
         self.state = "connecting"
         self.failure = None
         self._handshakeCall = None
-        # What the transport would not take yet: (element or None, bytes).
+        # What the transport would not take yet: (RawStanza or None, bytes).
         self.held = collections.deque()
         self.heldBytes = 0
         self.writable = True
@@ -69,15 +70,24 @@ class ComponentStream(XmlStream):
     # c2s server is slow, not gone, and dropping the link would lose every
     # stanza in its buffer.
 
+    def _mustHold(self):
+        return self.state == "ready" and not self.closing and not (self.writable and not self.held)
+
     def send(self, data):
-        if self.state != "ready" or self.closing or (self.writable and not self.held):
+        if not self._mustHold():
             return XmlStream.send(self, data)
+        return self._holdBytes(None, self.serialize(data))
+
+    def sendStanza(self, stanza):
+        if not self._mustHold():
+            return XmlStream.sendStanza(self, stanza)
+        return self._holdBytes(stanza, self.stanzaBytes(stanza))
+
+    def _holdBytes(self, stanza, data):
         if self.closed or self.transport is None:
             return False
-        element = data if isinstance(data, domish.Element) else None
-        data = self.serialize(data)
         self.bytesOut += len(data)
-        self.held.append((element, data))
+        self.held.append((stanza, data))
         self.heldBytes += len(data)
         self.link._pressure(self)
         return True
@@ -98,7 +108,7 @@ class ComponentStream(XmlStream):
     def takeHeld(self):
         """The stanzas never written (the link is going down), in order."""
         held, self.held, self.heldBytes = self.held, collections.deque(), 0
-        return [element for element, _ in held if element is not None]
+        return [stanza for stanza, _ in held if stanza is not None]
 
     @property
     def backlog(self):
@@ -133,6 +143,18 @@ class ComponentStream(XmlStream):
         self.state = "handshake"
         self.send(f"<handshake>{handshakeDigest(streamId, self.link.config.secret)}</handshake>")
 
+    def stanzaReceived(self, stanza):
+        if self.state == "ready":
+            self.link.stanzaReceived(stanza)
+        elif self.state == "handshake":
+            self.streamError("not-authorized", "expected a handshake")
+
+    def stanzaAfterClose(self, stanza):
+        # Our closing tag is out (shutdown): what the c2s server wrote before
+        # it saw it still goes out, so nothing it handed us is lost.
+        if self.state == "ready":
+            self.link.stanzaReceived(stanza)
+
     def elementReceived(self, element):
         if self.state == "handshake":
             if element.name == "handshake":
@@ -143,15 +165,6 @@ class ComponentStream(XmlStream):
                 self.link._linkUp(self)
             else:
                 self.streamError("not-authorized", "expected a handshake")
-            return
-        if self.state == "ready" and element.name in ("message", "presence", "iq"):
-            self.link.stanzaReceived(element)
-
-    def elementAfterClose(self, element):
-        # Our closing tag is out (shutdown): what the c2s server wrote before
-        # it saw it still goes out, so nothing it handed us is lost.
-        if self.state == "ready" and element.name in ("message", "presence", "iq"):
-            self.link.stanzaReceived(element)
 
     def streamErrorReceived(self, condition, text):
         if condition in AUTH_CONDITIONS and self.state != "ready":
@@ -282,8 +295,8 @@ class ComponentLink(service.Service):
         self.lastProblem = None
         pending, self.buffer = self.buffer, collections.deque()
         self.bufferBytes = 0
-        for _, element, _ in pending:
-            stream.send(element)
+        for _, stanza, _ in pending:
+            stream.sendStanza(stanza)
         waiters, self.waiters = self.waiters, []
         for d in waiters:
             d.callback(self)
@@ -344,17 +357,16 @@ class ComponentLink(service.Service):
 
     # stanzas
 
-    def send(self, element):
-        """Hand a stanza (in C{jabber:server}) to the c2s server, or buffer it."""
-        setNamespace(element, NS_SERVER, NS_COMPONENT)
+    def send(self, stanza):
+        """Hand a L{RawStanza} to the c2s server, or buffer it."""
         if self.stream is not None:
-            self.stream.send(element)
+            self.stream.sendStanza(stanza)
             return
-        self._hold(element)
+        self._hold(stanza)
 
     def _hold(self, element):
-        """Buffer a stanza (component namespace) while the link is down, within bounds."""
-        size = len(element.toXml().encode("utf-8"))
+        """Buffer a L{RawStanza} while the link is down, within bounds."""
+        size = len(element)
         if (len(self.buffer) >= self.config.buffer_limit
                 or self.bufferBytes + size > self.config.buffer_bytes):
             self._bounce(element, "resource-constraint",
@@ -389,9 +401,8 @@ class ComponentLink(service.Service):
             self.log.info("component link: the c2s server caught up; inbound streams "
                           "are read again", event="component.backpressure_released")
 
-    def stanzaReceived(self, element):
-        setNamespace(element, NS_COMPONENT, NS_SERVER)
-        self.onStanza(element)
+    def stanzaReceived(self, stanza):
+        self.onStanza(stanza)
 
     def whenUp(self):
         """A Deferred that fires once the link is up."""
@@ -417,9 +428,8 @@ class ComponentLink(service.Service):
         self._scheduleExpiry()
 
     def _bounce(self, element, condition, text):
-        setNamespace(element, NS_COMPONENT, NS_SERVER)
         if shouldBounce(element):
-            self.onBounce(errorReply(element, condition, text))
+            self.onBounce(element.errorReply(condition, text))
         else:
             self.log.debug("dropped undeliverable {name} ({condition})", name=element.name,
                            condition=condition)

@@ -10,12 +10,14 @@ server.  Anything that cannot be delivered is bounced to its sender.
 """
 
 from twisted.logger import Logger
+from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.interfaces import IOutbound
 from s2sgate.ops.metrics import NullMetrics
 from s2sgate.xmpp.domain import InvalidDomain, domainOf
-from s2sgate.xmpp.stanzas import STANZA_NAMES, errorReply, shouldBounce
+from s2sgate.xmpp.rawstanza import RawStanza
+from s2sgate.xmpp.stanzas import STANZA_NAMES, shouldBounce
 
 NS_PING = "urn:xmpp:ping"
 
@@ -38,6 +40,9 @@ class NoFederation:
 class Router:
     """
     Classify and route stanzas between the c2s server and the s2s side.
+
+    Stanzas are L{RawStanza}s everywhere: routing reads their outer
+    attributes; only the gateway's own replies and bounces build a DOM.
 
     The router is the hub of the data flow, so it builds its two
     neighbours itself and hands each the methods it calls back:
@@ -118,14 +123,14 @@ class Router:
         """Stanzas addressed to the gateway itself: answer pings, refuse other iqs."""
         if element.name != "iq" or element.getAttribute("type") not in ("get", "set"):
             return
-        child = element.firstChildElement()
+        child = element.element().firstChildElement()
         if child is not None and (child.uri, child.name) == (NS_PING, "ping"):
-            reply = element.__class__((element.uri, "iq"), element.defaultUri)
+            reply = domish.Element((element.uri, "iq"), element.uri)
             reply["type"] = "result"
             reply["id"] = element.getAttribute("id", "")
             reply["from"] = element.getAttribute("to") or self.componentJid
-            reply["to"] = element["from"]
-            self.deliverLocal(reply)
+            reply["to"] = element.getAttribute("from")
+            self.deliverLocal(RawStanza.fromElement(reply))
             return
         self.bounce(element, "service-unavailable")
 
@@ -147,7 +152,7 @@ class Router:
             return
         self.bounced += 1
         self.metrics.bounce(condition)
-        self.deliverLocal(errorReply(element, condition, text))
+        self.deliverLocal(element.errorReply(condition, text))
 
     def bounceFromLocalSide(self, reply):
         """

@@ -41,6 +41,8 @@ class InboundStream(XmlStream):
 
     direction = "in"
     extraNamespaces = (("db", NS_DB),)
+    # Stanzas are routed from their bytes (RawStanza); only negotiation is parsed.
+    stanzaNames = frozenset((NS_SERVER, name) for name in STANZA_NAMES)
 
     def __init__(self, clock, runtime, router, verifier, sessions, *, directTLS=False,
                  peerAddress=None, peerHost=None, peerLog=None, batch=None, metrics=None):
@@ -160,13 +162,13 @@ class InboundStream(XmlStream):
         self._restarting = True
         self.restartStream()
 
-    def sendStanza(self, element):
+    def sendStanza(self, stanza):
         """One of our stanzas to the peer, on a bidi stream (held over a SASL restart)."""
         self.stanzasOut += 1
         if self._restarting:
-            self._held.append(element)
+            self._held.append(stanza)
         else:
-            self.send(element)
+            XmlStream.sendStanza(self, stanza)
 
     def certificateFor(self, remote):
         """The verdict on the peer's TLS certificate for C{remote} (cached per stream)."""
@@ -293,8 +295,8 @@ class InboundStream(XmlStream):
             if self._restarting:
                 self._restarting = False
                 held, self._held = self._held, []
-                for element in held:
-                    self.send(element)
+                for stanza in held:
+                    XmlStream.sendStanza(self, stanza)
         elif self.requirements.mustEncrypt(self.remoteHeader) and not self.secure:
             self.streamError("policy-violation", "this server requires TLS (STARTTLS)")
 
@@ -320,20 +322,33 @@ class InboundStream(XmlStream):
         if self.requireTLS(self.remoteHeader):
             self._stanza(element)
 
-    def elementAfterClose(self, element):
+    def stanzaReceived(self, stanza):
+        if self.verifyOnly:
+            self.streamError("host-unknown", "this stream named no host in its header: "
+                             "only <db:verify/> is accepted on it")
+            return
+        handler = (self.handlers.get((stanza.uri, stanza.name))
+                   or self.handlers.get((stanza.uri, None)))
+        if handler is not None:
+            handler(self, stanza.element())
+            return
+        if self.requireTLS(self.remoteHeader):
+            self._stanza(stanza)
+
+    def stanzaAfterClose(self, stanza):
         # We closed (a shutdown, an idle stream): stanzas the peer sent
         # before it saw our closing tag are still delivered; negotiation is over.
-        if (element.name in STANZA_NAMES and element.uri == NS_SERVER
-                and self.requireTLS(self.remoteHeader)):
-            self._stanza(element)
+        if self.requireTLS(self.remoteHeader):
+            self._stanza(stanza)
 
     # stanzas
 
-    def _stanza(self, element):
-        if checkedPair(self, element, self.pairs, self.runtime.isLocal) is None:
+    def _stanza(self, stanza):
+        """Check a L{RawStanza}'s addresses against the stream's pairs and route it."""
+        if checkedPair(self, stanza, self.pairs, self.runtime.isLocal) is None:
             return
         self.stanzasIn += 1
-        self.router.fromRemote(element)
+        self.router.fromRemote(stanza)
 
     # timers and teardown
 

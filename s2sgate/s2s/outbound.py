@@ -28,12 +28,15 @@ from s2sgate.xmpp.stanzas import STANZA_NAMES
 class OutboundStream(InitiatingStream):
     """
     An outbound stream that carries stanzas for one pair once authenticated;
-    bidirectional (XEP-0288), it carries the peer's stanzas to us as well.
+    bidirectional (XEP-0288), it carries the peer's stanzas to us as well,
+    routed from their bytes (L{RawStanza}) like an inbound stream's.
 
     @param deliver: C{deliver(stanza)} for the peer's checked stanzas (the
         router's C{fromRemote}).
     @param isLocal: whether a domain is one of ours.
     """
+
+    stanzaNames = frozenset((NS_SERVER, name) for name in STANZA_NAMES)
 
     def __init__(self, clock, local, remote, steps, *, onClosed, deliver, isLocal, **kwargs):
         InitiatingStream.__init__(self, clock, local, remote, steps, **kwargs)
@@ -50,23 +53,26 @@ class OutboundStream(InitiatingStream):
         """The (remote, local) pairs whose stanzas may come to us on this stream."""
         return {(remote, local) for local, remote in self.pairs} if self.bidi else set()
 
-    def sendStanza(self, element):
+    def sendStanza(self, stanza):
         self.stanzasOut += 1
-        self.send(element)
+        InitiatingStream.sendStanza(self, stanza)
 
-    def authenticatedElement(self, element):
-        if element.name in STANZA_NAMES and element.uri == NS_SERVER:
-            if not self.bidi:
-                self.streamError("unsupported-stanza-type",
-                                 "this stream is not bidirectional (XEP-0288): "
-                                 "send your stanzas on a stream of your own")
-                return
-            if checkedPair(self, element, self.reversePairs, self._isLocal) is None:
-                return
-            self.stanzasIn += 1
-            self._fromPeer(element)
+    def stanzaReceived(self, stanza):
+        # Before authentication a stanza is the negotiation's business (as a DOM).
+        if self.authMethod is None:
+            InitiatingStream.stanzaReceived(self, stanza)
             return
-        InitiatingStream.authenticatedElement(self, element)
+        if self.closing:
+            return
+        if not self.bidi:
+            self.streamError("unsupported-stanza-type",
+                             "this stream is not bidirectional (XEP-0288): "
+                             "send your stanzas on a stream of your own")
+            return
+        if checkedPair(self, stanza, self.reversePairs, self._isLocal) is None:
+            return
+        self.stanzasIn += 1
+        self._fromPeer(stanza)
 
     def streamGone(self):
         self._onClosed(self)

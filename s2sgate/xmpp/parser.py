@@ -19,12 +19,20 @@ every stream of the process.  This parser, built on expat directly:
    an element of exactly N;
  - caps nesting depth and elements per stanza;
  - turns on expat's C{buffer_text}.
+
+Stanzas the stream only forwards (C{stanzaNames}) are not built into a DOM:
+they are handed to C{onStanza} as a L{RawStanza} with their exact bytes,
+after the same checks (size, depth, element count, restricted XML,
+well-formedness).
 """
 
 import pyexpat
 import re
+from xml.sax.saxutils import quoteattr
 
 from twisted.words.xish.domish import Element
+
+from s2sgate.xmpp.rawstanza import RawStanza
 
 NS_STREAMS = "http://etherx.jabber.org/streams"
 
@@ -62,13 +70,19 @@ class StreamParser:
     Parse one XML stream, calling C{onHeader(element)} for the stream
     header, C{onElement(element)} for each top-level child and
     C{onEnd()} for the closing tag.  L{feed} raises L{StreamError}.
+
+    @param onStanza: called with a L{RawStanza} for each top-level element
+        whose C{(namespace, name)} is in C{stanzaNames}, instead of
+        C{onElement}.
     """
 
     def __init__(self, onHeader, onElement, onEnd, maxStanzaBytes=524288,
-                 maxDepth=64, maxElements=50000):
+                 maxDepth=64, maxElements=50000, onStanza=None, stanzaNames=frozenset()):
         self.onHeader = onHeader
         self.onElement = onElement
         self.onEnd = onEnd
+        self.onStanza = onStanza
+        self.stanzaNames = stanzaNames if onStanza is not None else frozenset()
         self.maxStanzaBytes = maxStanzaBytes
         self.maxDepth = maxDepth
         self.maxElements = maxElements
@@ -76,6 +90,7 @@ class StreamParser:
 
     def _new(self):
         p = pyexpat.ParserCreate("UTF-8", " ")
+        p.namespace_prefixes = True   # names are "uri local prefix" when prefixed
         p.buffer_text = True
         p.buffer_size = 4096   # per stream: memory matters with thousands of idle streams
         if hasattr(p, "SetReparseDeferralEnabled"):
@@ -101,6 +116,12 @@ class StreamParser:
         self._elements = 0
         self._defaultNs = [""]
         self._prefixes = {}
+        self._headerPrefixes = {}   # what a non-portable raw stanza needs to be read
+        self._scoped = {}      # prefix -> declarations open inside the current stanza
+        self._raw = None       # (name, uri, attrs, declaresDefault) of a raw stanza
+        self._rawContent = False
+        self._portable = True
+        self._outerDefault = False
         self._fed = 0          # bytes handed to this parser
         self._unitStart = 0    # where the header or element being received began
         self._held = bytearray()   # bytes from _heldStart while no element is open
@@ -259,14 +280,24 @@ class StreamParser:
             return   # after <starttls/>/<success/>: nothing more of this document counts
         if prefix is None:
             self._defaultNs.append(uri)
+            if self._depth == 1:
+                self._outerDefault = True
         else:
             self._prefixes[prefix] = uri
+            if self._depth:
+                self._scoped[prefix] = self._scoped.get(prefix, 0) + 1
 
     def _nsEnd(self, prefix):
         if self._resetPending:
             return   # after <starttls/>/<success/>: nothing more of this document counts
         if prefix is None:
             self._defaultNs.pop()
+        elif self._depth:
+            n = self._scoped[prefix] - 1
+            if n:
+                self._scoped[prefix] = n
+            else:
+                del self._scoped[prefix]
 
     def _start(self, name, attrs):
         if self._resetPending:
@@ -274,17 +305,25 @@ class StreamParser:
         depth = self._depth
         if depth >= self.maxDepth:
             raise StreamError("policy-violation", f"elements nested deeper than {self.maxDepth}")
-        uri, _, local = name.rpartition(" ")
+        if self._raw is not None:
+            self._rawChild(name, attrs)
+            return
+        uri, local, prefix = _split(name)
+        if depth == 1 and (uri, local) in self.stanzaNames:
+            self._rawStart(uri, local, prefix, attrs)
+            return
         if any(" " in k for k in attrs):
-            attrs = {tuple(k.rsplit(" ", 1)) if " " in k else k: v
-                     for k, v in attrs.items()}
+            attrs = {_split(k)[:2] if " " in k else k: v for k, v in attrs.items()}
         e = Element((uri, local), self._defaultNs[-1], attrs, self._prefixes or None)
-        self._prefixes = {}
         self._depth = depth + 1
         if depth == 0:
+            self._headerPrefixes = self._prefixes
+            self._prefixes = {}
             self._completed(self._tagEnd(self._parser.CurrentByteIndex), "stream header")
             self.onHeader(e)
             return
+        self._prefixes = {}
+        self._outerDefault = False
         self._elements += 1
         if self._elements > self.maxElements:
             raise StreamError("policy-violation", f"more than {self.maxElements} elements in a stanza")
@@ -298,10 +337,70 @@ class StreamParser:
             self._stack.append(self._current)
         self._current = e
 
+    # raw stanzas: counted and checked like any element, never built
+
+    def _rawStart(self, uri, local, prefix, attrs):
+        self._depth = 2
+        self._elements = 1
+        self._prefixes = {}
+        self._rawContent = False
+        # An outer prefix is the source stream's business; rebuild it elsewhere.
+        self._portable = prefix is None
+        if any(" " in k for k in attrs):
+            self._checkPrefixes(attrs)
+            attrs = {k: v for k, v in attrs.items() if " " not in k}
+        self._raw = (local, uri, attrs, self._outerDefault)
+        self._outerDefault = False
+
+    def _rawChild(self, name, attrs):
+        self._depth += 1
+        self._elements += 1
+        if self._elements > self.maxElements:
+            raise StreamError("policy-violation", f"more than {self.maxElements} elements in a stanza")
+        self._rawContent = True
+        self._prefixes = {}
+        self._outerDefault = False
+        if self._portable and (name.count(" ") == 2 or any(" " in k for k in attrs)):
+            self._checkPrefixes(attrs, name)
+
+    def _checkPrefixes(self, attrs, name=""):
+        """Not portable when a prefix used here was declared by the stream header."""
+        scoped = self._scoped
+        for qname in (name, *attrs):
+            if qname.count(" ") == 2:
+                prefix = qname.rpartition(" ")[2]
+                if prefix != "xml" and prefix not in scoped:
+                    self._portable = False
+                    return
+
+    def _rawEnd(self, depth):
+        if depth > 1:
+            return
+        index = self._parser.CurrentByteIndex
+        buf, bufStart = self._buf, self._bufStart
+        i = index - bufStart
+        if not self._rawContent and i >= 2 and buf[i - 2:i] == b"/>":
+            end = index   # <message .../>: expat points after it
+        else:
+            close = buf.find(b">", max(0, i))
+            end = bufStart + close + 1 if close >= 0 else self._fed
+        start = self._unitStart
+        data = buf[start - bufStart:end - bufStart]
+        self._completed(end, "stanza")
+        name, uri, attrs, declaresDefault = self._raw
+        self._raw = None
+        self._elements = 0
+        self.onStanza(RawStanza(name, uri, attrs, data, portable=self._portable,
+                                declaresDefault=declaresDefault,
+                                context=self._headerPrefixes))
+
     def _end(self, name):
         if self._resetPending:
             return   # after <starttls/>/<success/>: nothing more of this document counts
         self._depth -= 1
+        if self._raw is not None:
+            self._rawEnd(self._depth)
+            return
         if self._depth == 0:
             self.onEnd()
             return
@@ -336,8 +435,37 @@ class StreamParser:
     def _cdata(self, data):
         if self._resetPending:
             return   # after <starttls/>/<success/>: nothing more of this document counts
-        if self._current is not None:
+        if self._raw is not None:
+            self._rawContent = True
+        elif self._current is not None:
             if self._textOwner is not self._current:
                 self._flushText()
                 self._textOwner = self._current
             self._text.append(data)
+
+
+def _split(name):
+    """expat's "uri local" or "uri local prefix" as (uri, local, prefix or None)."""
+    parts = name.split(" ")
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    if len(parts) == 2:
+        return parts[0], parts[1], None
+    return "", name, None
+
+
+def parseElement(data, namespace, prefixes=None):
+    """
+    Parse the bytes of one element as it stood in a stream whose default
+    namespace is C{namespace} and whose header declared C{prefixes}.
+    """
+    elements = []
+    declarations = "".join(f" xmlns:{p}={quoteattr(u)}" for p, u in (prefixes or {}).items())
+    header = f"<wrapper xmlns={quoteattr(namespace)}{declarations}>".encode("utf-8")
+    parser = StreamParser(lambda header: None, elements.append, lambda: None,
+                          maxStanzaBytes=max(len(data), len(header)))
+    parser.feed(header)
+    parser.feed(data)
+    if len(elements) != 1:
+        raise StreamError("not-well-formed", "not one complete element")
+    return elements[0]

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from s2sgate.xmpp.namespaces import NS_COMPONENT, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.namespaces import NS_STREAM_ERRORS as NS_STANZAS_STREAM
 from s2sgate.xmpp.parser import StreamError, StreamParser
+from s2sgate.xmpp.stanzas import setNamespace
 
 __all__ = ["NS_COMPONENT", "NS_SERVER", "WriteBatch", "XmlStream", "newStreamId",
            "parseStreamError", "streamErrorXml", "streamHeader"]
@@ -107,6 +108,8 @@ class XmlStream(Protocol):
 
     log = Logger()
     namespace = NS_SERVER
+    # Top-level elements handed over as RawStanza (their bytes, no DOM).
+    stanzaNames: frozenset[tuple[str, str]] = frozenset()
     extraNamespaces: tuple[tuple[str, str], ...] = ()
     # A peer that stops reading: what we still write to it piles up in the
     # transport.  Give up on the stream past this much, or this long.
@@ -121,7 +124,8 @@ class XmlStream(Protocol):
         self.maxStanzaBytes = maxStanzaBytes
         self.idleTimeout = idleTimeout
         self.keepaliveInterval = keepalive
-        self.parser = StreamParser(self._onHeader, self._onElement, self._onEnd, maxStanzaBytes)
+        self.parser = StreamParser(self._onHeader, self._onElement, self._onEnd, maxStanzaBytes,
+                                   onStanza=self._onStanza, stanzaNames=self.stanzaNames)
         self.closing = False
         self.closed = False
         self.errorSent = False
@@ -223,6 +227,13 @@ class XmlStream(Protocol):
             return
         self.elementReceived(element)
 
+    def _onStanza(self, stanza):
+        if self.closing:
+            if not self.errorSent:
+                self.stanzaAfterClose(stanza)
+            return
+        self.stanzaReceived(stanza)
+
     def _onEnd(self):
         self._ending("closed by the peer")
         self.streamEnded()
@@ -260,6 +271,18 @@ class XmlStream(Protocol):
         if self._blockedSince is not None:
             self._checkBacklog(len(data))
         return True
+
+    def sendStanza(self, stanza):
+        """Send a L{RawStanza}: its own bytes where they are portable, rebuilt otherwise."""
+        return self.send(self.stanzaBytes(stanza))
+
+    def stanzaBytes(self, stanza):
+        """The bytes of a L{RawStanza} on this stream."""
+        data = stanza.bytesIn(self.namespace)
+        if data is None:
+            element = setNamespace(stanza.element(), stanza.uri, self.namespace)
+            data = self.serialize(element)
+        return data
 
     def serialize(self, data):
         """An element, a string or bytes as the bytes this stream writes."""
@@ -411,6 +434,13 @@ class XmlStream(Protocol):
 
     def elementReceived(self, element):
         pass
+
+    def stanzaReceived(self, stanza):
+        """A L{RawStanza} (of C{stanzaNames}); streams that route it override this."""
+        self.elementReceived(stanza.element())
+
+    def stanzaAfterClose(self, stanza):
+        self.elementAfterClose(stanza.element())
 
     def elementAfterClose(self, element):
         """An element that arrived after our closing tag; ignored unless a stream
