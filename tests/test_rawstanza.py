@@ -291,3 +291,26 @@ def test_generated_stanzas_arrive_intact_and_well_formed_on_the_other_stream(par
     if outer != "prefixed" and "h:" not in body:
         expected = data.replace(f"xmlns='{source}'".encode(), f"xmlns='{target}'".encode(), 1)
         assert out == (expected if outer == "xmlns" else data)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(stanzas(), st.sampled_from(["", " ", "\n  "])), min_size=1, max_size=6),
+       st.lists(st.integers(1, 97), max_size=40), st.sampled_from([b"", b"</stream:stream>"]))
+def test_raw_bytes_are_exact_however_the_stream_is_cut(items, cuts, tail):
+    sent = [render(*parts, NS_SERVER) if parts[0] != "prefixed" else
+            render("plain", *parts[1:], NS_SERVER) for parts, _ in items]
+    # Edge cases of where an element ends: empty, self-closing, text ending in "/>".
+    sent += [b"<message/>", b"<message to='x'></message>", b"<message>a/></message>",
+             b"<message a='/>'/>"]
+    data = b"".join(s + b"\n" for s in sent) + tail
+    stanzas_, elements = [], []
+    parser = StreamParser(lambda h: None, elements.append, lambda: None, onStanza=stanzas_.append,
+                          stanzaNames=frozenset((NS_SERVER, n) for n in STANZA_NAMES))
+    parser.feed(header(NS_SERVER))
+    i = 0
+    for n in cuts:
+        parser.feed(data[i:i + n])
+        i += n
+    parser.feed(data[i:])
+    assert [s.data for s in stanzas_] == sent
+    assert elements == []

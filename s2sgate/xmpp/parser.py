@@ -119,7 +119,6 @@ class StreamParser:
         self._headerPrefixes = {}   # what a non-portable raw stanza needs to be read
         self._scoped = {}      # prefix -> declarations open inside the current stanza
         self._raw = None       # (name, uri, attrs, declaresDefault) of a raw stanza
-        self._rawContent = False
         self._portable = True
         self._outerDefault = False
         self._fed = 0          # bytes handed to this parser
@@ -305,9 +304,6 @@ class StreamParser:
         depth = self._depth
         if depth >= self.maxDepth:
             raise StreamError("policy-violation", f"elements nested deeper than {self.maxDepth}")
-        if self._raw is not None:
-            self._rawChild(name, attrs)
-            return
         uri, local, prefix = _split(name)
         if depth == 1 and (uri, local) in self.stanzaNames:
             self._rawStart(uri, local, prefix, attrs)
@@ -337,13 +333,13 @@ class StreamParser:
             self._stack.append(self._current)
         self._current = e
 
-    # raw stanzas: counted and checked like any element, never built
+    # raw stanzas: counted and checked like any element, never built.  While
+    # one is open, expat calls lean handlers of their own (no text handler).
 
     def _rawStart(self, uri, local, prefix, attrs):
         self._depth = 2
         self._elements = 1
         self._prefixes = {}
-        self._rawContent = False
         # An outer prefix is the source stream's business; rebuild it elsewhere.
         self._portable = prefix is None
         if any(" " in k for k in attrs):
@@ -351,17 +347,27 @@ class StreamParser:
             attrs = {k: v for k, v in attrs.items() if " " not in k}
         self._raw = (local, uri, attrs, self._outerDefault)
         self._outerDefault = False
+        p = self._parser
+        p.StartElementHandler = self._rawChild
+        p.EndElementHandler = self._rawChildEnd
+        p.CharacterDataHandler = None
 
     def _rawChild(self, name, attrs):
-        self._depth += 1
+        depth = self._depth
+        if depth >= self.maxDepth:
+            raise StreamError("policy-violation", f"elements nested deeper than {self.maxDepth}")
+        self._depth = depth + 1
         self._elements += 1
         if self._elements > self.maxElements:
             raise StreamError("policy-violation", f"more than {self.maxElements} elements in a stanza")
-        self._rawContent = True
-        self._prefixes = {}
-        self._outerDefault = False
-        if self._portable and (name.count(" ") == 2 or any(" " in k for k in attrs)):
-            self._checkPrefixes(attrs, name)
+        if self._portable:
+            if name.count(" ") == 2:
+                self._checkPrefixes(attrs, name)
+            elif attrs:
+                for k in attrs:
+                    if " " in k:
+                        self._checkPrefixes(attrs)
+                        break
 
     def _checkPrefixes(self, attrs, name=""):
         """Not portable when a prefix used here was declared by the stream header."""
@@ -373,23 +379,33 @@ class StreamParser:
                     self._portable = False
                     return
 
-    def _rawEnd(self, depth):
-        if depth > 1:
-            return
-        index = self._parser.CurrentByteIndex
+    def _rawChildEnd(self, name):
+        self._depth -= 1
+        if self._depth == 1:
+            self._rawEnd()
+
+    def _rawEnd(self):
+        p = self._parser
+        p.StartElementHandler = self._start
+        p.EndElementHandler = self._end
+        p.CharacterDataHandler = self._cdata
+        index = p.CurrentByteIndex
         buf, bufStart = self._buf, self._bufStart
+        start = self._unitStart
         i = index - bufStart
-        if not self._rawContent and i >= 2 and buf[i - 2:i] == b"/>":
+        if self._elements == 1 and buf[i - 2:i] == b"/>" and self._tagEnd(start) == index:
             end = index   # <message .../>: expat points after it
         else:
+            # expat points at "</"; its ">" arrived in this slice, and
+            # nothing before it in the tag is one.
             close = buf.find(b">", max(0, i))
             end = bufStart + close + 1 if close >= 0 else self._fed
-        start = self._unitStart
         data = buf[start - bufStart:end - bufStart]
         self._completed(end, "stanza")
         name, uri, attrs, declaresDefault = self._raw
         self._raw = None
         self._elements = 0
+        self._prefixes = {}
         self.onStanza(RawStanza(name, uri, attrs, data, portable=self._portable,
                                 declaresDefault=declaresDefault,
                                 context=self._headerPrefixes))
@@ -398,9 +414,6 @@ class StreamParser:
         if self._resetPending:
             return   # after <starttls/>/<success/>: nothing more of this document counts
         self._depth -= 1
-        if self._raw is not None:
-            self._rawEnd(self._depth)
-            return
         if self._depth == 0:
             self.onEnd()
             return
@@ -435,9 +448,7 @@ class StreamParser:
     def _cdata(self, data):
         if self._resetPending:
             return   # after <starttls/>/<success/>: nothing more of this document counts
-        if self._raw is not None:
-            self._rawContent = True
-        elif self._current is not None:
+        if self._current is not None:
             if self._textOwner is not self._current:
                 self._flushText()
                 self._textOwner = self._current
