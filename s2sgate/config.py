@@ -111,6 +111,7 @@ class ComponentConfig:
     buffer_bytes: int = 16 * 1024 * 1024
     high_water: int = 4 * 1024 * 1024
     low_water: int = 1024 * 1024
+    fast_retry_period: float = 30
 
     def __repr__(self) -> str:
         return _maskedRepr(self, ("secret",))
@@ -174,6 +175,15 @@ class PeerLimits:
 
 
 @dataclass(frozen=True)
+class StreamManagementConfig:
+    """XEP-0198 on s2s streams: acks both ways, what happens to unacked stanzas."""
+
+    enabled: bool = True
+    request_every: int = 5
+    on_loss: str = "resend"
+
+
+@dataclass(frozen=True)
 class S2SConfig:
     """Server-to-server settings.  C{repr} hides C{shared}."""
 
@@ -203,6 +213,7 @@ class S2SConfig:
     negotiation_timeout: float = 30
     shutdown_timeout: float = 10
     bidi: bool = True
+    stream_management: StreamManagementConfig = field(default_factory=StreamManagementConfig)
     outgoing: OutgoingConfig = field(default_factory=OutgoingConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     limits: PeerLimits = field(default_factory=PeerLimits)
@@ -360,7 +371,7 @@ def _component(ctx: _Context, top: _Table) -> ComponentConfig:
         "component",
         ("jid", "host", "port", "secret", "secret_file", "keepalive",
          "max_retry_delay", "auth_retry_delay", "buffer_limit", "buffer_timeout",
-         "buffer_bytes", "high_water", "low_water"),
+         "buffer_bytes", "high_water", "low_water", "fast_retry_period"),
         required=True,
     )
     jid = t.get("jid", required=True)
@@ -400,6 +411,7 @@ def _component(ctx: _Context, top: _Table) -> ComponentConfig:
         auth_retry_delay=_seconds(ctx, t, "auth_retry_delay", 300, atLeast=1),
         buffer_limit=_integer(ctx, t, "buffer_limit", 1000, 0),
         buffer_timeout=_seconds(ctx, t, "buffer_timeout", 60, above=0),
+        fast_retry_period=_seconds(ctx, t, "fast_retry_period", 30, atLeast=0),
     )
 
 
@@ -409,8 +421,11 @@ _S2S_KEYS = (
     "shared", "secure_auth", "insecure_domains", "secure_domains", "dane", "dane_domains",
     "stanza_size_limit", "max_retry_delay", "address", "allow_anonymous_s2s",
     "anonymous_domains", "disabled_domains", "queue_limit", "idle_timeout",
-    "negotiation_timeout", "shutdown_timeout", "bidi", "outgoing", "dns", "limits",
+    "negotiation_timeout", "shutdown_timeout", "bidi", "stream_management", "outgoing",
+    "dns", "limits",
 )
+
+LOSS_POLICIES = ("resend", "bounce")
 
 
 def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
@@ -458,6 +473,7 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
     negotiation = _seconds(ctx, t, "negotiation_timeout", 30, above=0)
     shutdown = _seconds(ctx, t, "shutdown_timeout", 10, atLeast=0)
     bidi = _bool(ctx, t, "bidi", True)
+    sm = _streamManagement(ctx, t)
     dns = _dns(ctx, t)
     limits = _limits(ctx, t)
 
@@ -503,7 +519,16 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
         allow_anonymous_s2s=allowAnon, anonymous_domains=anon,
         disabled_domains=disabled, queue_limit=queueLimit, idle_timeout=idle,
         negotiation_timeout=negotiation, shutdown_timeout=shutdown, bidi=bidi,
-        outgoing=outgoing, dns=dns, limits=limits,
+        stream_management=sm, outgoing=outgoing, dns=dns, limits=limits,
+    )
+
+
+def _streamManagement(ctx: _Context, s2s: _Table) -> StreamManagementConfig:
+    t = s2s.table("stream_management", ("enabled", "request_every", "on_loss"))
+    return StreamManagementConfig(
+        enabled=_bool(ctx, t, "enabled", True),
+        request_every=_integer(ctx, t, "request_every", 5, 1, 1000),
+        on_loss=_choice(ctx, t, "on_loss", "resend", LOSS_POLICIES),
     )
 
 

@@ -70,6 +70,34 @@ class IStep(Interface):
         """Coroutine returning an L{IOutcome}."""
 
 
+class IDeliveryTracker(Interface):
+    """
+    What an established outbound stream knows of the fate of the stanzas
+    it wrote: with acks (XEP-0198) which ones the peer handled; without,
+    only how many were written.
+    """
+
+    enabled = Attribute("Whether the peer acknowledges stanzas on this stream")
+    sent = Attribute("Stanzas written on the stream")
+    acked = Attribute("Stanzas the peer acknowledged, or None when it cannot say")
+    unacked = Attribute("Stanzas written and not acknowledged, or None when unknown")
+
+    def stanzaSent(element, resent=False):
+        """A stanza was written (C{resent}: the second time, after a lost stream)."""
+
+    def elementReceived(element):
+        """An element on the established stream; True when it was the tracker's."""
+
+    def drained():
+        """A Deferred that fires once everything written is acknowledged (or at once)."""
+
+    def unacknowledged():
+        """C{[(element, resent)]} not acknowledged, oldest first."""
+
+    def streamGone():
+        """The connection is gone: stop timers, release waiters."""
+
+
 class IOffer(Interface):
     """
     One feature the receiving side offers: it adds to the C{<features/>} it

@@ -189,10 +189,11 @@ async def test_offered_features_show_the_peers_limits_and_dialback_errors(lab):
     # The peer is an s2sgate inbound stream: XEP-0478 limits with its stanza_size_limit.
     assert features.data["limits"]["max_bytes"] == 524288
     assert features.data["dialback_errors"] is True
-    # An s2sgate offers bidi (XEP-0288) before authentication.
-    assert (features.data["bidi"], features.data["stream_management"]) == (True, None)
+    # An s2sgate offers bidi (XEP-0288) and <sm/> before authentication (so that dialback
+    # peers can enable it).
+    assert (features.data["bidi"], features.data["stream_management"]) == (True, True)
     assert "dialback with errors (XEP-0220)" in features.summary
-    assert "no stream management before authentication" in features.summary
+    assert "stream management (XEP-0198)" in features.summary
 
 
 @pytest_twisted.ensureDeferred

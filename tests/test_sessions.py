@@ -1,5 +1,6 @@
 """The session table: every stream, its pairs, what operators see of it."""
 
+from s2sgate.s2s.negotiation import Untracked
 from s2sgate.s2s.sessions import SessionTable
 
 
@@ -15,7 +16,8 @@ def stream(direction, pairs=(), peer="remote.test", closing=False, **kw):
                   closed=False, local="home.test", remote=peer, streamId="s1", peerAddress=None,
                   secure=False, tlsInfo={}, directTLS=False, authMethod="dialback", since=0.0,
                   stanzasIn=2, stanzasOut=3, bytesIn=10, bytesOut=20, certificate=None,
-                  certificates={}, peerHost="127.0.3.7", bidi=False)
+                  certificates={}, peerHost="127.0.3.7", bidi=False, streamManagement=False,
+                  delivery=Untracked())
     values.update(kw)
     return Stream(**values)
 

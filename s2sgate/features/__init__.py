@@ -13,6 +13,7 @@ from s2sgate.features import (
     limits,
     sasl_external,
     starttls,
+    stream_management,
 )
 
 # The initiating side, in order of preference: what an outbound stream runs.
@@ -22,6 +23,12 @@ STEPS = (
     bidi.Bidi,
     sasl_external.SaslExternal,
     dialback.Dialback,
+)
+
+# Steps that run once the pair is authenticated, on the features then in
+# force, before the stream carries stanzas (they must not end negotiation).
+AFTER_AUTH_STEPS = (
+    stream_management.StreamManagement,
 )
 
 # The dialback verify leg: secure the stream, then its own verify step.
@@ -37,6 +44,7 @@ OFFERS = (
     dialback.DialbackOffer,
     bidi.BidiOffer,
     limits.LimitsOffer,
+    stream_management.StreamManagementOffer,
 )
 
 # Ways a <db:result/> is answered without a verify leg (XEP-0344).

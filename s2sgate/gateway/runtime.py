@@ -29,6 +29,7 @@ class Runtime:
     limits: StreamLimits
     localDomains: frozenset
     steps: tuple = features.STEPS
+    afterAuthSteps: tuple = features.AFTER_AUTH_STEPS
     verifySteps: tuple = features.VERIFY_STEPS
     offers: tuple = features.OFFERS
     dialbackShortcuts: tuple = features.DIALBACK_SHORTCUTS
@@ -36,7 +37,7 @@ class Runtime:
     @classmethod
     def build(cls, config, tls=None, keys=None, **registered) -> "Runtime":
         """
-        @param registered: C{steps}, C{verifySteps}, C{offers},
+        @param registered: C{steps}, C{afterAuthSteps}, C{verifySteps}, C{offers},
             C{dialbackShortcuts} to replace the default registry (tests,
             plug-ins).
         """
@@ -57,6 +58,10 @@ class Runtime:
     def stepsForStream(self) -> list:
         """Fresh step objects for one outbound stream."""
         return [step(self) for step in self.steps]
+
+    def afterAuthStepsForStream(self) -> list:
+        """Fresh post-authentication step objects for one outbound stream."""
+        return [step(self) for step in self.afterAuthSteps]
 
     def offersForStream(self) -> list:
         return [offer(self) for offer in self.offers]

@@ -34,6 +34,13 @@ class Metrics:
                                  ["limit"], registry=r)
         self.dns = Histogram("s2sgate_dns_seconds", "DNS resolution time of s2s targets",
                              registry=r, buckets=(.001, .005, .01, .05, .1, .5, 1, 2, 5, 10))
+        self.streamsLost = Counter("s2sgate_streams_lost",
+                                   "Authenticated s2s streams that ended without a clean close",
+                                   ["direction"], registry=r)
+        self.lostStanzas = Counter("s2sgate_stanzas_on_lost_streams",
+                                   "Stanzas a lost outbound stream had not acknowledged, by fate "
+                                   "(unknown: written on a stream without stream management)",
+                                   ["fate"], registry=r)
         # Children bound once: labels() per stanza costs measurable CPU.
         self.bytesIn = self.bytes.labels("in")
         self.bytesOut = self.bytes.labels("out")
@@ -59,6 +66,12 @@ class Metrics:
 
     def limitHit(self, limit):
         self.limitHits.labels(limit).inc()
+
+    def streamLost(self, direction, resent=0, bounced=0, unknown=0):
+        self.streamsLost.labels(direction).inc()
+        for fate, count in (("resent", resent), ("bounced", bounced), ("unknown", unknown)):
+            if count:
+                self.lostStanzas.labels(fate).inc(count)
 
     def dnsTime(self, seconds):
         self.dns.observe(seconds)
@@ -91,8 +104,13 @@ class _StreamCollector:
             streams.add_metric(list(key), value)
         queued.add_metric(["outbound"], sum(len(link.queue) for link in self.gateway.pool.links.values()))
         queued.add_metric(["component"], len(self.gateway.link.buffer))
+        unacked = GaugeMetricFamily("s2sgate_unacknowledged_stanzas",
+                                    "Stanzas written on outbound streams with stream management "
+                                    "and not yet acknowledged")
+        unacked.add_metric([], sum(s.get("unacked") or 0 for s in self.gateway.sessions()))
         yield streams
         yield queued
+        yield unacked
 
 
 class _NullCounter:

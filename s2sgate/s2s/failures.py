@@ -2,8 +2,9 @@
 """
 The failure log operators read (C{s2sgate failures}, the admin API, the
 status page): outbound attempts and dialback verify legs that failed, each
-with its steps.  Details a remote peer must not learn (addresses we tried,
-"connection refused") are kept here, not sent to it.
+with its steps, and authenticated streams that were lost.  Details a remote
+peer must not learn (addresses we tried, "connection refused") are kept
+here, not sent to it.
 """
 
 import collections
@@ -17,7 +18,7 @@ class FailureLog:
         self._entries = collections.deque(maxlen=size)
 
     def record(self, local, remote, condition, text, attempts, kind="outbound"):
-        """Keep one failed attempt; C{kind} is "outbound" or "dialback verify"."""
+        """Keep one failure; C{kind} is "outbound", "dialback verify" or "stream lost"."""
         self._entries.append({
             "time": self.clock.seconds(), "kind": kind, "local": local, "remote": remote,
             "condition": condition, "text": text,

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from s2sgate.s2s.addressing import checkedPair
 from s2sgate.s2s.guard import LogLimiter
+from s2sgate.s2s.negotiation import Untracked
 from s2sgate.s2s.streamlog import logStreamEnd
 from s2sgate.xmpp.domain import InvalidDomain, normalize
 from s2sgate.xmpp.namespaces import NS_DB, NS_LIMITS, NS_SERVER, NS_STREAMS
@@ -74,6 +75,9 @@ class InboundStream(XmlStream):
         self.bidi = False          # the peer asked for a bidirectional stream (XEP-0288)
         self._restarting = False   # SASL succeeded: the peer's new header is due
         self._held = []            # our stanzas (bidi) written once that header came
+        self.streamManagement = False   # acks on (XEP-0198, L{acknowledging})
+        # What we write on it (bidi) is counted, not acknowledged: we do not ask.
+        self.delivery = Untracked()
         self.since = clock.seconds()
         self.offers = runtime.offersForStream()
         self.handlers = {}
@@ -162,9 +166,10 @@ class InboundStream(XmlStream):
         self._restarting = True
         self.restartStream()
 
-    def sendStanza(self, stanza):
+    def sendStanza(self, stanza, resent=False):
         """One of our stanzas to the peer, on a bidi stream (held over a SASL restart)."""
         self.stanzasOut += 1
+        self.delivery.stanzaSent(stanza, resent)
         if self._restarting:
             self._held.append(stanza)
         else:
@@ -241,6 +246,10 @@ class InboundStream(XmlStream):
                       remote=remote, local=local, method=method,
                       security=self.securitySummary(remote), stream=self.streamId, first=first,
                       direction="inbound", event="inbound.established")
+
+    def acknowledging(self):
+        """Stream management is on: the peer may ask what this stream handled."""
+        self.streamManagement = True
 
     def securitySummary(self, remote=None):
         if not self.secure:
@@ -369,7 +378,11 @@ class InboundStream(XmlStream):
         if self.pairs:
             pairs = sorted(self.pairs)
             logStreamEnd(self, remote=self.peer, pairs=pairs, stanzasIn=self.stanzasIn, stanzasOut=0,
-                         security=self.securitySummary(pairs[0][0]), now=self.clock.seconds())
+                         security=self.securitySummary(pairs[0][0]), now=self.clock.seconds(),
+                         fate="stream management on" if self.streamManagement else None,
+                         sm=self.streamManagement)
+            if not self.endClean and self.metrics is not None:
+                self.metrics.streamLost("in")
         self.sessions.untrack(self)
         for offer in self.offers:
             offer.streamClosed(self)

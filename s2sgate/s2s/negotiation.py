@@ -11,6 +11,13 @@ L{Authenticated}, L{Finished} (a stream whose only job is done, the
 dialback verify leg) or L{Failed} (with the condition and text that the
 bounces carry).  Preference is the order of the list.
 
+Once a step authenticates the pair, the I{after-authentication} steps run
+on the features then in force (the new ones after a SASL restart, the same
+ones after dialback), before the stream is handed out: features of the
+established stream, such as stream management, negotiate there.  Such a
+step may return L{Track} to give the stream a delivery tracker, which
+then sees every stanza written and every element received.
+
 This is the shape of Twisted's C{xmlstream} initializers, with the one
 difference that a step may skip, so that policy (what the requirements
 object demands of this peer) lives in the step that knows the feature.
@@ -25,7 +32,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from zope.interface import implementer
 
-from s2sgate.interfaces import INegotiationObserver, IOutcome
+from s2sgate.interfaces import IDeliveryTracker, INegotiationObserver, IOutcome
 from s2sgate.net.connector import Attempt, ConnectFailed
 from s2sgate.s2s.streamlog import logStreamEnd
 from s2sgate.xmpp.features import StreamFeatures
@@ -75,11 +82,23 @@ class Authenticated:
     afterRestart: bool = False
 
     def apply(self, negotiation):
-        if self.afterRestart:
-            negotiation.authenticatedAfterRestart(self.method)
-        else:
-            negotiation.established(self.method)
+        negotiation.authenticated(self.method, self.afterRestart)
         return True
+
+
+@implementer(IOutcome)
+@dataclass(frozen=True)
+class Track:
+    """
+    An after-authentication step gave the stream a delivery tracker
+    (L{IDeliveryTracker}): it counts what is written and reads the acks.
+    """
+
+    tracker: object
+
+    def apply(self, negotiation):
+        negotiation.track(self.tracker)
+        return False
 
 
 @implementer(IOutcome)
@@ -108,6 +127,33 @@ class Failed:
         negotiation.fail(self.condition, self.text, step=self.step)
         negotiation.closeStream()
         return True
+
+
+@implementer(IDeliveryTracker)
+class Untracked:
+    """A stream without acks: the gateway knows what it wrote, not what arrived."""
+
+    enabled = False
+    acked = None
+    unacked = None
+
+    def __init__(self):
+        self.sent = 0
+
+    def stanzaSent(self, element, resent=False):
+        self.sent += 1
+
+    def elementReceived(self, element):
+        return False
+
+    def drained(self):
+        return defer.succeed(None)
+
+    def unacknowledged(self):
+        return []
+
+    def streamGone(self):
+        pass
 
 
 class _Gone(Exception):
@@ -164,6 +210,7 @@ class InitiatingStream(XmlStream):
     (TLS, certificate, stream id) is kept here: one stream, one place.
 
     @param steps: L{IStep}s, fresh for this stream, in order of preference.
+    @param afterAuth: L{IStep}s run once the pair is authenticated.
     @param requirements: what policy demands (L{s2sgate.auth.requirements}).
     @param tls: the L{TLSContexts}, or None without TLS.
     """
@@ -172,12 +219,14 @@ class InitiatingStream(XmlStream):
     extraNamespaces = (("db", NS_DB),)
 
     def __init__(self, clock, local, remote, steps, *, requirements, tls=None,
-                 limits=StreamLimits(), observer=None, batch=None, metrics=None):
+                 limits=StreamLimits(), observer=None, batch=None, metrics=None, afterAuth=()):
         XmlStream.__init__(self, clock, maxStanzaBytes=limits.stanzaBytes,
                            idleTimeout=limits.idleTimeout, batch=batch, metrics=metrics)
         self.local = local
         self.remote = remote
         self.steps = list(steps)
+        self.afterAuth = list(afterAuth)
+        self.delivery = Untracked()
         self.requirements = requirements
         self.tls = tls
         self.limits = limits
@@ -199,6 +248,7 @@ class InitiatingStream(XmlStream):
         self.ready = defer.Deferred()
         self.trace = []          # Attempt per step, for the diagnostic log
         self._authenticatedBy = None
+        self._awaitingRestart = False
         self._currentStep = "stream"
         self._features = collections.deque()
         self._elements = collections.deque()
@@ -303,8 +353,14 @@ class InitiatingStream(XmlStream):
         self.parser.reset()
         self._sendHeader()
 
-    def authenticatedAfterRestart(self, method):
+    def authenticated(self, method, afterRestart=False):
+        """A step authenticated the pair (SASL: once the restarted stream's features come)."""
         self._authenticatedBy = method
+        self._awaitingRestart = afterRestart
+
+    def track(self, tracker):
+        """The established stream's L{IDeliveryTracker} (from an after-auth step)."""
+        self.delivery = tracker
 
     def established(self, method):
         self.record("auth", f"authenticated with {method}")
@@ -360,13 +416,32 @@ class InitiatingStream(XmlStream):
     async def _rounds(self):
         features = None   # the first round: connected, nothing received yet
         while self.ready is not None and not self.closing:
-            if features is not None and self._authenticatedBy is not None:
-                self.established(self._authenticatedBy)
+            if self._authenticatedBy is not None and not self._awaitingRestart:
+                await self._afterAuthentication(features)
                 return
             await self._round(features)
             if self.ready is None or self.closing:
                 return
+            if self._authenticatedBy is not None and not self._awaitingRestart:
+                continue   # authenticated on these features (dialback)
             features = await self._next(wantsFeatures=True)
+            self._awaitingRestart = False
+
+    async def _afterAuthentication(self, features):
+        for step in self.afterAuth:
+            if not step.applies(self, features):
+                continue
+            self._currentStep = step.name
+            try:
+                outcome = await step.run(self, features)
+                if self.closing or self.ready is None:
+                    return
+                outcome.apply(self)
+                if self.ready is None or self.closing:
+                    return
+            finally:
+                self._currentStep = "stream"
+        self.established(self._authenticatedBy)
 
     async def _round(self, features):
         for step in self.steps:
@@ -431,7 +506,8 @@ class InitiatingStream(XmlStream):
         if self.closing:
             return   # nothing may answer a peer we are leaving (no key to a refused server)
         if self.authMethod is not None:
-            self.authenticatedElement(element)
+            if not self.delivery.elementReceived(element):
+                self.authenticatedElement(element)
             return
         if (element.uri, element.name) == (NS_STREAMS, "features"):
             features = StreamFeatures.parse(element)
@@ -473,10 +549,6 @@ class InitiatingStream(XmlStream):
     def streamClosed(self, reason):
         self.observer.connectionLost(reason)
         self._cancelNegotiationTimer()
-        if self.authMethod:
-            logStreamEnd(self, remote=self.remote, pairs=[(self.local, self.remote)], stanzasIn=0,
-                         stanzasOut=self.stanzasOut, security=self.securitySummary(),
-                         now=self.clock.seconds())
         self.fail("remote-server-not-found",
                   f"{self.remote} closed the connection during negotiation")
         waiting, self._waiting = self._waiting, None
@@ -485,7 +557,20 @@ class InitiatingStream(XmlStream):
         handshakes, self._handshakes = self._handshakes, []
         for d in handshakes:
             d.errback(_Gone())
+        self.delivery.streamGone()
         self.streamGone()
 
     def streamGone(self):
-        """For subclasses: the connection is gone."""
+        """
+        For subclasses: the connection is gone.  Here: the end line; a
+        subclass that knows the fate of unacknowledged stanzas logs it
+        itself, with that fate (L{logEnd}).
+        """
+        self.logEnd()
+
+    def logEnd(self, fate=None, **delivery):
+        """The end line of an authenticated stream (L{logStreamEnd}); none otherwise."""
+        if self.authMethod:
+            logStreamEnd(self, remote=self.remote, pairs=[(self.local, self.remote)], stanzasIn=0,
+                         stanzasOut=self.stanzasOut, security=self.securitySummary(),
+                         now=self.clock.seconds(), fate=fate, **delivery)

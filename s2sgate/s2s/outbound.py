@@ -24,6 +24,9 @@ from s2sgate.s2s.negotiation import InitiatingStream
 from s2sgate.xmpp.namespaces import NS_SERVER
 from s2sgate.xmpp.stanzas import STANZA_NAMES
 
+# Seconds an idle stream waits for the acks of what it sent before closing.
+IDLE_ACK_WAIT = 5
+
 
 class OutboundStream(InitiatingStream):
     """
@@ -53,9 +56,11 @@ class OutboundStream(InitiatingStream):
         """The (remote, local) pairs whose stanzas may come to us on this stream."""
         return {(remote, local) for local, remote in self.pairs} if self.bidi else set()
 
-    def sendStanza(self, stanza):
+    def sendStanza(self, stanza, resent=False):
+        """Write a stanza and let the delivery tracker keep it until acknowledged."""
         self.stanzasOut += 1
         InitiatingStream.sendStanza(self, stanza)
+        self.delivery.stanzaSent(stanza, resent)
 
     def stanzaReceived(self, stanza):
         # Before authentication a stanza is the negotiation's business (as a DOM).
@@ -74,6 +79,13 @@ class OutboundStream(InitiatingStream):
         self.stanzasIn += 1
         self._fromPeer(stanza)
 
+    def idleTimedOut(self):
+        # Ask for the acks of what is still out before the closing tag:
+        # a stanza unacknowledged at close would have to be re-sent.
+        d = self.delivery.drained()
+        d.addTimeout(IDLE_ACK_WAIT, self.clock)
+        d.addBoth(lambda _: self.closeStream())
+
     def streamGone(self):
         self._onClosed(self)
 
@@ -88,6 +100,7 @@ class OutboundLink:
         self.local = local
         self.remote = remote
         self.queue = collections.deque()
+        self.resend = collections.deque()   # unacknowledged on a lost stream: once more
         self.attempt = None
         self.delay = 0
         self.retryAt = 0
@@ -101,14 +114,14 @@ class OutboundLink:
         return self.pool.sessions.outgoing(self.local, self.remote)
 
     def idle(self, now):
-        return (self.stream is None and not self.queue and self.attempt is None
+        return (self.stream is None and not self.queue and not self.resend
+                and self.attempt is None
                 and self._retryCall is None and self.retryAt <= now)
 
     def send(self, element):
         stream = self.stream
         if stream is not None:
-            stream.sendStanza(element)
-            self.pool.sent += 1
+            self._write(stream, element)
             return
         if len(self.queue) >= self.pool.limits.queueLimit:
             self.pool.bounce(element, "resource-constraint",
@@ -128,9 +141,13 @@ class OutboundLink:
             return
         self.start()
 
+    def _write(self, stream, element, resent=False):
+        stream.sendStanza(element, resent)
+        self.pool.sent += 1
+
     def _retry(self):
         self._retryCall = None
-        if self.queue and self.stream is None and self.attempt is None:
+        if (self.queue or self.resend) and self.stream is None and self.attempt is None:
             self.start()
 
     def start(self):
@@ -147,9 +164,14 @@ class OutboundLink:
         self.retryAt = 0
         self.failures = 0
         self.lastFailure = None
+        if self.resend:
+            self.log.info("re-sending {count} stanza(s) to {remote} that the lost stream never "
+                          "acknowledged", count=len(self.resend), remote=self.remote,
+                          local=self.local, event="outbound.resent")
+        while self.resend and not stream.closing and not stream.closed:
+            self._write(stream, self.resend.popleft(), resent=True)
         while self.queue and not stream.closing and not stream.closed:
-            stream.sendStanza(self.queue.popleft())
-            self.pool.sent += 1
+            self._write(stream, self.queue.popleft())
         return stream
 
     def _failed(self, failure):
@@ -171,15 +193,36 @@ class OutboundLink:
         self.pool.recordFailure(self.local, self.remote, condition, text, attempts)
         self.log.warn("cannot reach {remote} for {local}: {text}; bouncing {count} stanza(s), "
                       "next attempt allowed in {delay} s", remote=self.remote, local=self.local,
-                      text=text, count=len(self.queue), delay=self.delay, condition=condition,
+                      text=text, count=len(self.queue) + len(self.resend), delay=self.delay,
+                      condition=condition,
                       attempts=[f"{a.step} {a.target}: {a.error}" for a in attempts],
                       event="outbound.failed")
-        queued, self.queue = self.queue, collections.deque()
+        queued = list(self.resend) + list(self.queue)
+        self.resend, self.queue = collections.deque(), collections.deque()
         for element in queued:
             self.pool.bounce(element, condition, text)
 
-    def streamClosed(self):
-        if self.queue:
+    def streamClosed(self, stream):
+        """
+        The pair's stream is gone: what it never acknowledged is re-sent once
+        on the next stream or bounced (C{on_loss}); a stream that ended
+        without a clean close is reported.
+        """
+        resent = bounced = 0
+        resend = self.pool.limits.onLoss == "resend"
+        for element, wasResent in stream.delivery.unacknowledged():
+            if resend and not wasResent:
+                self.resend.append(element)
+                resent += 1
+            else:
+                again = " again" if wasResent else ""
+                self.pool.bounce(element, "remote-server-timeout",
+                                 f"the stream to {self.remote} was lost{again} before {self.remote} "
+                                 "acknowledged this stanza; it may or may not have arrived")
+                bounced += 1
+        if stream.authMethod is not None:
+            self.pool.streamEnded(stream, resent, bounced)
+        if self.queue or self.resend:
             self._maybeConnect()
 
     def busy(self):
@@ -213,6 +256,10 @@ class OutboundLimits:
     @property
     def maxRetryDelay(self):
         return self.current.runtime.config.s2s.max_retry_delay
+
+    @property
+    def onLoss(self):
+        return self.current.runtime.config.s2s.stream_management.on_loss
 
 
 @implementer(IOutbound)
@@ -259,7 +306,7 @@ class OutboundPool:
 
     def queued(self, local, remote):
         link = self.links.get((local, remote))
-        return len(link.queue) if link is not None else 0
+        return len(link.queue) + len(link.resend) if link is not None else 0
 
     def prune(self):
         """
@@ -276,6 +323,7 @@ class OutboundPool:
         return OutboundStream(self.clock, local, remote, runtime.stepsForStream(),
                               onClosed=self._streamClosed, deliver=self.deliver,
                               isLocal=runtime.isLocal, requirements=runtime.requirements,
+                              afterAuth=runtime.afterAuthStepsForStream(),
                               tls=runtime.tls, limits=runtime.limits, batch=self.batch,
                               metrics=self.metrics)
 
@@ -315,8 +363,40 @@ class OutboundPool:
     def _streamClosed(self, stream):
         self.sessions.untrack(stream)
         link = self.links.get((stream.local, stream.remote))
-        if link is not None:
-            link.streamClosed()
+        if link is not None and stream.authMethod is not None:
+            link.streamClosed(stream)
+            return
+        stream.logEnd()
+        if link is not None and (link.queue or link.resend):
+            link._maybeConnect()
+
+    def streamEnded(self, stream, resent, bounced):
+        """
+        An authenticated stream is gone: its end line says what became of
+        what it never acknowledged; one that did not end cleanly is also a
+        metric and an entry in the failures view.
+        """
+        d = stream.delivery
+        if d.enabled:
+            fate = f"{d.sent} sent, {d.acked} acknowledged, {d.unacked} unacknowledged"
+            if resent or bounced:
+                fate += f": {resent} to be re-sent, {bounced} bounced"
+        elif not stream.endClean:
+            fate = (f"{d.sent} sent without stream management: the gateway cannot know which "
+                    "of them arrived")
+        else:
+            fate = None
+        stream.logEnd(fate=fate, sm=d.enabled, sent=d.sent, acked=d.acked, unacked=d.unacked,
+                      resent=resent, bounced=bounced)
+        if stream.endClean:
+            return
+        how = stream.endReason or "connection dropped without a closing tag"
+        age = self.clock.seconds() - stream.since
+        self.metrics.streamLost("out", resent=resent, bounced=bounced,
+                                unknown=0 if d.enabled else d.sent)
+        self.failures.record(stream.local, stream.remote, "stream-lost",
+                             f"stream lost after {age:.1f} s ({how}); {fate}", (),
+                             kind="stream lost")
 
     def busy(self):
         """Whether any pair still has stanzas waiting or an attempt under way."""

@@ -119,16 +119,20 @@ class SessionTable:
             if stream.direction == "out":
                 if not stream.authMethod:
                     continue
+                d = stream.delivery
                 result.append(sessionInfo(stream, [[stream.local, stream.remote]],
                                           stanzasIn=stream.stanzasIn, stanzasOut=stream.stanzasOut,
                                           queue=queued(stream.local, stream.remote),
-                                          certificate=stream.certificate))
+                                          certificate=stream.certificate,
+                                          sm=d.enabled, unacked=d.unacked))
             else:
                 remote = stream.peer
                 result.append(sessionInfo(stream, sorted([sender, to] for sender, to in stream.pairs),
                                           stanzasIn=stream.stanzasIn, stanzasOut=stream.stanzasOut,
                                           queue=0,
-                                          certificate=stream.certificates.get(remote)))
+                                          certificate=stream.certificates.get(remote),
+                                          sm=stream.streamManagement,
+                                          unacked=0 if stream.streamManagement else None))
         return result
 
 
@@ -139,7 +143,8 @@ def _delivers(stream):
     return stream.bidi and stream.authMethod is not None
 
 
-def sessionInfo(stream, pairs, *, stanzasIn, stanzasOut, queue, certificate):
+def sessionInfo(stream, pairs, *, stanzasIn, stanzasOut, queue, certificate, sm=False,
+                unacked=None):
     """What operators see of one stream (admin API, status page, CLI)."""
     return {
         "direction": stream.direction, "local": stream.local, "remote": stream.peer,
@@ -155,4 +160,6 @@ def sessionInfo(stream, pairs, *, stanzasIn, stanzasOut, queue, certificate):
         "auth": stream.authMethod, "since": stream.since,
         "stanzas_in": stanzasIn, "stanzas_out": stanzasOut,
         "bytes_in": stream.bytesIn, "bytes_out": stream.bytesOut, "queue": queue,
+        # XEP-0198: whether acks are on, and (outbound) how many stanzas await one.
+        "sm": bool(sm), "unacked": unacked,
     }

@@ -132,8 +132,12 @@ class XmlStream(Protocol):
         self.headerSent = False
         # How the stream ended, for the log line of its end: None until it
         # does; still None when the connection drops without a closing tag
-        # or stream error from either side (the stream was lost).
+        # or stream error from either side (the stream was lost).  Clean: a
+        # closing tag (or our idle close), not a stream error or an abort;
+        # what a stream that did not end cleanly never acknowledged is its
+        # stream management's to handle, and the end is reported as a loss.
         self.endReason = None
+        self.endClean = False
         self._idleCall = None
         self._keepaliveCall = None
         self._closeCall = None
@@ -221,7 +225,7 @@ class XmlStream(Protocol):
             return
         if (element.uri, element.name) == (NS_STREAMS, "error"):
             condition, text = parseStreamError(element)
-            self._ending(f"stream error {condition} received")
+            self._ending(f"stream error {condition} received", clean=False)
             self.streamErrorReceived(condition, text)
             self.closeStream()
             return
@@ -238,9 +242,10 @@ class XmlStream(Protocol):
         self._ending("closed by the peer")
         self.streamEnded()
 
-    def _ending(self, reason):
+    def _ending(self, reason, clean=True):
         if self.endReason is None:
             self.endReason = reason
+            self.endClean = clean
 
     # sending
 
@@ -342,6 +347,7 @@ class XmlStream(Protocol):
                           backlog=self._backlog, blocked=blocked, event="stream.backlog")
             self._blockedSince = None
             self._pending = []
+            self._ending("dropped by us: the peer stopped reading", clean=False)
             self.closing = True
             self.errorSent = True
             abort = getattr(self.transport, "abortConnection", None)
@@ -369,7 +375,7 @@ class XmlStream(Protocol):
             return
         self.log.info("stream error {condition} sent: {text}", condition=condition,
                       text=text, stream=self.describe())
-        self._ending(f"stream error {condition} sent")
+        self._ending(f"stream error {condition} sent", clean=False)
         if not self.headerSent:
             self.sendHeader(self.errorHeaderAttrs())
         self.send(streamErrorXml(condition, text))
