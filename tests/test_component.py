@@ -22,7 +22,7 @@ def linkConfig(**kw):
     values = dict(jid="s2s.home.test", host="127.0.0.1", port=5347, secret="sekrit",
                   keepalive=60, max_retry_delay=60, auth_retry_delay=300,
                   buffer_limit=3, buffer_timeout=30, buffer_bytes=1 << 20,
-                  high_water=1 << 20, low_water=1 << 18)
+                  high_water=1 << 20, low_water=1 << 18, fast_retry_period=30)
     values.update(kw)
     return SimpleNamespace(**values)
 
@@ -346,3 +346,47 @@ def test_a_stopping_link_gives_the_server_close_wait_seconds_then_drops_the_conn
     assert transport.disconnecting
     proto.connectionLost(failure.Failure(error.ConnectionLost()))
     assert gone.called
+
+
+def quickRetryDelays(h, count):
+    delays = []
+    for _ in range(count):
+        h.refuse()
+        call = h.clock.getDelayedCalls()[0]
+        delays.append(call.getTime() - h.clock.seconds())
+        h.clock.advance(call.getTime() - h.clock.seconds())
+    return delays
+
+
+def test_after_losing_a_link_that_was_up_the_first_retries_are_quick_with_jitter():
+    h = Harness()
+    h.link.startService()
+    proto, _ = h.accept()
+    proto.connectionLost(None)
+    h.clock.advance(h.clock.getDelayedCalls()[0].getTime() - h.clock.seconds())
+    delays = quickRetryDelays(h, 6)
+    first = [d for d in [0.05, 0.1, 0.2, 0.4]]
+    # The retry before the first refusal was the 50 ms one; then 100, 200, 400, 400...
+    for got, nominal in zip(delays, first[1:] + [0.4, 0.4, 0.4]):
+        assert nominal / 2 <= got <= nominal
+    # Every retry within the fast period: the c2s server accepting again is
+    # noticed within 0.4 s, whatever its restart took.
+    assert max(delays) <= 0.4
+
+
+def test_once_the_fast_retry_period_is_over_the_backoff_grows():
+    h = Harness(fast_retry_period=1)
+    h.link.startService()
+    proto, _ = h.accept()
+    proto.connectionLost(None)
+    h.clock.advance(h.clock.getDelayedCalls()[0].getTime() - h.clock.seconds())
+    delays = quickRetryDelays(h, 12)
+    assert max(delays[:3]) <= 0.4
+    assert delays[-1] >= 4
+
+
+def test_a_link_that_never_came_up_backs_off_without_quick_retries():
+    h = Harness()
+    h.link.startService()
+    delays = quickRetryDelays(h, 2)
+    assert min(delays) >= 0.5

@@ -3,8 +3,9 @@
 The XEP-0114 link to the c2s server.
 
 The gateway is a client of the c2s server's component port.  The link
-keeps itself up: network failures reconnect with capped exponential
-backoff and jitter; a rejected secret or component name is a configuration
+keeps itself up: after a link that was up is lost it retries quickly
+(the c2s server is usually restarting), then network failures reconnect
+with capped exponential backoff and jitter; a rejected secret or component name is a configuration
 problem, reported clearly and retried slowly.  Stanzas for the c2s server
 wait in a bounded buffer while the link is down (bounded in stanzas and in
 bytes); what overflows or waits too long is bounced to its (remote) sender,
@@ -198,6 +199,9 @@ class ComponentLink(service.Service):
 
     log = Logger()
     initialDelay = 1.0
+    # After a link that was up goes down, the c2s server is usually just
+    # restarting: retry quickly (with jitter) for fast_retry_period seconds.
+    quickDelays = (0.05, 0.1, 0.2, 0.4)
 
     def __init__(self, config, clock, connect, onStanza, onBounce,
                  maxStanzaBytes=524288, rng=None, metrics=None, batch=None, inbound=None,
@@ -215,6 +219,8 @@ class ComponentLink(service.Service):
         self.state = "down"
         self.lastProblem = None
         self.delay = self.initialDelay
+        self.quick = 0              # quick retries made since the loss
+        self.lostAt = None          # when the link that was up went down
         self.buffer = collections.deque()   # (deadline, element, size)
         self.bufferBytes = 0
         # The L{ISessionTable} whose inbound streams feed us (back-pressure).
@@ -289,6 +295,7 @@ class ComponentLink(service.Service):
         self.state = "up"
         self.metrics.link(True)
         self.delay = self.initialDelay
+        self.lostAt = None
         c = self.config
         self.log.info("component link up: {jid} at {host}:{port}", jid=c.jid, host=c.host,
                       port=c.port, event="component.up")
@@ -330,6 +337,8 @@ class ComponentLink(service.Service):
             for element in stream.takeHeld():
                 self._hold(element)
             self._release()
+            self.lostAt = self.clock.seconds()
+            self.quick = 0
         self._scheduleRetry(kind, text)
 
     def _scheduleRetry(self, kind, text):
@@ -341,6 +350,14 @@ class ComponentLink(service.Service):
             message = ("component link: the c2s server at {host}:{port} refused component "
                        "{jid}: {text}; check [component] jid and secret against the c2s "
                        "server's component section; retrying in {delay:.0f} s")
+        elif self.lostAt is not None and \
+                self.clock.seconds() - self.lostAt < c.fast_retry_period:
+            step = self.quickDelays[min(self.quick, len(self.quickDelays) - 1)]
+            self.quick += 1
+            delay = step * (0.5 + self.random.random() / 2)
+            problem = ("network", text)
+            message = ("component link: cannot reach the c2s server at {host}:{port}: {text}; "
+                       "retrying quickly (next in {delay:.2f} s)")
         else:
             delay = self.delay * (0.5 + self.random.random() / 2)
             self.delay = min(self.delay * 2, c.max_retry_delay)
