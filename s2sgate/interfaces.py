@@ -94,6 +94,9 @@ class IDeliveryTracker(Interface):
     def unacknowledged():
         """C{[(element, resent)]} not acknowledged, oldest first."""
 
+    def release():
+        """Return the unacknowledged C{[(element, resent)]} and stop holding them."""
+
     def streamGone():
         """The connection is gone: stop timers, release waiters."""
 
@@ -208,6 +211,8 @@ class IComponentLink(IStanzaSink):
     """The XEP-0114 link to the c2s server (L{s2sgate.gateway.component})."""
 
     state = Attribute("'down', 'connecting', 'up' or 'auth-failed'")
+    undeliverable = Attribute("stanzas handed to it after it stopped: neither delivered nor "
+                              "bounced (counted for the shutdown's log line)")
 
     def whenUp():
         """A Deferred that fires once the link is up."""

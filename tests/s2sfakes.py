@@ -56,6 +56,7 @@ class DeliveredList(list):
     """
 
     state = "up"
+    undeliverable = 0
 
     def __init__(self):
         list.__init__(self)

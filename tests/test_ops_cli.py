@@ -45,11 +45,11 @@ async def test_sessions_table_and_totals(admin, capsys):
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].split() == ["DIR", "LOCAL", "REMOTE", "SECURITY", "CERTIFICATE", "AUTH", "PEER",
-                                "SINCE", "STANZAS", "IN/OUT", "QUEUE"]
+                                "SINCE", "STANZAS", "IN/OUT", "QUEUE", "SM", "UNACKED"]
     assert lines[1].split() == ["in", "home.test", "plain.test", "plain", "-", "dialback",
-                                "192.0.2.8:40000", "50s", "7/0", "0"]
+                                "192.0.2.8:40000", "50s", "7/0", "0", "off", "-"]
     assert lines[2].split() == ["out", "home.test", "secure.test", "TLSv1.3", "valid",
-                                "sasl-external", "192.0.2.7:5269", "1m", "0/4", "0"]
+                                "sasl-external", "192.0.2.7:5269", "1m", "0/4", "0", "off", "-"]
     assert lines[-1] == "2 links: 1 TLS, 1 plain; 1 by certificate, 1 by dialback"
     # Columns line up.
     assert lines[1].index("plain.test") == lines[2].index("secure.test")

@@ -87,6 +87,7 @@ class LocalDeliveries(service.Service):
     state = "up"
     buffer = ()
     lastProblem = None
+    undeliverable = 0
 
     def __init__(self, onStanza, onBounce):
         self.fromLocal = onStanza

@@ -8,6 +8,7 @@ from twisted.words.xish import domish
 
 from s2sgate.config import load_config
 from s2sgate.gateway.service import GatewayService
+from s2sgate.xmpp.rawstanza import RawStanza
 
 BASE = """
 local_domains = ["example.com"]
@@ -76,13 +77,15 @@ class StoppingLink(service.Service):
     state = "up"
     buffer = ()
     lastProblem = None
+    undeliverable = 0
 
     def __init__(self, onStanza, onBounce):
         self.fromLocal = onStanza
         self.stopping = None
+        self.sent = []
 
     def send(self, element):
-        pass
+        self.sent.append(element.element())
 
     def whenUp(self):
         return defer.succeed(self)
@@ -132,7 +135,7 @@ def stoppingGateway(tmp_path, extra=""):
 def chat(to="bob@remote.test"):
     m = domish.Element(("jabber:server", "message"))
     m["from"], m["to"], m["type"] = "alice@example.com/pc", to, "chat"
-    return m
+    return RawStanza.fromElement(m)
 
 
 def test_stopping_closes_inbound_streams_before_the_component_link(tmp_path):
@@ -150,23 +153,55 @@ def test_stopping_closes_inbound_streams_before_the_component_link(tmp_path):
     assert done.called
 
 
-def test_stopping_waits_for_queued_stanzas_until_shutdown_timeout_then_counts_them_lost(tmp_path):
+def pumpLogged(reactor, steps):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor.pump(steps)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return events
+
+
+def test_stanzas_still_waiting_at_two_thirds_of_shutdown_timeout_are_bounced_before_the_link_closes(
+        tmp_path):
     gw, reactor = stoppingGateway(tmp_path, "shutdown_timeout = 6")
     gw.router.fromLocal(chat())
     gw.router.fromLocal(chat())
     assert gw.pool.busy()
     done = gw.stopService()
-    gw.link.stopping.callback(None)
-    reactor.advance(5)
-    assert not done.called and gw.pool.busy()
+    reactor.advance(3.9)
+    assert gw.link.stopping is None and gw.pool.busy() and gw.link.sent == []
+    reactor.advance(0.2)
+    # The link still carries the bounces; only then does it close.
+    assert [(m["type"], m["to"]) for m in gw.link.sent] == [("error", "alice@example.com/pc")] * 2
+    assert all("the gateway is shutting down" in m.error.toXml() for m in gw.link.sent)
+    assert gw.link.stopping is not None and not gw.pool.busy()
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
-        reactor.pump([0.1] * 20)
+        gw.link.stopping.callback(None)
+        reactor.pump([0.1] * 5)
     finally:
         globalLogPublisher.removeObserver(events.append)
+    assert done.called
+    [stopped] = [e for e in events if e.get("event") == "shutdown.done"]
+    assert (stopped["bounced"], stopped["lost"]) == (2, 0)
+
+
+def test_a_stanza_the_c2s_server_wrote_after_the_link_closed_gets_the_rest_then_counts_lost(
+        tmp_path):
+    gw, reactor = stoppingGateway(tmp_path, "shutdown_timeout = 6")
+    done = gw.stopService()
+    reactor.advance(0.1)
+    assert gw.link.stopping is not None
+    gw.link.fromLocal(chat())      # written before the c2s server saw our closing tag
+    gw.link.stopping.callback(None)
+    reactor.advance(4)
+    assert not done.called and gw.pool.busy()
+    events = pumpLogged(reactor, [0.1] * 30)
     assert done.called and not gw.pool.busy()
     [lost] = [e for e in events if e.get("event") == "shutdown.lost"]
-    assert (lost["count"], lost["remote"]) == (2, "remote.test")
+    assert (lost["count"], lost["remote"]) == (1, "remote.test")
     [stopped] = [e for e in events if e.get("event") == "shutdown.done"]
-    assert stopped["lost"] == 2
+    assert (stopped["bounced"], stopped["lost"]) == (0, 1)

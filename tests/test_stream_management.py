@@ -297,3 +297,23 @@ def test_with_stream_management_off_nothing_is_offered_or_handled():
     features = domish.Element(("http://etherx.jabber.org/streams", "features"))
     o.advertise(Inbound(set()), features)
     assert list(features.elements()) == [] and o.handlers() == {}
+
+
+def test_shutdown_drains_what_peers_acknowledge_and_bounces_the_rest_saying_so():
+    network, a, b, clock = federation()
+    send(a, 2)
+    network.flush(clock)
+    send(a, 3, start=2)            # unacknowledged when the shutdown starts
+    network.pumps.clear()          # the peer never reads them
+    with Events() as events:
+        d = a.stopService()
+        for _ in range(120):       # past s2s.shutdown_timeout (10 s)
+            clock.advance(0.1)
+    assert d.called
+    # Bounced at two thirds of it, while the component link can still carry them.
+    assert [(m["id"], m["type"]) for m in a.link.delivered] == [
+        ("m2", "error"), ("m3", "error"), ("m4", "error")]
+    text = str(list(a.link.delivered[0].error.elements())[1])
+    assert "the gateway is shutting down" in text and "may or may not have arrived" in text
+    [done] = [e for e in events if e.get("event") == "shutdown.done"]
+    assert (done["bounced"], done["lost"]) == (3, 0)

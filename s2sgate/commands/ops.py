@@ -274,14 +274,16 @@ def _printSessions(data, process=None):
     if sessions:
         rows = [(("PROCESS",) if process else ()) + (
                  "DIR", "LOCAL", "REMOTE", "SECURITY", "CERTIFICATE", "AUTH", "PEER", "SINCE",
-                 "STANZAS IN/OUT", "QUEUE")]
+                 "STANZAS IN/OUT", "QUEUE", "SM", "UNACKED")]
         for s in sessions:
             rows.append(((process(s),) if process else ()) + (
                          direction(s), s.get("local") or "-", s.get("remote") or "-",
                          security(s), certificateColumn(s.get("certificate")),
                          s.get("auth") or "(pending)", s.get("peer") or "-",
                          ago(data["now"], s["since"]),
-                         f"{s['stanzas_in']}/{s['stanzas_out']}", str(s["queue"])))
+                         f"{s['stanzas_in']}/{s['stanzas_out']}", str(s["queue"]),
+                         "on" if s.get("sm") else "off",
+                         "-" if s.get("unacked") is None else str(s["unacked"])))
         _printTable(rows)
         print()
     else:

@@ -57,7 +57,7 @@ class AckWindow:
         self.stream = stream
         self.clock = clock
         self.requestEvery = requestEvery
-        self.window = collections.deque()   # (element, resent)
+        self.window = collections.deque()   # (element, or None once released; resent)
         self.sent = 0
         self.acked = 0          # stanzas acknowledged
         self._h = 0             # the peer's last h (mod 2^32)
@@ -68,7 +68,7 @@ class AckWindow:
 
     @property
     def unacked(self):
-        return len(self.window)
+        return sum(1 for element, _ in self.window if element is not None)
 
     def stanzaSent(self, element, resent=False):
         self.window.append((element, resent))
@@ -137,7 +137,13 @@ class AckWindow:
         return d
 
     def unacknowledged(self):
-        return list(self.window)
+        return [(e, resent) for e, resent in self.window if e is not None]
+
+    def release(self):
+        # Placeholders stay, so that the peer's later acks still count right.
+        window = self.unacknowledged()
+        self.window = collections.deque((None, resent) for _, resent in self.window)
+        return window
 
     def streamGone(self):
         if self._burstCall is not None and self._burstCall.active():

@@ -233,6 +233,7 @@ class ComponentLink(service.Service):
         self.waiters = []
         self.closeWait = closeWait
         self._gone = []
+        self.undeliverable = 0      # handed to us after the link stopped
 
     # service
 
@@ -376,8 +377,15 @@ class ComponentLink(service.Service):
 
     def send(self, stanza):
         """Hand a L{RawStanza} to the c2s server, or buffer it."""
-        if self.stream is not None:
+        if self.stream is not None and not self.stream.closing:
             self.stream.sendStanza(stanza)
+            return
+        if not self.running:
+            # Stopped: no link will come to carry it, and none to bounce it.
+            self.undeliverable += 1
+            self.log.warn("stopping: a {name} for {to} arrived after the component link "
+                          "closed and is lost", name=stanza.name,
+                          to=stanza.attributes.get("to"), event="shutdown.undeliverable")
             return
         self._hold(stanza)
 

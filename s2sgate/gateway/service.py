@@ -245,12 +245,22 @@ class GatewayService(service.MultiService):
 
     async def _stop(self):
         """
-        Stop so that another gateway process can take over without a bounce:
-        listeners first (peers connect to the other SRV targets), then inbound
-        streams (what their peers sent before our closing tag is delivered),
-        then the component link (the c2s server routes to another component;
-        what it sent us before is still sent on), then the outbound queues
-        drain and the streams close.  C{s2s.shutdown_timeout} bounds it all.
+        Stop so that nothing the c2s server handed us is lost and another
+        gateway process can take over soon:
+
+          1. listeners (peers connect to the other SRV targets), then inbound
+             streams (what their peers sent before our closing tag is
+             delivered), a third of C{s2s.shutdown_timeout} at most;
+          2. outbound queues and acks get until two thirds; what still waits
+             for a connection or an ack then is bounced, "the gateway is
+             shutting down", while the component link can carry the bounce;
+          3. the component link closes the XEP-0114 way: the c2s server sees
+             it go and routes to another component (or bounces itself); what
+             it wrote before it saw our closing tag is still sent on, on
+             outbound streams that are still open;
+          4. outbound streams get what is left of the timeout for their acks,
+             then close; a peer that answers our closing tag has handled
+             everything.  Only what is left then is lost, and counted.
         """
         clock = self.reactor
         timeout = self.config.s2s.shutdown_timeout
@@ -264,12 +274,21 @@ class GatewayService(service.MultiService):
         for stream in self.sessionTable.streams("in"):
             stream.closeStream(wait=max(inboundUntil - clock.seconds(), 0))
         await self._until(lambda: not self.sessionTable.streams("in"), inboundUntil)
+        ackedBefore, writtenBefore = self.pool.deliveryCounts()
+        await self._until(lambda: not self.pool.busy(), start + 2 * timeout / 3)
+        bounced = self.pool.bounceLeft("the gateway is shutting down")
         await defer.maybeDeferred(self.link.stopService)
         await self._until(lambda: not self.pool.busy(), deadline)
-        lost = self.pool.closeAll(wait=max(deadline - clock.seconds(), 0.1))
+        acked, written = self.pool.deliveryCounts()
+        lost = self.pool.closeAll(wait=max(deadline - clock.seconds(), 0.1), stopping=True)
         await self._until(lambda: not self.sessionTable.streams("out"), deadline + 0.2)
-        self.log.info("s2sgate stopped after {seconds:.2f} s; {lost} stanza(s) lost",
-                      seconds=clock.seconds() - start, lost=lost, event="shutdown.done")
+        lost += self.link.undeliverable
+        self.log.info("s2sgate stopped after {seconds:.2f} s: {acked} stanza(s) acknowledged by "
+                      "peers meanwhile, {written} written to peers without acks, {bounced} "
+                      "bounced (the gateway is shutting down), {lost} lost",
+                      seconds=clock.seconds() - start, acked=acked - ackedBefore,
+                      written=written - writtenBefore, bounced=bounced, lost=lost,
+                      event="shutdown.done")
         await defer.maybeDeferred(service.MultiService.stopService, self)
 
     async def _until(self, done, deadline, step=0.02):

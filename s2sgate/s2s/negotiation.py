@@ -152,6 +152,9 @@ class Untracked:
     def unacknowledged(self):
         return []
 
+    def release(self):
+        return []
+
     def streamGone(self):
         pass
 

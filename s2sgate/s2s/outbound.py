@@ -107,6 +107,7 @@ class OutboundLink:
         self._retryCall = None
         self.lastFailure = None
         self.failures = 0
+        self.closed = False    # the gateway is stopping: no new connection
 
     @property
     def stream(self):
@@ -123,6 +124,9 @@ class OutboundLink:
         if stream is not None:
             self._write(stream, element)
             return
+        if self.closed:
+            self.pool.bounce(element, "remote-server-timeout", "the gateway is shutting down")
+            return
         if len(self.queue) >= self.pool.limits.queueLimit:
             self.pool.bounce(element, "resource-constraint",
                              f"too many stanzas waiting for {self.remote}")
@@ -131,7 +135,7 @@ class OutboundLink:
         self._maybeConnect()
 
     def _maybeConnect(self):
-        if self.attempt is not None or self._retryCall is not None:
+        if self.attempt is not None or self._retryCall is not None or self.closed:
             return
         wait = self.retryAt - self.pool.clock.seconds()
         if wait > 0:
@@ -206,11 +210,13 @@ class OutboundLink:
         """
         The pair's stream is gone: what it never acknowledged is re-sent once
         on the next stream or bounced (C{on_loss}); a stream that ended
-        without a clean close is reported.
+        without a clean close is reported.  A peer that answered our closing
+        tag has handled everything before it: nothing is re-sent then.
         """
         resent = bounced = 0
-        resend = self.pool.limits.onLoss == "resend"
-        for element, wasResent in stream.delivery.unacknowledged():
+        resend = self.pool.limits.onLoss == "resend" and not self.closed
+        handled = stream.endClean and stream.endAnswered and stream.endReason != "closed by the peer"
+        for element, wasResent in ([] if handled else stream.delivery.unacknowledged()):
             if resend and not wasResent:
                 self.resend.append(element)
                 resent += 1
@@ -221,20 +227,53 @@ class OutboundLink:
                                  "acknowledged this stanza; it may or may not have arrived")
                 bounced += 1
         if stream.authMethod is not None:
-            self.pool.streamEnded(stream, resent, bounced)
+            self.pool.streamEnded(stream, resent, bounced, handled)
         if self.queue or self.resend:
             self._maybeConnect()
 
-    def busy(self):
-        """Stanzas waiting or a connection attempt under way."""
-        return bool(self.queue) or self.attempt is not None
+    def waiting(self):
+        """Stanzas waiting for a stream, or a connection attempt under way."""
+        return bool(self.queue) or bool(self.resend) or self.attempt is not None
 
-    def close(self, wait=1):
-        """Close the stream; returns how many queued stanzas could not be sent."""
+    def busy(self):
+        """Waiting, or stanzas written that the peer has not acknowledged yet."""
+        stream = self.stream
+        return self.waiting() or bool(stream is not None and stream.delivery.unacked)
+
+    def bounceLeft(self, text):
+        """
+        Stop connecting; bounce what waits for a stream and what the stream
+        has not had acknowledged (C{text}); returns how many.
+        """
         if self._retryCall is not None and self._retryCall.active():
             self._retryCall.cancel()
         self._retryCall = None
-        dropped, self.queue = len(self.queue), collections.deque()
+        left = list(self.resend) + list(self.queue)
+        self.resend.clear()
+        self.queue.clear()
+        if self.attempt is not None:
+            self.attempt.cancel()
+        for element in left:
+            self.pool.bounce(element, "remote-server-timeout", text)
+        stream = self.stream
+        unacked = stream.delivery.release() if stream is not None else []
+        for element, _ in unacked:
+            self.pool.bounce(element, "remote-server-timeout",
+                             f"{text}; {self.remote} had not acknowledged this stanza: it may "
+                             "or may not have arrived")
+        return len(left) + len(unacked)
+
+    def close(self, wait=1, stopping=False):
+        """
+        Close the stream; returns how many queued stanzas could not be sent.
+        C{stopping}: the gateway is, so nothing connects for this pair again.
+        """
+        self.closed = stopping
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        self._retryCall = None
+        dropped = len(self.queue) + len(self.resend)
+        self.queue, self.resend = collections.deque(), collections.deque()
         if self.attempt is not None:
             self.attempt.cancel()
         stream = self.stream
@@ -370,7 +409,7 @@ class OutboundPool:
         if link is not None and (link.queue or link.resend):
             link._maybeConnect()
 
-    def streamEnded(self, stream, resent, bounced):
+    def streamEnded(self, stream, resent, bounced, handled=False):
         """
         An authenticated stream is gone: its end line says what became of
         what it never acknowledged; one that did not end cleanly is also a
@@ -379,7 +418,9 @@ class OutboundPool:
         d = stream.delivery
         if d.enabled:
             fate = f"{d.sent} sent, {d.acked} acknowledged, {d.unacked} unacknowledged"
-            if resent or bounced:
+            if handled and d.unacked:
+                fate += ": handled, the peer answered our closing tag"
+            elif resent or bounced:
                 fate += f": {resent} to be re-sent, {bounced} bounced"
         elif not stream.endClean:
             fate = (f"{d.sent} sent without stream management: the gateway cannot know which "
@@ -399,18 +440,29 @@ class OutboundPool:
                              kind="stream lost")
 
     def busy(self):
-        """Whether any pair still has stanzas waiting or an attempt under way."""
+        """Whether any pair has stanzas waiting, an attempt under way or acks due."""
         return any(link.busy() for link in self.links.values())
 
-    def closeAll(self, wait=1):
+    def bounceLeft(self, text="the gateway is shutting down"):
+        """Shutdown: bounce what waits for a stream or an ack (C{text}); returns how many."""
+        return sum(link.bounceLeft(text) for link in list(self.links.values()))
+
+    def deliveryCounts(self):
+        """C{(acknowledged, written without acks)} over the open streams."""
+        streams = [link.stream for link in self.links.values() if link.stream is not None]
+        return (sum(s.delivery.acked or 0 for s in streams),
+                sum(s.delivery.sent for s in streams if not s.delivery.enabled))
+
+    def closeAll(self, wait=1, stopping=False):
         """
-        Close every outbound stream (the gateway is stopping).  Stanzas still
-        waiting for a connection can be neither sent nor bounced (the component
-        link is closed by then): each pair's count is logged; returns the total.
+        Close every outbound stream (C{stopping}: for good, the gateway is
+        stopping).  Stanzas still waiting for a connection can be neither sent
+        nor bounced (the component link is closed by then): each pair's count
+        is logged; returns the total.
         """
         total = 0
         for link in list(self.links.values()):
-            dropped = link.close(wait)
+            dropped = link.close(wait, stopping)
             if dropped:
                 self.log.warn("stopping: {count} stanza(s) for {remote} from {local} were still "
                               "waiting for a connection and are lost", count=dropped,

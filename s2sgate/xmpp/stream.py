@@ -138,6 +138,7 @@ class XmlStream(Protocol):
         # stream management's to handle, and the end is reported as a loss.
         self.endReason = None
         self.endClean = False
+        self.endAnswered = False    # the peer's closing tag came (it read all before it)
         self._idleCall = None
         self._keepaliveCall = None
         self._closeCall = None
@@ -239,6 +240,7 @@ class XmlStream(Protocol):
         self.stanzaReceived(stanza)
 
     def _onEnd(self):
+        self.endAnswered = True
         self._ending("closed by the peer")
         self.streamEnded()
 

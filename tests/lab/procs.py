@@ -114,6 +114,21 @@ class Proc:
             time.sleep(0.05)
 
 
+    def kill(self, timeout=5):
+        """SIGKILL the process group at once (a crash, as kill -9), and reap it."""
+        p = self.popen
+        if p is None:
+            return
+        _killpg(p.pid, signal.SIGKILL)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + timeout
+        while _group_alive(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
 def _group_alive(pgid) -> bool:
     """True while a non-zombie process of group ``pgid`` exists."""
     for d in os.listdir("/proc"):

@@ -132,6 +132,8 @@ class Prosody:
         elif self.s2s == "dialback":
             if self.tls is None or self.tls["dialback"]:
                 modules.append("dialback")
+            # As Debian's default config does: XEP-0198, on s2s once loaded.
+            modules.append("smacks")
         else:
             disabled.append("s2s")
         if self.bidi and self.s2s:
@@ -180,6 +182,8 @@ class Prosody:
             L += [f"s2sgate_component = {_lua_str(self.route_to)}"]
         elif self.route_to:
             L += [f"s2sgate_components = {_lua_list(self.route_to)}"]
+        if not self.route_to and self.s2s:
+            L += ["smacks_enabled_s2s = true"]
         if self.dns is not None:
             L += ["unbound = {",
                   f"  resolvconf = {_lua_str(self.dns.resolv_conf)};",
@@ -248,6 +252,12 @@ class Prosody:
     def restart(self):
         self.stop()
         return self.start()
+
+    def kill(self):
+        """kill -9: the process dies without closing its streams."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc = None
 
     def _log_tail(self, n=40):
         return "\n".join(self.log_text().splitlines()[-n:])
