@@ -1,6 +1,7 @@
 """The component link's state machine, driven with task.Clock and in-memory transports."""
 
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -38,7 +39,7 @@ class Harness:
         self.link = ComponentLink(linkConfig(**kw), self.clock, self.connect,
                                   onStanza=self.received.append,
                                   onBounce=lambda reply: self.bounces.append(reply.element()),
-                                  rng=random.Random(seed))
+                                  rng=random.Random(seed), probeTo="home.test")
 
     def connect(self, factory):
         d = defer.Deferred()
@@ -64,11 +65,13 @@ class Harness:
         self.attempts[-1][1].errback(error.ConnectionRefusedError())
 
 
-def message(sender="bob@remote.test/x", to="alice@home.test", kind=None):
+def message(sender="bob@remote.test/x", to="alice@home.test", kind=None, stanzaId=None):
     m = domish.Element(("jabber:server", "message"))
     m["from"], m["to"] = sender, to
     if kind:
         m["type"] = kind
+    if stanzaId:
+        m["id"] = stanzaId
     m.addElement("body", content="hi")
     return RawStanza.fromElement(m)
 
@@ -294,7 +297,7 @@ def test_a_stanza_that_expects_an_answer_is_bounced_when_the_buffer_is_full(name
 def test_a_stanza_that_expects_no_answer_is_dropped_when_the_buffer_is_full(name, kind):
     h = overflow(name, kind)
     assert h.bounces == []
-    assert [e.name for _, e, _ in h.link.buffer] == ["message"]   # dropped, not kept
+    assert [e.name for _, e, _, _ in h.link.buffer] == ["message"]   # dropped, not kept
 
 
 @pytest.mark.parametrize(("name", "kind"), EXPECT_AN_ANSWER)
@@ -365,13 +368,13 @@ def test_after_losing_a_link_that_was_up_the_first_retries_are_quick_with_jitter
     proto.connectionLost(None)
     h.clock.advance(h.clock.getDelayedCalls()[0].getTime() - h.clock.seconds())
     delays = quickRetryDelays(h, 6)
-    first = [d for d in [0.05, 0.1, 0.2, 0.4]]
-    # The retry before the first refusal was the 50 ms one; then 100, 200, 400, 400...
-    for got, nominal in zip(delays, first[1:] + [0.4, 0.4, 0.4]):
+    first = [d for d in [0.05, 0.1, 0.2]]
+    # The retry before the first refusal was the 50 ms one; then 100, 200, 200, 200...
+    for got, nominal in zip(delays, first[1:] + [0.2, 0.2, 0.2, 0.2]):
         assert nominal / 2 <= got <= nominal
     # Every retry within the fast period: the c2s server accepting again is
-    # noticed within 0.4 s, whatever its restart took.
-    assert max(delays) <= 0.4
+    # noticed within 0.2 s, whatever its restart took.
+    assert max(delays) <= 0.2
 
 
 def test_once_the_fast_retry_period_is_over_the_backoff_grows():
@@ -381,7 +384,7 @@ def test_once_the_fast_retry_period_is_over_the_backoff_grows():
     proto.connectionLost(None)
     h.clock.advance(h.clock.getDelayedCalls()[0].getTime() - h.clock.seconds())
     delays = quickRetryDelays(h, 12)
-    assert max(delays[:3]) <= 0.4
+    assert max(delays[:3]) <= 0.2
     assert delays[-1] >= 4
 
 
@@ -390,3 +393,83 @@ def test_a_link_that_never_came_up_backs_off_without_quick_retries():
     h.link.startService()
     delays = quickRetryDelays(h, 2)
     assert min(delays) >= 0.5
+
+
+# --- probes: what the c2s server confirmed ---------------------------------------------
+
+PROBE = re.compile(rb"<iq [^>]*id='(s2sgate-probe-\d+)'")
+
+
+def bodies(data):
+    return re.findall(rb"<message[^>]*id='(\w+)'", data)
+
+
+def numbered(i):
+    return message(stanzaId=f"m{i}")
+
+
+def returnProbe(proto, probeId):
+    proto.dataReceived(b"<iq xmlns='jabber:component:accept' type='result' from='home.test' "
+                       b"to='s2s.home.test' id='" + probeId + b"'/>")
+
+
+def test_after_a_burst_the_link_pings_the_c2s_server():
+    h = Harness()
+    h.link.startService()
+    proto, transport = h.accept()
+    transport.clear()
+    for i in range(3):
+        h.link.send(numbered(i))
+    assert PROBE.findall(transport.value()) == []
+    h.clock.advance(0)
+    data = transport.value()
+    [probe] = PROBE.findall(data)
+    assert data.index(probe) > data.index(b"id='m2'")
+    iq = data[data.index(b"<iq"):]
+    assert b'to="home.test"' in iq and b"urn:xmpp:ping" in iq
+
+
+def test_stanzas_no_returned_probe_confirmed_go_out_again_on_the_next_link():
+    h = Harness()
+    h.link.startService()
+    proto, transport = h.accept()
+    for i in range(2):
+        h.link.send(numbered(i))
+    h.clock.advance(0)
+    proto.connectionLost(failure.Failure(error.ConnectionLost()))
+    h.clock.advance(1)
+    _, transport2 = h.accept()
+    assert bodies(transport2.value()) == [b"m0", b"m1"]
+    assert h.bounces == [] and h.received == []
+
+
+def test_a_returned_probe_confirms_what_was_written_before_it_and_is_not_delivered():
+    h = Harness()
+    h.link.startService()
+    proto, transport = h.accept()
+    h.link.send(numbered(0))
+    h.clock.advance(0)
+    [probe] = PROBE.findall(transport.value())
+    h.link.send(numbered(1))       # after the probe: not covered by it
+    returnProbe(proto, probe)
+    assert h.received == []        # the probe is ours, not a stanza for the router
+    proto.connectionLost(failure.Failure(error.ConnectionLost()))
+    h.clock.advance(1)
+    _, transport2 = h.accept()
+    assert bodies(transport2.value()) == [b"m1"]
+
+
+def test_a_stanza_unconfirmed_on_two_lost_links_is_bounced_saying_it_may_have_arrived():
+    h = Harness()
+    h.link.startService()
+    proto, _ = h.accept()
+    h.link.send(numbered(0))
+    proto.connectionLost(failure.Failure(error.ConnectionLost()))
+    h.clock.advance(1)
+    proto2, transport2 = h.accept()
+    assert bodies(transport2.value()) == [b"m0"]
+    proto2.connectionLost(failure.Failure(error.ConnectionLost()))
+    [bounce] = h.bounces
+    assert (bounce["id"], bounce["type"], bounce.error.firstChildElement().name) == (
+        "m0", "error", "recipient-unavailable")
+    assert "may or may not have arrived" in bounce.error.toXml()

@@ -11,6 +11,16 @@ wait in a bounded buffer while the link is down (bounded in stanzas and in
 bytes); what overflows or waits too long is bounced to its (remote) sender,
 never dropped silently.
 
+XEP-0114 has no acks: a stanza written just before the c2s server goes
+away (Prosody on SIGTERM closes its clients, then drops the component
+connection unread) would be lost.  So after each burst the link sends a
+probe, an XEP-0199 ping to one of the c2s server's own domains: the c2s
+server handles what we write in order, so its answer (a result, or an
+error where pings are not served) confirms everything written before it.
+What a lost link never confirmed is written again, once, on the next link.
+(A probe to our own JID would do without ping support, but Prosody drops
+it.)
+
 The link is never dropped because the c2s server reads slowly: stanzas it
 has not taken yet wait on the stream (L{ComponentStream.held}), and past
 C{high_water} bytes the gateway stops reading from the inbound s2s streams
@@ -21,6 +31,7 @@ then see TCP back-pressure instead of their stanzas being lost.
 import collections
 import hashlib
 import random
+from xml.sax.saxutils import quoteattr
 
 from twisted.application import service
 from twisted.internet import defer
@@ -36,6 +47,12 @@ from s2sgate.xmpp.stream import NS_COMPONENT, XmlStream
 
 # Seconds the c2s server has to answer our header and handshake.
 HANDSHAKE_TIMEOUT = 30
+
+# Probes (our iq to our own JID) in flight, and stanzas kept until one
+# returns: past these, the oldest are taken as delivered.
+PROBE_PREFIX = "s2sgate-probe-"
+UNCONFIRMED_LIMIT = 1000
+NS_PING = "urn:xmpp:ping"
 
 # Stream errors by which a c2s server refuses our credentials.
 AUTH_CONDITIONS = frozenset(("not-authorized", "host-unknown", "conflict", "improper-addressing",
@@ -66,6 +83,12 @@ class ComponentStream(XmlStream):
         self.held = collections.deque()
         self.heldBytes = 0
         self.writable = True
+        # Written, not yet confirmed by a returning probe: (element, resent).
+        self.unconfirmed = collections.deque()
+        self._probes = {}           # probe id -> stanzas written before it
+        self._probeSeq = 0
+        self._written = 0           # stanzas written on this connection
+        self._probeCall = None
 
     # Back-pressure instead of XmlStream's "peer stopped reading" rule: the
     # c2s server is slow, not gone, and dropping the link would lose every
@@ -79,16 +102,20 @@ class ComponentStream(XmlStream):
             return XmlStream.send(self, data)
         return self._holdBytes(None, self.serialize(data))
 
-    def sendStanza(self, stanza):
+    def sendStanza(self, stanza, resent=False):
+        """A L{RawStanza} for the c2s server, kept until a probe confirms it."""
         if not self._mustHold():
-            return XmlStream.sendStanza(self, stanza)
-        return self._holdBytes(stanza, self.stanzaBytes(stanza))
+            written = XmlStream.sendStanza(self, stanza)
+            if written and self.state == "ready" and not self.closing:
+                self._wrote(stanza, resent)
+            return written
+        return self._holdBytes((stanza, resent), self.stanzaBytes(stanza))
 
-    def _holdBytes(self, stanza, data):
+    def _holdBytes(self, entry, data):
         if self.closed or self.transport is None:
             return False
         self.bytesOut += len(data)
-        self.held.append((stanza, data))
+        self.held.append((entry, data))
         self.heldBytes += len(data)
         self.link._pressure(self)
         return True
@@ -101,15 +128,57 @@ class ComponentStream(XmlStream):
         # The transport's buffer is empty: refill it until it says stop.
         # Not after our closing tag: the link's stop bounces what is left.
         while self.held and self.writable and not self.closed and not self.closing:
-            _, data = self.held.popleft()
+            entry, data = self.held.popleft()
             self.heldBytes -= len(data)
             self.transport.write(data)
+            if entry is not None:
+                self._wrote(*entry)
         self.link._pressure(self)
 
+    def _wrote(self, element, resent):
+        if self.link.probeTo is None:
+            return
+        self.unconfirmed.append((element, resent))
+        self._written += 1
+        if len(self.unconfirmed) > UNCONFIRMED_LIMIT:
+            self.unconfirmed.popleft()
+        if self._probeCall is None:
+            self._probeCall = self.clock.callLater(0, self._probe)
+
+    def _probe(self):
+        # End of the burst: one probe covers everything written so far.
+        self._probeCall = None
+        if self.closed or self.closing or self.state != "ready":
+            return
+        self._probeSeq += 1
+        probeId = f"{PROBE_PREFIX}{self._probeSeq}"
+        self._probes[probeId] = self._written
+        self.send(f"<iq type='get' id='{probeId}' from={quoteattr(self.link.config.jid)} "
+                  f"to={quoteattr(self.link.probeTo)}><ping xmlns='{NS_PING}'/></iq>")
+
+    def _probeReturned(self, probeId):
+        """Our probe came back: what was written before it reached the c2s server."""
+        covered = self._probes.pop(probeId, None)
+        if covered is None:
+            return
+        for stale in [i for i, n in self._probes.items() if n <= covered]:
+            del self._probes[stale]
+        confirmed = len(self.unconfirmed) - (self._written - covered)
+        for _ in range(max(confirmed, 0)):
+            self.unconfirmed.popleft()
+
+    def takeUnconfirmed(self):
+        """C{(element, resent)} written but never confirmed (the link is going down)."""
+        if self._probeCall is not None and self._probeCall.active():
+            self._probeCall.cancel()
+        self._probeCall = None
+        unconfirmed, self.unconfirmed = list(self.unconfirmed), collections.deque()
+        return unconfirmed
+
     def takeHeld(self):
-        """The stanzas never written (the link is going down), in order."""
+        """C{(element, resent)} never written (the link is going down), in order."""
         held, self.held, self.heldBytes = self.held, collections.deque(), 0
-        return [stanza for stanza, _ in held if stanza is not None]
+        return [entry for entry, _ in held if entry is not None]
 
     @property
     def backlog(self):
@@ -146,6 +215,12 @@ class ComponentStream(XmlStream):
 
     def stanzaReceived(self, stanza):
         if self.state == "ready":
+            a = stanza.attributes
+            if (stanza.name == "iq" and a.get("type") in ("result", "error")
+                    and (a.get("id") or "").startswith(PROBE_PREFIX)
+                    and a.get("from") == self.link.probeTo):
+                self._probeReturned(a.get("id"))
+                return
             self.link.stanzaReceived(stanza)
         elif self.state == "handshake":
             self.streamError("not-authorized", "expected a handshake")
@@ -195,17 +270,22 @@ class ComponentLink(service.Service):
         server does not keep up, or None.
     @param closeWait: seconds the c2s server has to answer our closing tag
         when the link stops.
+    @param probeTo: a domain of the c2s server to ping after each burst (the
+        answer confirms what was written before), or None: no confirmation,
+        nothing written is sent again after a loss.
     """
 
     log = Logger()
     initialDelay = 1.0
     # After a link that was up goes down, the c2s server is usually just
     # restarting: retry quickly (with jitter) for fast_retry_period seconds.
-    quickDelays = (0.05, 0.1, 0.2, 0.4)
+    # At most 200 ms apart: up within 0.5 s of the server accepting, with
+    # room for the connect and handshake on a loaded machine.
+    quickDelays = (0.05, 0.1, 0.2)
 
     def __init__(self, config, clock, connect, onStanza, onBounce,
                  maxStanzaBytes=524288, rng=None, metrics=None, batch=None, inbound=None,
-                 closeWait=1.0):
+                 closeWait=1.0, probeTo=None):
         self.config = config
         self.batch = batch
         self.clock = clock
@@ -221,7 +301,7 @@ class ComponentLink(service.Service):
         self.delay = self.initialDelay
         self.quick = 0              # quick retries made since the loss
         self.lostAt = None          # when the link that was up went down
-        self.buffer = collections.deque()   # (deadline, element, size)
+        self.buffer = collections.deque()   # (deadline, element, size, resent)
         self.bufferBytes = 0
         # The L{ISessionTable} whose inbound streams feed us (back-pressure).
         self.inbound = inbound
@@ -232,6 +312,7 @@ class ComponentLink(service.Service):
         self._connecting = None
         self.waiters = []
         self.closeWait = closeWait
+        self.probeTo = probeTo
         self._gone = []
         self.undeliverable = 0      # handed to us after the link stopped
 
@@ -259,7 +340,7 @@ class ComponentLink(service.Service):
         if self._connecting is not None:
             self._connecting.cancel()
         while self.buffer:
-            _, element, _ = self.buffer.popleft()
+            _, element, _, _ = self.buffer.popleft()
             self._bounce(element, "recipient-unavailable", "the gateway is shutting down")
         self.bufferBytes = 0
         stream = self.stream
@@ -303,8 +384,8 @@ class ComponentLink(service.Service):
         self.lastProblem = None
         pending, self.buffer = self.buffer, collections.deque()
         self.bufferBytes = 0
-        for _, stanza, _ in pending:
-            stream.sendStanza(stanza)
+        for _, stanza, _, resent in pending:
+            stream.sendStanza(stanza, resent)
         waiters, self.waiters = self.waiters, []
         for d in waiters:
             d.callback(self)
@@ -321,8 +402,10 @@ class ComponentLink(service.Service):
             if wasUp:
                 self.log.info("component link closed: the gateway is stopping",
                               event="component.closed")
-                # What the c2s server never took goes back to its remote senders.
-                for element in stream.takeHeld():
+                # What the c2s server never took goes back to its remote senders;
+                # what it did (unconfirmed or not) it read before its closing tag.
+                stream.takeUnconfirmed()
+                for element, _ in stream.takeHeld():
                     self._bounce(element, "recipient-unavailable", "the gateway is shutting down")
                 self._release()
             gone, self._gone = self._gone, []
@@ -334,9 +417,22 @@ class ComponentLink(service.Service):
                           event="component.down")
             # That line is this state change: the retry does not repeat it.
             self.lastProblem = (kind, text)
-            # What the c2s server never took waits for the next link (or bounces).
-            for element in stream.takeHeld():
-                self._hold(element)
+            # What the c2s server may not have taken waits for the next link
+            # (or bounces): first what no probe confirmed, once more.
+            unconfirmed = stream.takeUnconfirmed()
+            if unconfirmed:
+                self.log.info("component link: {count} stanza(s) written but not confirmed "
+                              "by the c2s server go out again on the next link",
+                              count=len(unconfirmed), event="component.resend")
+            for element, resent in unconfirmed:
+                if resent:
+                    self._bounce(element, "recipient-unavailable",
+                                 "the link to the recipient's server was lost twice before it "
+                                 "confirmed this stanza; it may or may not have arrived")
+                else:
+                    self._hold(element, True)
+            for element, resent in stream.takeHeld():
+                self._hold(element, resent)
             self._release()
             self.lostAt = self.clock.seconds()
             self.quick = 0
@@ -389,15 +485,19 @@ class ComponentLink(service.Service):
             return
         self._hold(stanza)
 
-    def _hold(self, element):
-        """Buffer a L{RawStanza} while the link is down, within bounds."""
+    def _hold(self, element, resent=False):
+        """
+        Buffer a L{RawStanza} while the link is down, within bounds;
+        C{resent}: it was written once on a link that was lost.
+        """
         size = len(element)
         if (len(self.buffer) >= self.config.buffer_limit
                 or self.bufferBytes + size > self.config.buffer_bytes):
             self._bounce(element, "resource-constraint",
                          "the recipient's server is unreachable and the gateway's buffer is full")
             return
-        self.buffer.append((self.clock.seconds() + self.config.buffer_timeout, element, size))
+        self.buffer.append((self.clock.seconds() + self.config.buffer_timeout, element, size,
+                            resent))
         self.bufferBytes += size
         self._scheduleExpiry()
 
@@ -446,7 +546,7 @@ class ComponentLink(service.Service):
         self._expiryCall = None
         now = self.clock.seconds()
         while self.buffer and self.buffer[0][0] <= now:
-            _, element, size = self.buffer.popleft()
+            _, element, size, _ = self.buffer.popleft()
             self.bufferBytes -= size
             self._bounce(element, "recipient-unavailable",
                          "the recipient's server did not come back in time")

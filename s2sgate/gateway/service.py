@@ -177,6 +177,7 @@ class GatewayService(service.MultiService):
                                      onBounce=onBounce, maxStanzaBytes=s.stanza_size_limit,
                                      metrics=self.metrics, batch=self.batch,
                                      inbound=self.sessionTable,
+                                     probeTo=config.local_domains[0],
                                      closeWait=max(s.shutdown_timeout / 3, 0.1))
         self.router = Router(
             self.current, metrics=self.metrics,
