@@ -430,35 +430,33 @@ class InitiatingStream(XmlStream):
             features = await self._next(wantsFeatures=True)
             self._awaitingRestart = False
 
+    async def _runStep(self, step, features):
+        """
+        Run one step and apply its outcome (under the step's name, for the
+        trace): the outcome's answer, or None when the stream ended meanwhile.
+        """
+        self._currentStep = step.name
+        try:
+            outcome = await step.run(self, features)
+            if self.closing or self.ready is None:
+                return None
+            ended = outcome.apply(self)
+            return None if self.closing or self.ready is None else ended
+        finally:
+            self._currentStep = "stream"
+
     async def _afterAuthentication(self, features):
         for step in self.afterAuth:
-            if not step.applies(self, features):
-                continue
-            self._currentStep = step.name
-            try:
-                outcome = await step.run(self, features)
-                if self.closing or self.ready is None:
-                    return
-                outcome.apply(self)
-                if self.ready is None or self.closing:
-                    return
-            finally:
-                self._currentStep = "stream"
+            if step.applies(self, features) and await self._runStep(step, features) is None:
+                return
         self.established(self._authenticatedBy)
 
     async def _round(self, features):
         for step in self.steps:
             if not step.applies(self, features):
                 continue
-            self._currentStep = step.name
-            try:
-                outcome = await step.run(self, features)
-                if self.closing or self.ready is None:
-                    return
-                if outcome.apply(self):
-                    return
-            finally:
-                self._currentStep = "stream"
+            if await self._runStep(step, features) is not False:
+                return   # the round is over (or the stream is)
         if features is not None:
             self.fail("remote-server-not-found",
                       f"no way to authenticate to {self.remote} was left to try")
