@@ -218,6 +218,25 @@ async def test_starttls_and_sasl_external_both_ways_with_ejabberd(lab):
     assert inbound.secure and inbound.authMethod in ("sasl-external", "dialback-without-dialback")
 
 
+
+def test_check_of_the_ejabberd_peer_runs_the_gateways_steps_to_a_verdict(lab):
+    """`s2sgate check` against real ejabberd (issue 9: check on the gateway's own steps)."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "s2sgate", "check", "--timeout", "5",
+                        "ejsecure.test", "--config", str(lab["configPath"]), "--json"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    doc = json.loads(r.stdout)
+    steps = {step["name"]: step for step in doc["steps"]}
+    assert r.returncode == 0 and doc["verdict"]["ok"] is True, r.stdout + r.stderr
+    assert steps["tls"]["status"] == "ok" and steps["tls"]["summary"].startswith("STARTTLS")
+    assert steps["certificate"]["data"]["status"] == "valid"
+    assert steps["certificate"]["data"]["dns"] == ["ejsecure.test"]
+    assert steps["stream"]["data"]["features"]["starttls"] is True
+    assert steps["authentication"]["data"]["after_tls"] is True
+
 @pytest_twisted.ensureDeferred
 async def test_direct_tls_to_a_prosody_via_xmpps_server(lab):
     await chatBothWays("dora@direct.test", "pw", DIRECT_IP, "direct")
