@@ -15,20 +15,27 @@ the other) bounces and loses nothing; a SIGKILL loses only what the killed proce
 in flight, and its remote domains are carried by the other process within 1 s.
 """
 
-import hashlib
-import itertools
 import signal
 import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task, threads
+from twisted.internet import threads
 
 from s2sgate import cli
-from tests.lab.chat import login
+from tests.lab import several
 from tests.lab.dns import TestDNS
 from tests.lab.gateway import GatewayProcess
 from tests.lab.prosody import Prosody
+from tests.lab.several import (
+    carriedBy,
+    rendezvous,
+    sleep,
+    startAgain,
+    stopGracefully,
+    stopLines,
+    until,
+)
 
 pytestmark = pytest.mark.servers
 
@@ -39,14 +46,6 @@ SECRET = "component-secret-for-tests"
 SHARED = "dialback-secret-shared-by-both-processes"
 INTERVAL = 0.02
 BURST = 3           # messages per direction per tick: 150/s each way, 600/s in all
-IDS = itertools.count()
-
-
-def rendezvous(components, domain):
-    """The components in the routing modules' preference order for C{domain}."""
-    def score(c):
-        return int.from_bytes(hashlib.sha256(f"{c} {domain}".encode()).digest()[:6], "big")
-    return sorted(components, key=lambda c: -score(c))
 
 
 def gatewayConfig(jid, otherIp):
@@ -98,123 +97,13 @@ def lab(tmp_path_factory):
             proc.stop()
 
 
-async def until(predicate, what, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout}s")
-        await task.deferLater(reactor, 0.02)
+PEERS = {"bob@peer1.test": ("bobpw", PEER1_IP), "carol@peer2.test": ("carolpw", PEER2_IP)}
 
 
-async def sleep(seconds):
-    await task.deferLater(reactor, seconds)
-
-
-class Traffic:
-    """Messages both ways between alice and each peer user, one per direction every 20 ms."""
-
-    PEERS = {"bob@peer1.test": ("bobpw", PEER1_IP), "carol@peer2.test": ("carolpw", PEER2_IP)}
-
-    def __init__(self, case):
-        self.case = case
-        self.sent = {}         # id -> (direction, time)
-        self.delivered = {}    # id -> time
-        self.bounced = {}      # id -> condition
-        self.clients = {}
-        self.running = False
-
-    async def start(self):
-        self.clients["alice@home.test"] = await login("alice@home.test", "alicepw", HOME_IP)
-        for jid, (password, ip) in self.PEERS.items():
-            self.clients[jid] = await login(jid, password, ip)
-        for client in self.clients.values():
-            client.xs.addObserver("/message", self._received, priority=10)
-        self.running = True
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = reactor
-        self._done = self._loop.start(INTERVAL)
-
-    def _tick(self):
-        for _ in range(BURST):
-            for peer in self.PEERS:
-                self._send("alice@home.test", peer, f"out:{peer.split('@')[1]}")
-                self._send(peer, "alice@home.test", f"in:{peer.split('@')[1]}")
-
-    def _send(self, sender, to, direction):
-        stanzaId = f"{self.case}-{next(IDS)}"
-        self.sent[stanzaId] = (direction, time.monotonic())
-        self.clients[sender].send(f"<message xmlns='jabber:client' to='{to}' type='chat' "
-                                  f"id='{stanzaId}'><body>{direction}</body></message>")
-
-    def _received(self, element):
-        stanzaId = element.getAttribute("id") or ""
-        if stanzaId not in self.sent:
-            return
-        if element.getAttribute("type") == "error":
-            conditions = [c.name for c in element.error.elements() if c.name != "text"]
-            self.bounced[stanzaId] = conditions[0] if conditions else "?"
-        else:
-            self.delivered.setdefault(stanzaId, time.monotonic())
-
-    async def stop(self):
-        self._loop.stop()
-        # Let stragglers arrive: until nothing changed for 2 s (at most 20 s).
-        last, stable = None, time.monotonic()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            now = (len(self.delivered), len(self.bounced))
-            if now != last:
-                last, stable = now, time.monotonic()
-            elif time.monotonic() - stable > 2:
-                break
-            await sleep(0.1)
-        for client in self.clients.values():
-            await client.disconnect()
-
-    def counts(self, since=None, until=None):
-        """{direction: (sent, delivered, bounced, lost)} for messages sent in [since, until)."""
-        result = {}
-        for stanzaId, (direction, at) in self.sent.items():
-            if since is not None and at < since or until is not None and at >= until:
-                continue
-            s, d, b, lost = result.get(direction, (0, 0, 0, 0))
-            delivered, bounced = stanzaId in self.delivered, stanzaId in self.bounced
-            result[direction] = (s + 1, d + delivered, b + bounced,
-                                 lost + (not delivered and not bounced))
-        return dict(sorted(result.items()))
-
-    def report(self, title, **window):
-        print(f"\n{title}")
-        print(f"  {'direction':<12} {'sent':>6} {'delivered':>10} {'bounced':>8} {'lost':>6}")
-        for direction, (s, d, b, lost) in self.counts(**window).items():
-            print(f"  {direction:<12} {s:>6} {d:>10} {b:>8} {lost:>6}")
-        if self.bounced:
-            print(f"  bounce conditions: {sorted(set(self.bounced.values()))}")
-
-    def firstDeliveredAfter(self, direction, when):
-        """When the first message of C{direction} sent after C{when} arrived."""
-        times = [self.delivered[i] for i, (d, at) in self.sent.items()
-                 if d == direction and at >= when and i in self.delivered]
-        return min(times) if times else None
-
-
-async def stopGracefully(gw):
-    gw.signal(signal.SIGTERM)
-    await until(gw.exited, f"{gw.ip} exited after SIGTERM")
-
-
-async def startAgain(gw):
-    await threads.deferToThread(gw.start)
-    await until(lambda: gw.link()["state"] == "up", f"{gw.ip} link up")
-
-
-def carriedBy(gw, direction="out"):
-    """The remote domains this process has a stream with (outbound by default)."""
-    return {s["remote"] for s in gw.sessions() if s["direction"] == direction}
-
-
-def stopLines(gw):
-    return [line for line in gw.log_text().splitlines() if "s2sgate stopped after" in line]
+def Traffic(case):
+    """Messages both ways between alice and each peer user, BURST per direction every 20 ms."""
+    return several.Traffic(case, ("alice@home.test", "alicepw", HOME_IP), PEERS,
+                           interval=INTERVAL, burst=BURST)
 
 
 @pytest_twisted.ensureDeferred
