@@ -56,8 +56,9 @@ class Ejabberd:
     with ``check_from: false``; ``service_options``: more options of that listener
     (``{"global_routes": False}``); ``extra_listen_yaml``: raw YAML items appended to
     ``listen:``; ``modules``: ``{name: {option: value}}`` added to
-    ``modules:`` (a value may be a string, a bool or a list of strings); ``beams``: compiled modules copied into the runtime dir and put on
-    the code path with ``-pa`` in ``ERL_OPTIONS`` (``ejabberdctl`` resets ``ERL_LIBS``);
+    ``modules:`` (a value may be a string, a bool or a list of strings); ``beams``:
+    compiled modules copied into the runtime dir and put on the code path with ``-pa``
+    in ``ERL_OPTIONS`` (``ejabberdctl`` resets ``ERL_LIBS``);
     ``dist_ip``: the address of the Erlang distribution listener and the node's host
     part (default: 127.0.0.1, node ``ejabberd_<name>@localhost``); ``loglevel``: ejabberd's
     (``debug`` logs every routed stanza and the routes' changes; ``info`` costs less under
