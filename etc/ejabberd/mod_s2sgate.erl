@@ -28,11 +28,16 @@
 %%%     mod_s2sgate:
 %%%       components: ["s2s1.example.com", "s2s2.example.com"]
 %%%       # or, for one gateway:  component: "s2s.example.com"
+%%% With several components under one ejabberd_service listener, that listener
+%%% needs `global_routes: false' (otherwise each component that logs in gets
+%%% the routes of all the listener's hosts); the module logs an error at start
+%%% for a listener without it.
 %%%
 %%% APIs used, present with the same signatures in ejabberd 23.01 through
 %%% 26.07 (see docs/attach-ejabberd.md): ejabberd_hooks:add/4, delete/4;
 %%% ejabberd_router:is_my_route/1, host_of_route/1, get_backend/0,
 %%% route_error/2; the backend's find_routes/1 and the #route{} record;
+%%% ejabberd_option:listen/0 (only for the check at start; 23.01 checked);
 %%% ejabberd_cluster:send/2; gen_mod:get_module_opt/3, is_loaded/2,
 %%% is_loaded_elsewhere/2; econf:domain/0.
 %%%
@@ -62,7 +67,8 @@ start(Host, _Opts) ->
     case components(Host) of
         [] ->
             {error, <<"mod_s2sgate: set the option components (or component)">>};
-        _ ->
+        Components ->
+            check_listeners(Host, Components),
             ejabberd_hooks:add(filter_packet, ?MODULE, filter_packet, ?SEQ),
             ok
     end.
@@ -99,11 +105,41 @@ mod_doc() ->
             #{value => <<"[Domain, ...]">>,
               desc => <<"The component JIDs of the gateway processes, each one of "
                         "the hosts of an ejabberd_service listener with "
-                        "check_from: false. Each remote domain goes to one of "
-                        "them (rendezvous hashing of the domain).">>}},
+                        "check_from: false and global_routes: false. Each "
+                        "remote domain goes to one of them (rendezvous hashing "
+                        "of the domain).">>}},
            {component,
             #{value => <<"Domain">>,
               desc => <<"One gateway: the same as components with one JID.">>}}]}.
+
+%% An ejabberd_service listener registers, by default (global_routes: true),
+%% the routes of ALL its hosts for every component that logs in to it.  With
+%% several of our components under one such listener each gateway process
+%% then has the route of every component JID: which component is connected
+%% can no longer be told, and domains go wherever the routes' order says,
+%% not where the hash says.  Name such a listener in the log.
+check_listeners(Host, Components) when length(Components) > 1 ->
+    try ejabberd_option:listen() of
+        Listeners ->
+            [?ERROR_MSG("mod_s2sgate (~ts): the ejabberd_service listener on port ~p "
+                        "lists the components ~ts with global_routes: true; each "
+                        "gateway process logging in there gets the routes of all of "
+                        "them and remote domains are not spread by their hash. Set "
+                        "global_routes: false on that listener (or give each "
+                        "component its own listener)",
+                        [Host, Port, lists:join(<<", ">>, Shared)])
+             || {{Port, _IP, _Transport}, ejabberd_service, Opts} <- Listeners,
+                maps:get(global_routes, Opts, true) =/= false,
+                Shared <- [[C || {C, _} <- maps:get(hosts, Opts, []),
+                                 lists:member(C, Components)]],
+                length(Shared) > 1],
+            ok
+    catch Class:Reason ->
+            ?WARNING_MSG("mod_s2sgate (~ts): could not check the ejabberd_service "
+                         "listeners: ~p:~p", [Host, Class, Reason])
+    end;
+check_listeners(_Host, _Components) ->
+    ok.
 
 %%%===================================================================
 %%% Hook
