@@ -187,7 +187,7 @@ def test_the_module_names_a_listener_that_would_give_each_gateway_every_componen
     assert "Set global_routes: false on that listener" in line, line
 
 
-async def movedWithin(traffic, domains, since, survivor, gateways):
+def movedWithin(traffic, domains, since, survivor, gateways):
     """How long after C{since} the first message to each domain sent after it arrived;
     the survivor carries each."""
     delays = {}
@@ -203,7 +203,8 @@ async def movedWithin(traffic, domains, since, survivor, gateways):
 
 @pytest.mark.parametrize("victim", COMPONENTS)
 @pytest_twisted.ensureDeferred
-async def test_a_sigterm_under_traffic_moves_its_domains_within_1s_and_bounces_nothing(lab, victim):
+async def test_a_sigterm_under_traffic_moves_its_domains_within_1s_bouncing_and_losing_nothing(
+        lab, victim):
     gateways = lab["gateways"]
     survivor = otherThan(victim)
     moved = [d for d in PEER_DOMAINS if owner(d) == victim]
@@ -218,7 +219,7 @@ async def test_a_sigterm_under_traffic_moves_its_domains_within_1s_and_bounces_n
         await traffic.stop()
         traffic.report(f"SIGTERM of {victim} (outbound to {', '.join(moved)}), stopped in "
                        f"{stoppedIn:.2f} s, all traffic")
-        delays = await movedWithin(traffic, moved, signalledAt, survivor, gateways)
+        delays = movedWithin(traffic, moved, signalledAt, survivor, gateways)
         assert all(delay < 1.0 for delay in delays.values()), delays
         counts = traffic.counts()
         assert all(s > 100 for s, _, _, _ in counts.values()), counts
@@ -272,7 +273,7 @@ async def test_a_sigkill_loses_only_what_was_in_flight_and_its_domains_move_with
                        f"from {', '.join(sorted(inbound)) or 'none'}), all traffic")
         traffic.report("  of which sent within 1 s around the kill",
                        since=killedAt - 0.5, until=killedAt + 0.5)
-        delays = await movedWithin(traffic, moved, killedAt, survivor, gateways)
+        delays = movedWithin(traffic, moved, killedAt, survivor, gateways)
         assert all(delay < 1.0 for delay in delays.values()), delays
         counts = traffic.counts()
         around = traffic.counts(since=killedAt - 0.5, until=killedAt + 0.5)
