@@ -116,3 +116,16 @@ def test_holding_back_never_changes_what_is_parsed(segment, junk):
     trickle(c.parser, data, segment)
     assert [e.name for e in c.elements] == ["iq", "message"]
     assert c.elements[0]["id"].encode("utf-8") == value
+
+
+def test_a_long_tag_after_complete_stanzas_in_the_same_chunk_is_still_held_back():
+    # Only the last tag of a chunk is followed: the complete stanzas before it
+    # (and the ">" in a quoted value of the open tag) do not hide it.
+    c = Counting()
+    head = b"<message to='b@a.test'><body>a &gt; b</body></message>" * 50
+    data = head + bigTag(400_000, quoteGt=True)
+    trickle(c.parser, data, 256)
+    assert len(c.elements) == 51
+    bulk = Counting()
+    bulk.parser.feed(data)
+    assert c.calls <= 2 * bulk.calls + (len(head) + TRICKLE_BYTES) // 256 + 2
