@@ -13,7 +13,7 @@ stream serialises it with ``toXml``) and once as it does now (the parser hands o
 
 A third variant measures the parser's trickle scan (``StreamParser._scan``) as it was
 before it followed only the last tag of each chunk: from bytes, with the old scan put
-back on a subclass (``_everyTagScan`` below; the parser in ``s2sgate/`` is not changed).
+back on a subclass (``bench/before.py``; the parser in ``s2sgate/`` is not changed).
 """
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from before import everyTagScan  # noqa: E402
 from run import batch  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
 from s2sgate.xmpp.namespaces import NS_COMPONENT, NS_SERVER  # noqa: E402
-from s2sgate.xmpp.parser import _TAG_STOP, StreamParser  # noqa: E402
+from s2sgate.xmpp.parser import StreamParser  # noqa: E402
 from s2sgate.xmpp.stanzas import STANZA_NAMES, setNamespace  # noqa: E402
 from s2sgate.xmpp.stream import XmlStream  # noqa: E402
 
@@ -43,35 +44,8 @@ class S2SSide(XmlStream):
     """The writing half of an outbound s2s stream."""
 
 
-def _everyTagScan(self, data):
-    """The trickle scan before: every tag and quoted value of every chunk, followed."""
-    i, end = 0, len(data)
-    start = self._scanned
-    while i < end:
-        if self._tagStart is None:
-            j = data.find(b"<", i)
-            if j < 0:
-                break
-            self._tagStart, i = start + j, j + 1
-        elif self._quote is not None:
-            j = data.find(self._quote, i)
-            if j < 0:
-                break
-            self._quote, i = None, j + 1
-        else:
-            m = _TAG_STOP.search(data, i)
-            if m is None:
-                break
-            i = m.end()
-            if m.group() == b">":
-                self._tagStart = None
-            else:
-                self._quote = m.group()
-    self._scanned = start + end
-
-
 class EveryTagParser(StreamParser):
-    _scan = _everyTagScan
+    _scan = everyTagScan
 
 
 def run(data, raw, parserClass=StreamParser):

@@ -26,6 +26,7 @@ class Counter:
     """Counts stanzas in raw XML bytes (by their end tags) and collects timestamps."""
 
     def __init__(self):
+        self.timestamps = True   # False: count only (throughput runs; the sink costs less)
         self.count = 0
         self.first = None
         self.last = None
@@ -43,7 +44,8 @@ class Counter:
                 self.first = now
             self.last = now
             self.count += n
-            self.samples.extend((int(s), int(t), now) for s, t in ID_RE.findall(part))
+            if self.timestamps:
+                self.samples.extend((int(s), int(t), now) for s, t in ID_RE.findall(part))
 
     def reset(self):
         self.count, self.first, self.last, self.samples = 0, None, None, []
@@ -69,7 +71,7 @@ def _header(domain, to):
             f"to='{to}' version='1.0'>").encode()
 
 
-def sink_main(conn, ip, port, domain, certfile, cafile):
+def sink_main(conn, ip, port, default, certfile, cafile):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(certfile)
     ctx.load_verify_locations(cafile)
@@ -81,6 +83,7 @@ def sink_main(conn, ip, port, domain, certfile, cafile):
     counters = []
     lock = threading.Lock()
     errors = []
+    timestamps = [True]
 
     def handle(sock):
         c = Counter()
@@ -88,6 +91,9 @@ def sink_main(conn, ip, port, domain, certfile, cafile):
             head, buf = _until(sock, b"", b"<stream:stream")
             peer = re.search(rb"from=['\"]([^'\"]+)", head)
             to = peer.group(1).decode() if peer else "unknown"
+            # Answer as the domain the stream is for (one sink serves several).
+            ours = re.search(rb"\sto=['\"]([^'\"]+)", head)
+            domain = ours.group(1).decode() if ours else default
             sock.sendall(_header(domain, to) + b"<stream:features><starttls xmlns="
                          b"'urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
                          b"</stream:features>")
@@ -103,6 +109,7 @@ def sink_main(conn, ip, port, domain, certfile, cafile):
             _, buf = _until(sock, buf, b"<stream:stream")
             sock.sendall(_header(domain, to) + b"<stream:features/>")
             with lock:
+                c.timestamps = timestamps[0]
                 counters.append(c)
             if buf:
                 with lock:
@@ -134,7 +141,15 @@ def sink_main(conn, ip, port, domain, certfile, cafile):
     while True:
         cmd = conn.recv()
         with lock:
-            if cmd == "count":
+            if isinstance(cmd, tuple) and cmd[0] == "timestamps":
+                timestamps[0] = cmd[1]
+                for c in counters:
+                    c.timestamps = cmd[1]
+                conn.send("ok")
+            elif cmd == "last":
+                lasts = [c.last for c in counters if c.last is not None]
+                conn.send((sum(c.count for c in counters), max(lasts) if lasts else None))
+            elif cmd == "count":
                 conn.send((sum(c.count for c in counters), len(counters), list(errors)))
             elif cmd == "report":
                 firsts = [c.first for c in counters if c.first is not None]

@@ -8,6 +8,7 @@ starts is stopped at the end.  Needs root for the test DNS (setup and e2e sectio
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -35,19 +36,26 @@ from twisted.internet.protocol import Factory, Protocol  # noqa: E402
 from tests.lab.certs import TestCA  # noqa: E402
 from tests.lab.procs import Proc  # noqa: E402
 
-SECTIONS = ("ceiling", "gateway", "e2e", "setup", "scale")
+SECTIONS = ("ceiling", "gateway", "processes", "e2e", "setup", "scale")
 SECRET = "bench-component-secret"
 NS_STREAMS = "http://etherx.jabber.org/streams"
 
 # Loopback plan (127.0.0.200-229)
 COMP_IP, GW_IP, SINK_IP, LOAD_IP = "127.0.0.200", "127.0.0.201", "127.0.0.202", "127.0.0.203"
+GWB_IP, COMPB_IP = "127.0.0.204", "127.0.0.205"      # the gateway section's "before" gateway
+# processes section: two raw XEP-0114 listeners, two gateways, one sink
+PROC_COMP = ("127.0.0.206", "127.0.0.207")
+PROC_GW = ("127.0.0.208", "127.0.0.209")
+PROC_SINK = "127.0.0.215"
+NATIVE_SETUP = "127.0.0.224"   # setup section: the Prosody that sends natively
 E2E_A, E2E_GW, E2E_B, NAT_A, NAT_B = ("127.0.0.210", "127.0.0.211", "127.0.0.212",
                                       "127.0.0.213", "127.0.0.214")
 SETUP_PEERS = {"dialback": "127.0.0.220", "starttls+dialback": "127.0.0.221",
                "starttls+sasl": "127.0.0.222", "direct-tls": "127.0.0.223"}
 DNS_IP = "127.0.0.229"
 
-TARGETS = {"gateway_vs_ceiling": 0.5, "e2e_ratio": 1.0, "kib_per_stream": 60, "p99_ms": 2.0}
+TARGETS = {"gateway_vs_ceiling": 0.5, "e2e_ratio": 0.95, "kib_per_stream": 60, "p99_ms": 2.0,
+           "processes_ratio": 1.7}
 
 
 def log(msg):
@@ -167,13 +175,16 @@ class Gateway:
     nodelay = False   # --nodelay: experiment with TCP_NODELAY (bench/nodelay_patch.py)
     tracemalloc = False   # --tracemalloc: Python allocation growth in the scale section
 
-    def __init__(self, workdir, name, toml):
+    def __init__(self, workdir, name, toml, probe=False, patches=()):
+        self.probe = probe   # bench/tail_patch.py: per-turn and GC timings, on SIGUSR1
+        self.patches = tuple(patches)   # more bench/*_patch.py modules (before/after runs)
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "s2sgate.toml"
         self.config.write_text(toml)
         self.logfile = self.dir / "twistd.log"
-        env = dict(os.environ, S2SGATE_BENCH_TRACEMALLOC=str(self.dir / "tracemalloc.txt"))
+        env = dict(os.environ, S2SGATE_BENCH_TRACEMALLOC=str(self.dir / "tracemalloc.txt"),
+                   S2SGATE_BENCH_TAIL=str(self.dir / "tail.json"))
         self.proc = Proc(f"s2sgate-{name}", env=env, argv=
                          [sys.executable, "-c", self.bootstrap(), "-n", f"--logfile={self.logfile}",
                           "--pidfile=", "s2sgate", "--config", str(self.config)],
@@ -186,7 +197,8 @@ class Gateway:
 
     def bootstrap(self):
         mods = [m for m, on in (("nodelay_patch", self.nodelay),
-                                ("tracemalloc_patch", self.tracemalloc)) if on]
+                                ("tracemalloc_patch", self.tracemalloc),
+                                ("tail_patch", self.probe)) if on] + list(self.patches)
         patch = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import {', '.join(mods)}; "
                  if mods else "")
         return patch + "from twisted.scripts.twistd import run; run()"
@@ -197,6 +209,15 @@ class Gateway:
 
     def stop(self):
         self.proc.stop()
+
+    async def tail(self):
+        """What the probe recorded since the last call (bench/tail_patch.py)."""
+        path = self.dir / "tail.json"
+        if path.exists():
+            path.unlink()
+        os.kill(self.pid, signal.SIGUSR1)
+        await wait_until(path.exists, 10, what="the gateway's probe summary")
+        return json.loads(path.read_text())
 
     def log_text(self):
         try:
@@ -385,23 +406,74 @@ def run_ceiling(quick):
 
 # -- gateway ----------------------------------------------------------------
 
+class CpuWatch:
+    """CPU seconds of named processes (and of the whole machine) between two points."""
+
+    def __init__(self, pids):
+        self.pids = dict(pids)
+        self.start()
+
+    def start(self):
+        self.t0 = time.monotonic()
+        self.m0 = machine_busy()
+        self.c0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+
+    def stop(self):
+        wall = time.monotonic() - self.t0
+        used = {k: cpu_seconds(p) - self.c0[k] for k, p in self.pids.items()}
+        machine = machine_busy() - self.m0
+        return {"wall_s": wall, "cpu_s": used, "machine_cpu_s": machine,
+                "others_cpu_s": max(0.0, machine - sum(used.values()))}
+
+
+def machine_busy():
+    """Busy CPU seconds of the machine, all cores (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / CLK
+
+
+async def burst(links, sink, expect):
+    """Write pre-serialised payloads (``[(transport, bytes)]``) at once; time to the last
+    stanza at the sink.  Returns (stanzas per second, seconds)."""
+    sink.call("reset")
+    t0 = time.monotonic_ns()
+    for transport, payload in links:
+        transport.write(payload)
+    await wait_until(lambda: sink.call("last")[0] >= expect, 180, 0.01,
+                     what=f"{expect} stanzas at the sink")
+    count, last = sink.call("last")
+    seconds = (last - t0) / 1e9
+    return count / seconds, seconds
+
+
 async def run_gateway(ctx, quick, profile):
+    """One gateway (``now``) and, in the same run, one with the parser's trickle scan as it
+    was before (``before``, bench/oldscan_patch.py): throughput runs alternate between
+    them; latency at the same paced rate for both."""
     wd, ca = ctx["workdir"], ctx["ca"]
     gwcert = ca.issue("home.test", dns=["home.test"])
     sinkcert = ca.issue("sink.test", dns=["sink.test"])
     res = {}
     sink = Child(peers.sink_main, SINK_IP, 5269, "sink.test", str(sinkcert[0]), str(ca.cafile))
-    comp = ComponentFactory("s2s.home.test")
-    port = reactor.listenTCP(5347, comp, interface=COMP_IP)
-    gw = None
+    variants = {"now": (COMP_IP, GW_IP, ()),
+                "before": (COMPB_IP, GWB_IP, ("oldscan_patch",))}
+    if quick:
+        del variants["before"]
+    comps, ports, gws, links = {}, [], {}, {}
     try:
         if not sink.conn.poll(20) or sink.conn.recv() != "ready":
             raise RuntimeError("sink did not start")
-        gw = Gateway(wd, "gateway", gateway_toml(
-            ip=GW_IP, component_host=COMP_IP, local_domains=["home.test"],
-            certfile=gwcert[0], cafile=ca.cafile, use_starttls="required",
-            addresses=[("sink.test", SINK_IP, 5269)])).start()
-        link = await comp.whenReady(30)
+        for name, (cip, gip, patches) in variants.items():
+            comps[name] = ComponentFactory("s2s.home.test")
+            ports.append((reactor.listenTCP(5347, comps[name], interface=cip), comps[name]))
+            gws[name] = Gateway(wd, f"gateway-{name}", gateway_toml(
+                ip=gip, component_host=cip, local_domains=["home.test"],
+                certfile=gwcert[0], cafile=ca.cafile, use_starttls="required",
+                addresses=[("sink.test", SINK_IP, 5269)]), probe=True, patches=patches).start()
+        for name in variants:
+            links[name] = await comps[name].whenReady(30)
+        gw, link = gws["now"], links["now"]
         kw = dict(to_bare="bob@sink.test", to_full="bob@sink.test/res",
                   frm="alice@home.test/bench")
         seq = [0]
@@ -411,46 +483,65 @@ async def run_gateway(ctx, quick, profile):
             seq[0] += k
             return b
 
-        # warm-up: open and authenticate the outbound stream, warm caches
-        link.transport.write(make(0, 2000))
-        await wait_until(lambda: sink.call("count")[0] >= 2000, 30, what="warm-up at the sink")
+        # warm-up: open and authenticate the outbound streams, warm caches
+        for name in variants:
+            sink.call("reset")
+            links[name].transport.write(make(0, 2000))
+            await wait_until(lambda: sink.call("count")[0] >= 2000, 30,
+                             what="warm-up at the sink")
         sinkinfo = sink.call("count")
         res["outbound_streams"] = sinkinfo[1]
         n = 30000 if quick else 100000
-        runs = []
+        runs = {name: [] for name in variants}
+        sink.call(("timestamps", False))
         for r in range(1 if quick else 2):
-            sink.call("reset")
-            payload = make(0, n)
-            c0 = cpu_seconds(gw.pid)
-            t0 = time.monotonic_ns()
-            link.transport.write(payload)
-            await wait_until(lambda: sink.call("count")[0] >= n, 120, 0.01,
-                             what=f"{n} stanzas at the sink")
-            c1 = cpu_seconds(gw.pid)
-            rep = sink.call("report")
-            runs.append({"rate": n / ((rep["last"] - t0) / 1e9), "cpu": c1 - c0})
-        best = max(runs, key=lambda x: x["rate"])
+            for name in variants:
+                payload = make(0, n)
+                c0 = cpu_seconds(gws[name].pid)
+                rate, _ = await burst([(links[name].transport, payload)], sink, n)
+                runs[name].append({"rate": rate, "cpu": cpu_seconds(gws[name].pid) - c0})
+        sink.call(("timestamps", True))
+        best = {name: max(v, key=lambda x: x["rate"]) for name, v in runs.items()}
         res["stanzas"] = n
-        res["max_per_s"] = best["rate"]
-        res["runs_per_s"] = [round(x["rate"]) for x in runs]
-        res["cpu_s_per_10k"] = best["cpu"] / n * 10000
+        res["max_per_s"] = best["now"]["rate"]
+        res["runs_per_s"] = [round(x["rate"]) for x in runs["now"]]
+        res["cpu_s_per_10k"] = best["now"]["cpu"] / n * 10000
         res["gateway_rss_kib"] = rss_kib(gw.pid)
         if profile:
             res["profile"] = await profile_gateway(gw, link, make, n, sink, wd)
-        # latency at half of the max rate
+
+        async def paced_latency(name, rate, dur):
+            sink.call("reset")
+            seq0 = seq[0]
+            g = gws[name]
+            await g.tail()
+            c0 = cpu_seconds(g.pid)
+            sent = await paced(links[name].transport.write, make, rate, dur)
+            await wait_until(lambda: sink.call("count")[0] >= sent, 30, what="paced stanzas")
+            c1 = cpu_seconds(g.pid)
+            probe = await g.tail()
+            lat = latency_ms(sink.call("report")["samples"], seq0)
+            return {"rate": rate, "cpu_share": (c1 - c0) / dur, "samples": len(lat),
+                    "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat),
+                    "probe": probe}
+
+        # latency at half of the max rate (and the same rate on the before gateway)
         rate = res["max_per_s"] / 2
         dur = 3 if quick else 6
-        sink.call("reset")
-        seq0 = seq[0]
-        c0 = cpu_seconds(gw.pid)
-        sent = await paced(link.transport.write, make, rate, dur)
-        await wait_until(lambda: sink.call("count")[0] >= sent, 30, what="paced stanzas")
-        c1 = cpu_seconds(gw.pid)
-        lat = latency_ms(sink.call("report")["samples"], seq0)
+        half = await paced_latency("now", rate, dur)
         res["half_rate_per_s"] = rate
-        res["half_rate_cpu_share"] = (c1 - c0) / dur
-        res["latency_samples"] = len(lat)
-        res["p50_ms"], res["p99_ms"], res["max_ms"] = pct(lat, 50), pct(lat, 99), max(lat)
+        res["half_rate_cpu_share"] = half["cpu_share"]
+        res["latency_samples"] = half["samples"]
+        res["p50_ms"], res["p99_ms"], res["max_ms"] = half["p50_ms"], half["p99_ms"], half["max_ms"]
+        res["half_rate_probe"] = half["probe"]
+        if "before" in variants:
+            b_ = await paced_latency("before", rate, dur)
+            res["before"] = {
+                "change": "trickle scan of every tag (before) vs of the last tag (now)",
+                "max_per_s": best["before"]["rate"],
+                "runs_per_s": [round(x["rate"]) for x in runs["before"]],
+                "cpu_s_per_10k": best["before"]["cpu"] / n * 10000,
+                "half_rate": b_}
         # latency at lower loads: 200/s, 10% and 25% of the max
         sweep = {}
         for label, r_ in (("200/s", 200), ("10%", res["max_per_s"] * 0.1),
@@ -463,12 +554,138 @@ async def run_gateway(ctx, quick, profile):
             sweep[label] = {"rate": r_, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
         res["latency_sweep"] = sweep
         res["low_rate_p50_ms"], res["low_rate_p99_ms"] = sweep["200/s"]["p50_ms"], sweep["200/s"]["p99_ms"]
-        res["bounced"] = comp.errors
+        res["bounced"] = sum(c.errors for c in comps.values())
         return res
     finally:
-        if gw is not None:
-            gw.stop()
-        await stop_listening(port, comp)
+        for g in gws.values():
+            g.stop()
+        for port, comp in ports:
+            await stop_listening(port, comp)
+        try:
+            sink.call("stop", timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        sink.stop()
+
+
+# -- one process vs two ------------------------------------------------------
+
+PROC_COMPONENTS = ("s2s1.home.test", "s2s2.home.test")
+
+
+def rendezvous(components, domain):
+    """The components in preference order for ``domain``, as etc/prosody/mod_s2sgate.lua
+    (and the ejabberd module) rank them: the first six bytes of SHA-256("<component>
+    <domain>"), highest first, ties by list order."""
+    def score(c):
+        return int.from_bytes(hashlib.sha256(f"{c} {domain}".encode()).digest()[:6], "big")
+    return sorted(components, key=lambda c: (-score(c), components.index(c)))
+
+
+def balanced_domains(per):
+    """The first ``per`` remote domains (r0.sink.test, r1.sink.test, …) the hash gives each
+    component: both carry the same share, as many domains would on average."""
+    owners = {c: [] for c in PROC_COMPONENTS}
+    i = 0
+    while any(len(v) < per for v in owners.values()):
+        d = f"r{i}.sink.test"
+        i += 1
+        c = rendezvous(PROC_COMPONENTS, d)[0]
+        if len(owners[c]) < per:
+            owners[c].append(d)
+    return owners
+
+
+def spread(seq0, n, domains, owner):
+    """``n`` stanzas of the mix, round robin over ``domains``, pre-serialised per link
+    (``owner(domain)``: the index of the component link that carries it)."""
+    ns = time.monotonic_ns()
+    out = {}
+    for i in range(n):
+        d = domains[i % len(domains)]
+        out.setdefault(owner(d), []).append(
+            stanza(seq0 + i, ns, to_bare=f"bob@{d}", to_full=f"bob@{d}/res",
+                   frm="alice@home.test/bench"))
+    return {k: "".join(v).encode() for k, v in out.items()}
+
+
+async def run_processes(ctx, quick):
+    """Max throughput with one gateway process against two (issue 14 part 1): the remote
+    domains split between the two component links by the routing modules' rendezvous hash.
+    Runs alternate one/two; CPU of every process over each run."""
+    wd, ca = ctx["workdir"], ctx["ca"]
+    owners = balanced_domains(4)
+    domains = [d for pair in zip(*owners.values()) for d in pair]
+    gwcert = ca.issue("home.test", dns=["home.test"])
+    sinkcert = ca.issue("sink.test", dns=["sink.test", "*.sink.test"])
+    sink = Child(peers.sink_main, PROC_SINK, 5269, "sink.test", str(sinkcert[0]),
+                 str(ca.cafile))
+    comps, ports, gws, links = [], [], [], []
+    res = {"domains": owners}
+    try:
+        if not sink.conn.poll(20) or sink.conn.recv() != "ready":
+            raise RuntimeError("sink did not start")
+        for i, jid in enumerate(PROC_COMPONENTS):
+            comp = ComponentFactory(jid)
+            comps.append(comp)
+            ports.append((reactor.listenTCP(5347, comp, interface=PROC_COMP[i]), comp))
+            gws.append(Gateway(wd, f"process-{i + 1}", gateway_toml(
+                ip=PROC_GW[i], component_host=PROC_COMP[i], component_jid=jid,
+                local_domains=["home.test"], certfile=gwcert[0], cafile=ca.cafile,
+                use_starttls="required",
+                addresses=[(d, PROC_SINK, 5269) for d in domains])).start())
+        for comp in comps:
+            links.append(await comp.whenReady(30))
+        seq = [0]
+
+        def payloads(k, two):
+            def owner(d):
+                if not two:
+                    return 0      # the routing module with one component listed
+                return PROC_COMPONENTS.index(rendezvous(PROC_COMPONENTS, d)[0])
+            out = spread(seq[0], k, domains, owner)
+            seq[0] += k
+            return [(links[i].transport, data) for i, data in sorted(out.items())]
+
+        # warm-up: gateway 1 opens a stream to every domain, gateway 2 to its own
+        for two in (False, True):
+            writes = payloads(800, two)
+            await burst(writes, sink, 800)
+        res["sink_streams"] = sink.call("count")[1]
+        sink.call(("timestamps", False))
+        n = 30000 if quick else 100000
+        pids = {"gateway 1": gws[0].pid, "gateway 2": gws[1].pid, "sink": sink.p.pid,
+                "load (bench)": os.getpid()}
+        runs = {"one": [], "two": []}
+        for _ in range(1 if quick else 2):
+            for mode in ("one", "two"):
+                writes = payloads(n, mode == "two")
+                watch = CpuWatch(pids)
+                rate, seconds = await burst(writes, sink, n)
+                cpu = watch.stop()
+                runs[mode].append({"rate": rate, "seconds": seconds, "cpu": cpu,
+                                   "bytes_per_link": [len(data) for _, data in writes]})
+        sink.call(("timestamps", True))
+        res["stanzas"] = n
+        for mode, v in runs.items():
+            best = max(v, key=lambda x: x["rate"])
+            res[mode] = {"max_per_s": best["rate"], "runs_per_s": [round(x["rate"]) for x in v],
+                         "cpu": best["cpu"],
+                         # share of one core each process used over the run
+                         "cores": {k: c / best["cpu"]["wall_s"]
+                                   for k, c in best["cpu"]["cpu_s"].items()},
+                         "machine_cores": best["cpu"]["machine_cpu_s"] / best["cpu"]["wall_s"],
+                         "others_cores": best["cpu"]["others_cpu_s"] / best["cpu"]["wall_s"],
+                         "gateway_cpu_s_per_10k": sum(c for k, c in best["cpu"]["cpu_s"].items()
+                                                      if k.startswith("gateway")) / n * 10000}
+        res["ratio"] = res["two"]["max_per_s"] / res["one"]["max_per_s"]
+        res["bounced"] = sum(c.errors for c in comps)
+        return res
+    finally:
+        for g in gws:
+            g.stop()
+        for port, comp in ports:
+            await stop_listening(port, comp)
         try:
             sink.call("stop", timeout=5)
         except Exception:  # noqa: BLE001
@@ -617,16 +834,26 @@ async def run_e2e(ctx, quick):
             tx.xs.transport.write(maker(name)(0, 200))
         for name, (tx, counter, _) in paths.items():
             await wait_until(lambda: counter.count >= 201, 60, what=f"{name} warm-up")
+        # CPU of every server process on both paths over each burst (the other
+        # path's processes idle meanwhile): CPU seconds per 10 000 stanzas
+        pids = {"gateway": {"Prosody A": prosody_pid(a), "s2sgate": gw.pid,
+                            "Prosody B": prosody_pid(b)},
+                "native": {"Prosody A'": prosody_pid(na), "Prosody B'": prosody_pid(nb)}}
         for name, (tx, counter, _) in paths.items():
             counter.reset()
             payload = maker(name)(0, n)
+            watch = CpuWatch(pids[name])
             t0 = time.monotonic_ns()
             tx.xs.transport.write(payload)
             try:
                 await wait_until(lambda: counter.count >= n, 120, 0.01, what=f"{name} burst")
             except TimeoutError:
                 res[f"{name}_lost"] = n - counter.count
+            cpu = watch.stop()
             res[f"{name}_per_s"] = counter.count / ((counter.last - t0) / 1e9)
+            res[f"{name}_cpu_s_per_10k"] = {k: v / max(1, counter.count) * 10000
+                                            for k, v in cpu["cpu_s"].items()}
+            res[f"{name}_others_cores"] = cpu["others_cpu_s"] / cpu["wall_s"]
         rate = min(res["gateway_per_s"], res["native_per_s"]) / 2
         res["latency_rate_per_s"] = rate
         for name, (tx, counter, _) in paths.items():
@@ -652,6 +879,14 @@ async def run_e2e(ctx, quick):
             p.stop()
 
 
+def prosody_pid(prosody):
+    """Prosody's own pid (its pidfile; the lab may start it through unshare and sh)."""
+    try:
+        return int(prosody.pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return prosody.proc.pid
+
+
 def _auth_summary(prosody):
     rows = prosody.s2s_sessions()
     return [f"{r.get('dir')} {r.get('remote')} {r.get('secure')} cert={r.get('cert')} "
@@ -675,7 +910,7 @@ async def run_setup(ctx, quick):
         "direct-tls": dict(tls={"cafile": ca.cafile, "secure_auth": True,
                                 "require_encryption": True, "direct_tls_port": 5270}),
     }
-    started, clients, res = [], [], {}
+    started, clients, res, receivers = [], [], {}, {}
     comp = ComponentFactory("s2s.home.test")
     port = reactor.listenTCP(5347, comp, interface=COMP_IP)
     try:
@@ -716,6 +951,43 @@ async def run_setup(ctx, quick):
             res[mode] = {"ms": [round(t, 1) for t in times],
                          "median_ms": statistics.median(times) if times else None,
                          "prosody_view": _auth_summary(p)}
+            receivers[mode] = rx
+        # The same peers reached natively: a Prosody (s2s by mod_s2s, certificates from
+        # the same CA, dialback allowed) whose clients send the first stanza.  Its time
+        # runs from the client's write, so it includes the c2s hop the gateway's lacks.
+        natives = [f"n{i + 1}.test" for i in range(len(locals_))]
+        sender = Prosody(wd, "setup-native", NATIVE_SETUP, hosts=natives,
+                         users=[(f"alice@{d}", "pw") for d in natives], dns=dns,
+                         tls={"cafile": ca.cafile, "secure_auth": False,
+                              "require_encryption": False, "dialback": True,
+                              "certs": {d: ca.issue(d, dns=[d]) for d in natives}})
+        quiet(sender).start()
+        started.append(sender)
+        senders = []
+        for d in natives:
+            tx = await connect_client(reactor, f"alice@{d}/bench", "pw", NATIVE_SETUP)
+            clients.append(tx)
+            senders.append(tx)
+        res["native"] = {}
+        for mode, (p, dom, ip) in servers.items():
+            rx = receivers[mode]
+            times = []
+            for i, tx in enumerate(senders):
+                sid = f"native-{mode}-{i}"
+                d = rx.wait_for(lambda e, sid=sid: e.getAttribute("id") == sid, timeout=30)
+                t0 = time.monotonic()
+                tx.xs.transport.write(
+                    f"<message to='bob@{dom}/r' type='chat' id='{sid}'>"
+                    f"<body>hello</body></message>".encode())
+                try:
+                    await d
+                    times.append((time.monotonic() - t0) * 1000)
+                except Exception as e:  # noqa: BLE001
+                    res["native"][f"{mode}_error"] = str(e)[:200]
+                    break
+            res["native"][mode] = {"ms": [round(t, 1) for t in times],
+                                   "median_ms": statistics.median(times) if times else None,
+                                   "prosody_view": _auth_summary(sender)}
         return res
     finally:
         for c in clients:
@@ -833,9 +1105,23 @@ def verdict(ok):
     return "PASS" if ok else "MISS"
 
 
+def probe_rows(section, name, p):
+    """What the gateway's probe (bench/tail_patch.py) saw during a half-load run."""
+    if not p:
+        return []
+    gcs = " / ".join(f"{p['gc'][k]['count']}" for k in ("0", "1", "2"))
+    gcmax = max(p["gc"][k]["max_ms"] for k in ("0", "1", "2"))
+    return [(section, f"{name}: turns > 1 ms at half load (waiting for a core / CPU)",
+             f"{p['turns_over_1ms']} of {p['turns']} ({p['turns_over_1ms_waiting']} / "
+             f"{p['turns_over_1ms_cpu_bound']}); turn p99 wall {fmt(p['turn_wall_ms']['p99'], ' ms', 2)}"
+             f", CPU {fmt(p['turn_cpu_ms']['p99'], ' ms', 2)}", "", ""),
+            (section, f"{name}: GC passes gen 0/1/2, longest, at half load",
+             f"{gcs}, {gcmax:.2f} ms", "", "")]
+
+
 def table(results):
     rows = []
-    c, g, e, s, sc = (results.get(k) for k in SECTIONS)
+    c, g, pr, e, s, sc = (results.get(k) for k in SECTIONS)
     if c:
         rows += [("ceiling", "parse + serialize (one process)", fmt(c["stanzas_per_s"], "/s"), "", ""),
                  ("ceiling", "parse only / serialize only",
@@ -856,6 +1142,38 @@ def table(results):
                  ] + [("gateway", f"latency p50 / p99 at {k} ({v['rate']:,.0f}/s)",
                        f"{fmt(v['p50_ms'], ' ms', 2)} / {fmt(v['p99_ms'], ' ms', 2)}", "", "")
                       for k, v in g.get("latency_sweep", {}).items()]
+        rows += probe_rows("gateway", "now", g.get("half_rate_probe"))
+        b = g.get("before")
+        if b:
+            h = b["half_rate"]
+            rows += [("gateway", "before → now: max throughput (trickle scan: every tag → last)",
+                      f"{fmt(b['max_per_s'], '/s')} → {fmt(g['max_per_s'], '/s')} "
+                      f"= {g['max_per_s'] / b['max_per_s']:.2f}×", "", ""),
+                     ("gateway", "before → now: CPU s per 10 000 stanzas",
+                      f"{fmt(b['cpu_s_per_10k'], ' s', 3)} → {fmt(g['cpu_s_per_10k'], ' s', 3)} "
+                      f"= {g['cpu_s_per_10k'] / b['cpu_s_per_10k']:.2f}×", "", ""),
+                     ("gateway", f"before → now: p50 / p99 at {g['half_rate_per_s']:,.0f}/s",
+                      f"{fmt(h['p50_ms'], ' ms', 2)} / {fmt(h['p99_ms'], ' ms', 2)} → "
+                      f"{fmt(g['p50_ms'], ' ms', 2)} / {fmt(g['p99_ms'], ' ms', 2)} "
+                      f"(p99 {g['p99_ms'] / h['p99_ms']:.2f}×)", "", "")]
+            rows += probe_rows("gateway", "before", h.get("probe"))
+    if pr and "ratio" in pr:
+        one, two = pr["one"], pr["two"]
+        rows += [("procs", "max throughput: one process (8 remote domains)",
+                  fmt(one["max_per_s"], "/s"), "", ""),
+                 ("procs", "max throughput: two processes (4 + 4 domains by hash)",
+                  f"{fmt(two['max_per_s'], '/s')} = {pr['ratio']:.2f}× one",
+                  f"≥ {TARGETS['processes_ratio']}×",
+                  verdict(pr["ratio"] >= TARGETS["processes_ratio"]))]
+        for mode, m in (("one", one), ("two", two)):
+            cores = ", ".join(f"{k} {v:.2f}" for k, v in m["cores"].items()
+                              if not (mode == "one" and k == "gateway 2"))
+            rows.append(("procs", f"{mode}: cores used (of {os.cpu_count()})",
+                         f"{cores}, others {m['others_cores']:.2f}; "
+                         f"machine {m['machine_cores']:.2f}", "", ""))
+        rows.append(("procs", "gateway CPU s per 10 000 stanzas: one / two",
+                     f"{fmt(one['gateway_cpu_s_per_10k'], ' s', 3)} / "
+                     f"{fmt(two['gateway_cpu_s_per_10k'], ' s', 3)}", "", ""))
     if e and "throughput_ratio" in e:
         rows += [("e2e", "throughput gateway / native",
                   f"{fmt(e['gateway_per_s'], '/s')} / {fmt(e['native_per_s'], '/s')} "
@@ -867,6 +1185,13 @@ def table(results):
                  ("e2e", "p99 latency gw / native",
                   f"{fmt(e['gateway_p99_ms'], ' ms', 2)} / {fmt(e['native_p99_ms'], ' ms', 2)}"
                   f" = {e['p99_ratio']:.2f}×", "", "")]
+        for name in ("gateway", "native"):
+            cpu = e.get(f"{name}_cpu_s_per_10k")
+            if cpu:
+                rows.append(("e2e", f"{name} path: CPU s per 10 000 stanzas",
+                             ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+                             + f" (sum {sum(cpu.values()):.2f}); others "
+                               f"{e[f'{name}_others_cores']:.2f} cores", "", ""))
     if s:
         for mode in SETUP_PEERS:
             if mode in s:
@@ -874,12 +1199,17 @@ def table(results):
                 rows.append(("setup", f"{mode}: first stanza → delivered",
                              f"{fmt(m['median_ms'], ' ms', 1)} (runs {m['ms']})", "",
                              "" if m["median_ms"] is not None else "FAIL"))
+            nat = s.get("native", {}).get(mode)
+            if nat:
+                rows.append(("setup", f"{mode}: native Prosody → Prosody",
+                             f"{fmt(nat['median_ms'], ' ms', 1)} (runs {nat['ms']})", "",
+                             "" if nat["median_ms"] is not None else "FAIL"))
     if sc:
         for level in ("1000", "10000"):
             if level in sc:
                 x = sc[level]
                 ok = x["kib_per_stream"] <= TARGETS["kib_per_stream"]
-                rows += [(f"scale", f"{level} idle TLS streams: RSS per stream",
+                rows += [("scale", f"{level} idle TLS streams: RSS per stream",
                           f"{fmt(x['kib_per_stream'], ' KiB', 1)} "
                           f"({x['open']} open, {x['failed']} failed)",
                           f"≤ {TARGETS['kib_per_stream']} KiB", verdict(ok)),
@@ -917,6 +1247,9 @@ async def main(args):
             dns.add_srv("_xmpp-server._tcp.remote2.test", "remote2.test", 5269)
             for d in ("home.test", "h2.test", "h3.test"):
                 dns.add_srv(f"_xmpp-server._tcp.{d}", "gw.home.test", 5269)
+            for d in ("n1.test", "n2.test", "n3.test"):   # setup: the native sender
+                dns.add_srv(f"_xmpp-server._tcp.{d}", "native.setup.test", 5269)
+            dns.add_host("native.setup.test", NATIVE_SETUP)
             dns.add_host("gw.home.test", GW_IP)
             for mode, ip in SETUP_PEERS.items():
                 dom = "p-" + mode.replace("+", "-") + ".test"
@@ -941,6 +1274,8 @@ async def main(args):
                     results[section] = run_ceiling(args.quick)
                 elif section == "gateway":
                     results[section] = await run_gateway(ctx, args.quick, args.profile)
+                elif section == "processes":
+                    results[section] = await run_processes(ctx, args.quick)
                 elif section == "e2e":
                     results[section] = await run_e2e(ctx, args.quick)
                 elif section == "setup":
