@@ -795,7 +795,7 @@ async def run_e2e(ctx, quick):
         gw = Gateway(wd, "e2e-gateway", gateway_toml(
             ip=E2E_GW, component_host=E2E_A, local_domains=["home.test"], certfile=gwcert[0],
             cafile=ca.cafile, use_starttls="required",
-            addresses=[("remote.test", E2E_B, 5269)])).start()
+            addresses=[("remote.test", E2E_B, 5269)]), probe=True).start()
         started.append(gw)
         paths = {}
         for name, (sip, sender, rip, receiver) in {
@@ -842,6 +842,8 @@ async def run_e2e(ctx, quick):
         for name, (tx, counter, _) in paths.items():
             counter.reset()
             payload = maker(name)(0, n)
+            if name == "gateway":
+                await gw.tail()
             watch = CpuWatch(pids[name])
             t0 = time.monotonic_ns()
             tx.xs.transport.write(payload)
@@ -854,6 +856,9 @@ async def run_e2e(ctx, quick):
             res[f"{name}_cpu_s_per_10k"] = {k: v / max(1, counter.count) * 10000
                                             for k, v in cpu["cpu_s"].items()}
             res[f"{name}_others_cores"] = cpu["others_cpu_s"] / cpu["wall_s"]
+            if name == "gateway":
+                probe = res["gateway_probe"] = await gw.tail()
+                res["gateway_stanzas_per_turn"] = counter.count / max(1, probe["turns"])
         rate = min(res["gateway_per_s"], res["native_per_s"]) / 2
         res["latency_rate_per_s"] = rate
         for name, (tx, counter, _) in paths.items():
@@ -1192,6 +1197,10 @@ def table(results):
                              ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
                              + f" (sum {sum(cpu.values()):.2f}); others "
                                f"{e[f'{name}_others_cores']:.2f} cores", "", ""))
+        if "gateway_stanzas_per_turn" in e:
+            rows.append(("e2e", "s2sgate during the burst: stanzas per reactor turn",
+                         f"{e['gateway_stanzas_per_turn']:.1f} ({e['gateway_probe']['turns']} turns)",
+                         "", ""))
     if s:
         for mode in SETUP_PEERS:
             if mode in s:
