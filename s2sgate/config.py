@@ -184,6 +184,20 @@ class StreamManagementConfig:
 
 
 @dataclass(frozen=True)
+class MultiplexConfig:
+    """
+    Further (local, remote) pairs on an established outbound stream
+    (XEP-0220 multiplexing): on or off, how long the peer may take to
+    answer, and the bounded memory of peers that refused or did not answer.
+    """
+
+    enabled: bool = True
+    answer_timeout: float = 10
+    remember_peers: int = 1000
+    forget_after: float = 86400
+
+
+@dataclass(frozen=True)
 class S2SConfig:
     """Server-to-server settings.  C{repr} hides C{shared}."""
 
@@ -214,6 +228,7 @@ class S2SConfig:
     shutdown_timeout: float = 10
     bidi: bool = True
     stream_management: StreamManagementConfig = field(default_factory=StreamManagementConfig)
+    multiplex: MultiplexConfig = field(default_factory=MultiplexConfig)
     outgoing: OutgoingConfig = field(default_factory=OutgoingConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     limits: PeerLimits = field(default_factory=PeerLimits)
@@ -421,7 +436,8 @@ _S2S_KEYS = (
     "shared", "secure_auth", "insecure_domains", "secure_domains", "dane", "dane_domains",
     "stanza_size_limit", "max_retry_delay", "address", "allow_anonymous_s2s",
     "anonymous_domains", "disabled_domains", "queue_limit", "idle_timeout",
-    "negotiation_timeout", "shutdown_timeout", "bidi", "stream_management", "outgoing",
+    "negotiation_timeout", "shutdown_timeout", "bidi", "stream_management", "multiplex",
+    "outgoing",
     "dns", "limits",
 )
 
@@ -474,6 +490,7 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
     shutdown = _seconds(ctx, t, "shutdown_timeout", 10, atLeast=0)
     bidi = _bool(ctx, t, "bidi", True)
     sm = _streamManagement(ctx, t)
+    multiplex = _multiplex(ctx, t)
     dns = _dns(ctx, t)
     limits = _limits(ctx, t)
 
@@ -519,7 +536,7 @@ def _s2s(ctx: _Context, top: _Table, local: tuple[str, ...]) -> S2SConfig:
         allow_anonymous_s2s=allowAnon, anonymous_domains=anon,
         disabled_domains=disabled, queue_limit=queueLimit, idle_timeout=idle,
         negotiation_timeout=negotiation, shutdown_timeout=shutdown, bidi=bidi,
-        stream_management=sm, outgoing=outgoing, dns=dns, limits=limits,
+        stream_management=sm, multiplex=multiplex, outgoing=outgoing, dns=dns, limits=limits,
     )
 
 
@@ -529,6 +546,16 @@ def _streamManagement(ctx: _Context, s2s: _Table) -> StreamManagementConfig:
         enabled=_bool(ctx, t, "enabled", True),
         request_every=_integer(ctx, t, "request_every", 5, 1, 1000),
         on_loss=_choice(ctx, t, "on_loss", "resend", LOSS_POLICIES),
+    )
+
+
+def _multiplex(ctx: _Context, s2s: _Table) -> MultiplexConfig:
+    t = s2s.table("multiplex", ("enabled", "answer_timeout", "remember_peers", "forget_after"))
+    return MultiplexConfig(
+        enabled=_bool(ctx, t, "enabled", True),
+        answer_timeout=_seconds(ctx, t, "answer_timeout", 10, above=0),
+        remember_peers=_integer(ctx, t, "remember_peers", 1000, 1),
+        forget_after=_seconds(ctx, t, "forget_after", 86400, above=0),
     )
 
 

@@ -77,10 +77,26 @@ def test_with_peer_finds_inbound_streams_by_any_authenticated_sender():
 def test_describe_lists_authenticated_outbound_and_all_inbound_streams():
     table = SessionTable()
     table.track(stream("out", authMethod=None))          # not authenticated: not shown
-    out = stream("out")
+    out = stream("out", pairs={("home.test", "remote.test")})
     table.authenticated(out, "home.test", "remote.test")
     table.track(stream("in", pairs={("remote.test", "home.test")}))
     rows = sorted(table.describe(queued=lambda local, remote: 7), key=lambda r: r["direction"])
     assert [(r["direction"], r["pairs"], r["queue"]) for r in rows] == [
         ("in", [["remote.test", "home.test"]], 0), ("out", [["home.test", "remote.test"]], 7)]
     assert rows[1]["stanzas_out"] == 3 and rows[0]["stanzas_in"] == 2
+
+
+def test_an_outbound_stream_shared_by_two_local_domains_is_one_row_with_both_pairs():
+    table = SessionTable()
+    out = stream("out", pairs={("home.test", "remote.test"),
+                               ("conference.home.test", "remote.test")})
+    table.authenticated(out, "home.test", "remote.test")
+    table.authenticated(out, "conference.home.test", "remote.test")
+    assert table.outgoing("conference.home.test", "remote.test") is out
+    queued = {("home.test", "remote.test"): 2, ("conference.home.test", "remote.test"): 3}
+    [row] = table.describe(queued=lambda local, remote: queued[(local, remote)])
+    assert row["pairs"] == [["conference.home.test", "remote.test"],
+                            ["home.test", "remote.test"]]
+    assert row["local"] == "home.test" and row["queue"] == 5
+    table.untrack(out)
+    assert table.outgoing("conference.home.test", "remote.test") is None

@@ -270,6 +270,7 @@ def cmdSessions(client, args):
 
 
 def _printSessions(data, process=None):
+    from s2sgate.s2s.sessions import domainsOf
     sessions = sorted(data["sessions"], key=lambda s: (s.get("remote") or "", s["direction"]))
     if sessions:
         rows = [(("PROCESS",) if process else ()) + (
@@ -277,7 +278,7 @@ def _printSessions(data, process=None):
                  "STANZAS IN/OUT", "QUEUE", "SM", "UNACKED")]
         for s in sessions:
             rows.append(((process(s),) if process else ()) + (
-                         direction(s), s.get("local") or "-", s.get("remote") or "-",
+                         direction(s), domainsOf(s, ours=True), domainsOf(s, ours=False),
                          security(s), certificateColumn(s.get("certificate")),
                          s.get("auth") or "(pending)", s.get("peer") or "-",
                          ago(data["now"], s["since"]),

@@ -17,6 +17,8 @@ import time
 
 from twisted.logger import LogLevel, formatEvent
 
+from s2sgate.s2s.sessions import domainsOf
+
 __all__ = ["Narrator", "sessionTable", "sessionRows"]
 
 # Events printed with the gateway's own message.
@@ -25,6 +27,7 @@ _PLAIN = {
     "inbound.established", "inbound.sasl_failed", "inbound.dialback_refused",
     "inbound.dialback_failed", "component.auth_failure", "component.network_failure",
     "component.down", "policy.refused", "c2s.component_refused", "c2s.component_down",
+    "outbound.pair_asked", "outbound.pair_added", "outbound.pair_refused",
 }
 # Twisted's start/stop chatter about factories and ports, left out even with --verbose.
 _FACTORY_NOISE = re.compile(
@@ -70,7 +73,8 @@ class Narrator:
             gw = getattr(site, "gateway", None)
             if gw is None:
                 continue
-            if source is gw or source is gw.link or source is gw.pool:
+            if source is gw or source is gw.link or source is gw.pool \
+                    or source is gw.pool.multiplexer:
                 return site
             if getattr(source, "pool", None) is gw.pool:
                 return site
@@ -178,7 +182,8 @@ def sessionRows(sites):
                 tls += " (direct)"
             cert = s["certificate"]["status"] if s["certificate"] else "-"
             rows.append((site.name, "out" if s["direction"] == "out" else "in",
-                         s["local"] or "?", s["remote"] or "?", tls, cert, s["auth"] or "-"))
+                         domainsOf(s, ours=True, none="?"), domainsOf(s, ours=False, none="?"),
+                         tls, cert, s["auth"] or "-"))
     return rows
 
 

@@ -6,13 +6,14 @@ C{s2sgate demo}: two federated sites in one process, on loopback.
   room@conference.alpha.test
      c2s stand-in ──XEP-0114── s2sgate ══s2s══ s2sgate ──XEP-0114── c2s stand-in
       (alpha.test,                 STARTTLS + SASL EXTERNAL           (beta.test)
-       conference.alpha.test)      (conference pair: dialback over TLS)
+       conference.alpha.test)      (conference pair: dialback, same stream)
 
 Each site is a c2s stand-in (L{s2sgate.demo.c2s}) with a full
 L{GatewayService} in front of it.  A CA made at start (L{s2sgate.demo.pki})
 issues one certificate per site; alpha's names alpha.test only, so the
-pair (conference.alpha.test, beta.test) cannot use SASL EXTERNAL and
-authenticates with dialback over TLS.  Each gateway reaches the other
+pair (conference.alpha.test, beta.test) cannot use SASL EXTERNAL: it joins
+alpha.test's stream to beta.test with dialback (XEP-0220 multiplexing), and
+beta verifies the key by calling alpha back.  Each gateway reaches the other
 through C{s2s.address} overrides: no DNS.
 
 The run: component links up, messages both ways (each first message opens

@@ -247,6 +247,9 @@ class InitiatingStream(XmlStream):
         self.stanzasIn = 0
         self.stanzasOut = 0
         self.bidi = False        # we asked for a bidirectional stream (XEP-0288)
+        # The peer spoke of dialback during negotiation (offered it, or is
+        # pre-1.0): a later <db:result/> for another pair is not foreign to it.
+        self.dialbackOffered = False
         self.peerAddress = None
         self.ready = defer.Deferred()
         self.trace = []          # Attempt per step, for the diagnostic log
@@ -500,6 +503,7 @@ class InitiatingStream(XmlStream):
         if header.getAttribute("version", "0.0") < "1.0":
             # Pre-1.0 servers send no features: the steps run on none.
             features = StreamFeatures.none()
+            self.dialbackOffered = True
             self.observer.featuresReceived(features)
             self._deliver(features, True)
 
@@ -512,6 +516,7 @@ class InitiatingStream(XmlStream):
             return
         if (element.uri, element.name) == (NS_STREAMS, "features"):
             features = StreamFeatures.parse(element)
+            self.dialbackOffered = self.dialbackOffered or features.dialback
             self.observer.featuresReceived(features)
             self._deliver(features, True)
             return
@@ -572,6 +577,6 @@ class InitiatingStream(XmlStream):
     def logEnd(self, fate=None, **delivery):
         """The end line of an authenticated stream (L{logStreamEnd}); none otherwise."""
         if self.authMethod:
-            logStreamEnd(self, remote=self.remote, pairs=[(self.local, self.remote)], stanzasIn=0,
+            logStreamEnd(self, remote=self.remote, pairs=sorted(self.pairs), stanzasIn=0,
                          stanzasOut=self.stanzasOut, security=self.securitySummary(),
                          now=self.clock.seconds(), fate=fate, **delivery)

@@ -1,10 +1,12 @@
 # -*- test-case-name: tests.test_outbound -*-
 """
-Outbound s2s: one authenticated stream per (local domain, remote domain).
+Outbound s2s: an authenticated stream for each (local domain, remote domain).
 
 L{OutboundLink} owns the queue and the retry state of one pair; the stream
 itself is an L{InitiatingStream} negotiated by the runtime's steps and found
-through the session table once authenticated.  Failures carry the condition
+through the session table once authenticated.  A pair whose peer already
+has a stream from another local domain of ours first asks to join it
+(L{s2sgate.s2s.multiplex}): one connection then carries both.  Failures carry the condition
 and text for the bounces (L{ConnectFailed}).
 """
 
@@ -20,7 +22,9 @@ from s2sgate.ops.metrics import NullMetrics
 from s2sgate.s2s.addressing import checkedPair
 from s2sgate.s2s.dial import dial
 from s2sgate.s2s.failures import FailureLog
+from s2sgate.s2s.multiplex import ExtraPairs, Multiplexer, PeerMemory
 from s2sgate.s2s.negotiation import InitiatingStream
+from s2sgate.xmpp.domain import InvalidDomain, domainOf
 from s2sgate.xmpp.namespaces import NS_SERVER
 from s2sgate.xmpp.stanzas import STANZA_NAMES
 
@@ -34,22 +38,34 @@ class OutboundStream(InitiatingStream):
     bidirectional (XEP-0288), it carries the peer's stanzas to us as well,
     routed from their bytes (L{RawStanza}) like an inbound stream's.
 
+    Further local domains may join it once established (L{ExtraPairs},
+    XEP-0220 multiplexing): it then carries their stanzas too.
+
     @param deliver: C{deliver(stanza)} for the peer's checked stanzas (the
         router's C{fromRemote}).
     @param isLocal: whether a domain is one of ours.
+    @param extraPairs: the L{ExtraPairs} of this stream.
     """
 
     stanzaNames = frozenset((NS_SERVER, name) for name in STANZA_NAMES)
 
-    def __init__(self, clock, local, remote, steps, *, onClosed, deliver, isLocal, **kwargs):
+    def __init__(self, clock, local, remote, steps, *, onClosed, deliver, isLocal, extraPairs,
+                 **kwargs):
         InitiatingStream.__init__(self, clock, local, remote, steps, **kwargs)
         self._onClosed = onClosed
         self._fromPeer = deliver
         self._isLocal = isLocal
+        self.extraPairs = extraPairs
 
     @property
     def peer(self):
         return self.remote
+
+    @property
+    def pairs(self):
+        if self.authMethod is None:
+            return set()
+        return {(self.local, self.remote)} | self.extraPairs.pairs
 
     @property
     def reversePairs(self):
@@ -79,6 +95,11 @@ class OutboundStream(InitiatingStream):
         self.stanzasIn += 1
         self._fromPeer(stanza)
 
+    def authenticatedElement(self, element):
+        # The peer's answers to our <db:result/> for further pairs.
+        if not self.extraPairs.answered(self, element):
+            InitiatingStream.authenticatedElement(self, element)
+
     def idleTimedOut(self):
         # Ask for the acks of what is still out before the closing tag:
         # a stanza unacknowledged at close would have to be re-sent.
@@ -87,6 +108,7 @@ class OutboundStream(InitiatingStream):
         d.addBoth(lambda _: self.closeStream())
 
     def streamGone(self):
+        self.extraPairs.streamGone(self)
         self._onClosed(self)
 
 
@@ -155,8 +177,6 @@ class OutboundLink:
             self.start()
 
     def start(self):
-        self.log.info("connecting {local} -> {remote}", local=self.local, remote=self.remote,
-                      event="outbound.connecting")
         self.pool.metrics.attempt()
         self.attempt = defer.ensureDeferred(self.pool.open(self.local, self.remote))
         self.attempt.addCallbacks(self._established, self._failed)
@@ -206,17 +226,15 @@ class OutboundLink:
         for element in queued:
             self.pool.bounce(element, condition, text)
 
-    def streamClosed(self, stream):
+    def streamClosed(self, stream, unacknowledged):
         """
-        The pair's stream is gone: what it never acknowledged is re-sent once
-        on the next stream or bounced (C{on_loss}); a stream that ended
-        without a clean close is reported.  A peer that answered our closing
-        tag has handled everything before it: nothing is re-sent then.
+        The pair's stream is gone: what it never acknowledged of this pair's
+        (C{unacknowledged}) is re-sent once on the next stream or bounced
+        (C{on_loss}); returns C{(resent, bounced)}.
         """
         resent = bounced = 0
         resend = self.pool.limits.onLoss == "resend" and not self.closed
-        handled = stream.endClean and stream.endAnswered and stream.endReason != "closed by the peer"
-        for element, wasResent in ([] if handled else stream.delivery.unacknowledged()):
+        for element, wasResent in unacknowledged:
             if resend and not wasResent:
                 self.resend.append(element)
                 resent += 1
@@ -226,10 +244,9 @@ class OutboundLink:
                                  f"the stream to {self.remote} was lost{again} before {self.remote} "
                                  "acknowledged this stanza; it may or may not have arrived")
                 bounced += 1
-        if stream.authMethod is not None:
-            self.pool.streamEnded(stream, resent, bounced, handled)
         if self.queue or self.resend:
             self._maybeConnect()
+        return resent, bounced
 
     def waiting(self):
         """Stanzas waiting for a stream, or a connection attempt under way."""
@@ -329,6 +346,7 @@ class OutboundPool:
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.limits = OutboundLimits(current)
         self.failures = failures if failures is not None else FailureLog(clock)
+        self.multiplexer = Multiplexer(sessions, current, PeerMemory(clock), self.failures)
         self.links = {}
         self.sent = 0
 
@@ -364,13 +382,22 @@ class OutboundPool:
                               isLocal=runtime.isLocal, requirements=runtime.requirements,
                               afterAuth=runtime.afterAuthStepsForStream(),
                               tls=runtime.tls, limits=runtime.limits, batch=self.batch,
-                              metrics=self.metrics)
+                              metrics=self.metrics,
+                              extraPairs=ExtraPairs(self.clock, runtime.keys))
 
     async def open(self, local, remote):
-        """Connect and negotiate; return the authenticated stream (in the session table)."""
-        runtime = self.current.runtime
-        stream = await dial(self.connector, local, remote,
-                            lambda: self.newStream(local, remote, runtime), runtime)
+        """
+        Return the authenticated stream for the pair (in the session table):
+        an established stream to the same peer when the peer takes the pair
+        on it (L{Multiplexer}), a new one otherwise.
+        """
+        stream = await self.multiplexer.join(local, remote)
+        if stream is None:
+            self.log.info("connecting {local} -> {remote}", local=local, remote=remote,
+                          event="outbound.connecting")
+            runtime = self.current.runtime
+            stream = await dial(self.connector, local, remote,
+                                lambda: self.newStream(local, remote, runtime), runtime)
         self.sessions.authenticated(stream, local, remote)
         return stream
 
@@ -400,14 +427,41 @@ class OutboundPool:
         return stream
 
     def _streamClosed(self, stream):
+        """
+        A stream is gone: each pair it carried has its link told, with the
+        unacknowledged stanzas that were its own; then the end line.  A peer
+        that answered our closing tag has handled everything before it:
+        nothing is re-sent then.
+        """
         self.sessions.untrack(stream)
-        link = self.links.get((stream.local, stream.remote))
-        if link is not None and stream.authMethod is not None:
-            link.streamClosed(stream)
+        if stream.authMethod is None:
+            stream.logEnd()
+            link = self.links.get((stream.local, stream.remote))
+            if link is not None and (link.queue or link.resend):
+                link._maybeConnect()
             return
-        stream.logEnd()
-        if link is not None and (link.queue or link.resend):
-            link._maybeConnect()
+        handled = (stream.endClean and stream.endAnswered
+                   and stream.endReason != "closed by the peer")
+        shares = collections.defaultdict(list)
+        for item in ([] if handled else stream.delivery.unacknowledged()):
+            shares[self._pairOf(stream, item[0])].append(item)
+        resent = bounced = 0
+        for pair in sorted(stream.pairs | set(shares)):
+            link = self.links.get(pair)
+            if link is None:
+                link = self.link(*pair)
+            r, b = link.streamClosed(stream, shares.get(pair, []))
+            resent, bounced = resent + r, bounced + b
+        self.streamEnded(stream, resent, bounced, handled)
+
+    @staticmethod
+    def _pairOf(stream, element):
+        """The pair a stanza written on C{stream} belongs to (the router chose it by its from)."""
+        try:
+            pair = (domainOf(element.getAttribute("from") or ""), stream.remote)
+        except InvalidDomain:
+            pair = None
+        return pair if pair in stream.pairs else (stream.local, stream.remote)
 
     def streamEnded(self, stream, resent, bounced, handled=False):
         """
@@ -449,7 +503,8 @@ class OutboundPool:
 
     def deliveryCounts(self):
         """C{(acknowledged, written without acks)} over the open streams."""
-        streams = [link.stream for link in self.links.values() if link.stream is not None]
+        # A stream that carries several pairs is counted once.
+        streams = {link.stream for link in self.links.values() if link.stream is not None}
         return (sum(s.delivery.acked or 0 for s in streams),
                 sum(s.delivery.sent for s in streams if not s.delivery.enabled))
 

@@ -120,9 +120,11 @@ class SessionTable:
                 if not stream.authMethod:
                     continue
                 d = stream.delivery
-                result.append(sessionInfo(stream, [[stream.local, stream.remote]],
+                # Several local domains may share it (XEP-0220 multiplexing).
+                pairs = sorted([local, remote] for local, remote in stream.pairs)
+                result.append(sessionInfo(stream, pairs,
                                           stanzasIn=stream.stanzasIn, stanzasOut=stream.stanzasOut,
-                                          queue=queued(stream.local, stream.remote),
+                                          queue=sum(queued(*pair) for pair in pairs),
                                           certificate=stream.certificate,
                                           sm=d.enabled, unacked=d.unacked))
             else:
@@ -141,6 +143,20 @@ def _delivers(stream):
     if stream.direction == "in":
         return bool(stream.pairs)
     return stream.bidi and stream.authMethod is not None
+
+
+def domainsOf(info, ours, none="-"):
+    """
+    Our domains on a stream (C{ours}) or the peer's, from a L{sessionInfo}'s
+    pairs, comma-separated: several when they share it (XEP-0220
+    multiplexing).  For tables: C{s2sgate sessions}, the demo.
+    """
+    outbound = info["direction"] == "out"
+    side = 0 if outbound == ours else 1
+    domains = list(dict.fromkeys(p[side] for p in info.get("pairs") or []))
+    if not domains:
+        return info.get("local" if ours else "remote") or none
+    return ",".join(domains)
 
 
 def sessionInfo(stream, pairs, *, stanzasIn, stanzasOut, queue, certificate, sm=False,
