@@ -341,7 +341,7 @@ def test_two_gateways_carry_both_local_domains_on_one_stream_and_both_sides_agre
     # The only new connection is b's verify leg for conf.a.test's key.
     assert len(network.pumps) == before + 1
     [out] = [s for s in a.sessions() if s["direction"] == "out"]
-    assert out["pairs"] == [["a.test", "b.test"], ["conf.a.test", "b.test"]]
+    assert out["pairs"] == [["a.test", "b.test"], ["conf.a.test", "b.test"]]   # first one first
     [inbound] = [s for s in b.sessions() if s["direction"] == "in" and s["remote"] == "a.test"]
     assert inbound["pairs"] == [["a.test", "b.test"], ["conf.a.test", "b.test"]]
     assert inbound["stream_id"] == out["stream_id"]

@@ -31,7 +31,9 @@ LONG = "a-rather-long-subdomain-name-for-the-phone-layout.conference.example.tes
 def sessions(now):
     return [
         {"direction": "out", "local": "home.test", "remote": "secure.test",
-         "pairs": [["home.test", "secure.test"]], "stream_id": "s1", "peer": "192.0.2.7:5269",
+         # Two of our domains share this stream (XEP-0220 multiplexing).
+         "pairs": [["conference.home.test", "secure.test"], ["home.test", "secure.test"]],
+         "stream_id": "s1", "peer": "192.0.2.7:5269",
          "tls": {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}, "direct_tls": False,
          "certificate": {"status": "valid", "reason": "certificate is valid for secure.test",
                          "names": "DNS:secure.test", "not_after": now + 60 * DAY + 100},
@@ -137,7 +139,8 @@ def test_every_link_row_shows_direction_pairs_tls_certificate_auth_age_and_count
     links = rows(dom, "link")
     assert len(links) == 4, links
     secure = next(r for r in links if "secure.test" in r)
-    for part in ("out", "home.test → secure.test", "TLSv1.3 STARTTLS", "valid, 60 d left",
+    for part in ("out", "home.test → secure.test", "conference.home.test → secure.test",
+                 "TLSv1.3 STARTTLS", "valid, 60 d left",
                  "DNS:secure.test", "sasl-external", "by certificate",
                  "stream management, 3 unacked", "3 h 0 min", "0 / 4711", "1.2 KiB / 3.2 MiB"):
         assert part in secure, (part, secure)

@@ -120,8 +120,11 @@ class SessionTable:
                 if not stream.authMethod:
                     continue
                 d = stream.delivery
-                # Several local domains may share it (XEP-0220 multiplexing).
-                pairs = sorted([local, remote] for local, remote in stream.pairs)
+                # Several local domains may share it (XEP-0220 multiplexing):
+                # the pair that opened it first, then those that joined.
+                first = [stream.local, stream.remote]
+                pairs = [first] + sorted([local, remote] for local, remote in stream.pairs
+                                         if [local, remote] != first)
                 result.append(sessionInfo(stream, pairs,
                                           stanzasIn=stream.stanzasIn, stanzasOut=stream.stanzasOut,
                                           queue=sum(queued(*pair) for pair in pairs),
