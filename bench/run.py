@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """s2sgate benchmark: ``python bench/run.py [--quick] [--only SECTION ...] [--profile]``.
 
-Sections (see bench/README.md): ceiling, gateway, processes, e2e, setup, scale.  Prints one table,
-writes bench/results.json.  Uses loopback addresses 127.0.0.200-229 only; everything it
-starts is stopped at the end.  Needs root for the test DNS (setup and e2e sections).
+Sections (see bench/README.md): ceiling, gateway, processes, e2e, setup, multiplex, scale.
+Prints one table, writes bench/results.json.  Uses loopback addresses 127.0.0.200-229 only; everything it
+starts is stopped at the end.  Needs root for the test DNS (setup, multiplex and e2e sections).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -36,7 +37,7 @@ from twisted.internet.protocol import Factory, Protocol  # noqa: E402
 from tests.lab.certs import TestCA  # noqa: E402
 from tests.lab.procs import Proc  # noqa: E402
 
-SECTIONS = ("ceiling", "gateway", "processes", "e2e", "setup", "scale")
+SECTIONS = ("ceiling", "gateway", "processes", "e2e", "setup", "multiplex", "scale")
 SECRET = "bench-component-secret"
 NS_STREAMS = "http://etherx.jabber.org/streams"
 
@@ -52,6 +53,7 @@ E2E_A, E2E_GW, E2E_B, NAT_A, NAT_B = ("127.0.0.210", "127.0.0.211", "127.0.0.212
                                       "127.0.0.213", "127.0.0.214")
 SETUP_PEERS = {"dialback": "127.0.0.220", "starttls+dialback": "127.0.0.221",
                "starttls+sasl": "127.0.0.222", "direct-tls": "127.0.0.223"}
+MUX_PEER_IP, MUX_PEER = "127.0.0.225", "p-mux.test"   # multiplex section: the peer
 DNS_IP = "127.0.0.229"
 
 TARGETS = {"gateway_vs_ceiling": 0.5, "e2e_ratio": 0.95, "kib_per_stream": 60, "p99_ms": 2.0,
@@ -133,7 +135,7 @@ def raise_nofile():
 
 def gateway_toml(*, ip, component_host, local_domains, certfile, cafile, use_starttls,
                  addresses=(), nameserver=None, component_jid="s2s.home.test",
-                 direct_tls_listen=(), level="info"):
+                 direct_tls_listen=(), level="info", extra=""):
     addr = ", ".join(f'{{ host = "{h}", ip_address = "{i}", port = {p} }}'
                      for h, i, p in addresses)
     dns = f'nameservers = ["{nameserver}"]' if nameserver else "nameservers = []"
@@ -166,7 +168,7 @@ connection_timeout = 5
 listen = ""
 [log]
 level = "{level}"
-"""
+{extra}"""
 
 
 class Gateway:
@@ -934,7 +936,9 @@ async def run_setup(ctx, quick):
         gw = Gateway(wd, "setup-gateway", gateway_toml(
             ip=GW_IP, component_host=COMP_IP, local_domains=["home.test", "h2.test", "h3.test"],
             certfile=gwcert[0], cafile=ca.cafile, use_starttls="optional",
-            nameserver=f"{DNS_IP}:53")).start()
+            nameserver=f"{DNS_IP}:53",
+            # Each local domain's own fresh stream: the multiplex section times joining one.
+            extra="[s2s.multiplex]\nenabled = false\n")).start()
         started.append(gw)
         link = await comp.whenReady(30)
         for mode, (p, dom, ip) in servers.items():
@@ -1003,6 +1007,94 @@ async def run_setup(ctx, quick):
                 pass
         for p in reversed(started):
             p.stop()
+        await stop_listening(port, comp)
+
+
+# -- multiplex --------------------------------------------------------------
+
+async def _mux_round(wd, name, comp, rx, certfile, cafile, multiplex, domains):
+    """
+    One gateway process: home.test's first stanza opens the stream to the
+    peer; then each further local domain's first stanza is timed, write to
+    delivery.  Returns (ms per further domain, joined, own streams).
+    """
+    extra = "" if multiplex else "[s2s.multiplex]\nenabled = false\n"
+    gw = Gateway(wd, name, gateway_toml(
+        ip=GW_IP, component_host=COMP_IP, local_domains=domains, certfile=certfile,
+        cafile=cafile, use_starttls="required", nameserver=f"{DNS_IP}:53", extra=extra)).start()
+    try:
+        link = await comp.whenReady(30)
+        times = []
+        for i, local in enumerate(domains):
+            sid = f"{name}-{i}"
+            d = rx.wait_for(lambda e, sid=sid: e.getAttribute("id") == sid, timeout=30)
+            t0 = time.monotonic()
+            link.transport.write(
+                f"<message from='alice@{local}/bench' to='bob@{MUX_PEER}/r' type='chat' "
+                f"id='{sid}'><body>hello</body></message>".encode())
+            await d
+            if i:
+                times.append((time.monotonic() - t0) * 1000)
+        text = gw.log_text()
+        joined = sum(text.count(f"took {d} on the stream of home.test") for d in domains[1:])
+        own = sum(text.count(f"connecting {d} -> {MUX_PEER}") for d in domains[1:])
+        return times, joined, own
+    finally:
+        gw.stop()
+        await wait_until(lambda: comp.current is None, 10, what="component link closed")
+
+
+async def run_multiplex(ctx, quick):
+    """
+    Second (and third) local domain's first stanza to a peer already
+    connected: multiplexing on (the pair joins the stream, the peer dials
+    back to verify) versus off (a stream of its own), in the same run,
+    rounds interleaved; with our certificate naming every local domain
+    (off: STARTTLS + SASL EXTERNAL) and naming home.test only (off: STARTTLS
+    + dialback).
+    """
+    from tests.lab.client import connect_client
+    from tests.lab.prosody import Prosody
+    wd, ca, dns = ctx["workdir"], ctx["ca"], ctx["dns"]
+    domains = ["home.test", "h2.test", "h3.test"]
+    certs = {"cert names all": ca.issue("home.test", dns=domains)[0],
+             "cert names home.test": ca.issue("home.test", dns=["home.test"])[0]}
+    rounds = 2 if quick else 5
+    comp = ComponentFactory("s2s.home.test")
+    port = reactor.listenTCP(5347, comp, interface=COMP_IP)
+    peer = quiet(Prosody(wd, "mux-peer", MUX_PEER_IP, hosts=[MUX_PEER],
+                         users=[(f"bob@{MUX_PEER}", "pw")], dns=dns,
+                         tls={"cafile": ca.cafile, "secure_auth": False,
+                              "require_encryption": True,
+                              "certs": {MUX_PEER: ca.issue(MUX_PEER, dns=[MUX_PEER])}}))
+    rx = None
+    res = {}
+    runs = itertools.count()
+    try:
+        peer.start()
+        rx = await connect_client(reactor, f"bob@{MUX_PEER}/r", "pw", MUX_PEER_IP)
+        for n in range(rounds):
+            for cert, certfile in certs.items():
+                for multiplex in (True, False):
+                    key = f"{cert}, multiplexing {'on' if multiplex else 'off'}"
+                    times, joined, own = await _mux_round(
+                        wd, f"mux-{next(runs)}", comp, rx, certfile, ca.cafile, multiplex,
+                        domains)
+                    r = res.setdefault(key, {"ms": [], "joined": 0, "own_streams": 0})
+                    r["ms"] += [round(t, 1) for t in times]
+                    r["joined"] += joined
+                    r["own_streams"] += own
+        for r in res.values():
+            r["median_ms"] = statistics.median(r["ms"]) if r["ms"] else None
+        res["prosody_view_last"] = _auth_summary(peer)
+        return res
+    finally:
+        if rx is not None:
+            try:
+                rx.connector.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+        peer.stop()
         await stop_listening(port, comp)
 
 
@@ -1127,7 +1219,7 @@ def probe_rows(section, name, p):
 
 def table(results):
     rows = []
-    c, g, pr, e, s, sc = (results.get(k) for k in SECTIONS)
+    c, g, pr, e, s, mx, sc = (results.get(k) for k in SECTIONS)
     if c:
         rows += [("ceiling", "parse + serialize (one process)", fmt(c["stanzas_per_s"], "/s"), "", ""),
                  ("ceiling", "parse only / serialize only",
@@ -1214,6 +1306,13 @@ def table(results):
                 rows.append(("setup", f"{mode}: native Prosody → Prosody",
                              f"{fmt(nat['median_ms'], ' ms', 1)} (runs {nat['ms']})", "",
                              "" if nat["median_ms"] is not None else "FAIL"))
+    if mx:
+        for key, m in mx.items():
+            if isinstance(m, dict) and "median_ms" in m:
+                rows.append(("multiplex", f"2nd local domain, {key}: first stanza → delivered",
+                             f"{fmt(m['median_ms'], ' ms', 1)} (runs {m['ms']}; "
+                             f"{m['joined']} joined, {m['own_streams']} own streams)", "",
+                             "" if m["median_ms"] is not None else "FAIL"))
     if sc:
         for level in ("1000", "10000"):
             if level in sc:
@@ -1250,7 +1349,7 @@ async def main(args):
     started = time.monotonic()
     dns = None
     try:
-        if "e2e" in only or "setup" in only:
+        if "e2e" in only or "setup" in only or "multiplex" in only:
             from tests.lab.dns import TestDNS
             dns = TestDNS(workdir / "dns", ip=DNS_IP)
             dns.add_host("remote2.test", NAT_B)
@@ -1261,6 +1360,8 @@ async def main(args):
                 dns.add_srv(f"_xmpp-server._tcp.{d}", "native.setup.test", 5269)
             dns.add_host("native.setup.test", NATIVE_SETUP)
             dns.add_host("gw.home.test", GW_IP)
+            dns.add_srv(f"_xmpp-server._tcp.{MUX_PEER}", MUX_PEER, 5269)
+            dns.add_host(MUX_PEER, MUX_PEER_IP)
             for mode, ip in SETUP_PEERS.items():
                 dom = "p-" + mode.replace("+", "-") + ".test"
                 if mode == "direct-tls":
@@ -1290,6 +1391,8 @@ async def main(args):
                     results[section] = await run_e2e(ctx, args.quick)
                 elif section == "setup":
                     results[section] = await run_setup(ctx, args.quick)
+                elif section == "multiplex":
+                    results[section] = await run_multiplex(ctx, args.quick)
                 elif section == "scale":
                     results[section] = await run_scale(ctx, args.quick, not args.quick)
             except Exception as e:  # noqa: BLE001

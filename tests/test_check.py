@@ -150,7 +150,7 @@ def test_good_peer_json(peer, config):
     # Prosody 0.12: no XEP-0478 limits, no bidi (mod_s2s_bidi not loaded), no dialback.
     assert by["stream-features"]["data"] == {"limits": None, "bidi": False,
                                              "stream_management": None,
-                                             "dialback_errors": None}
+                                             "dialback_errors": None, "multiplex": False}
     assert by["presented-certificate"]["status"] == "ok"
     assert by["presented-certificate"]["data"]["days_left"] >= 363
 

@@ -24,7 +24,7 @@ from twisted.internet import reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from s2sgate.auth.tls import TLSContexts
-from s2sgate.config import parse_config
+from s2sgate.config import MultiplexConfig, parse_config
 from s2sgate.gateway.runtime import Current, Runtime
 from s2sgate.net.resolver import S2SResolver
 from s2sgate.ops.check import Checker, CheckOptions
@@ -194,6 +194,19 @@ async def test_offered_features_show_the_peers_limits_and_dialback_errors(lab):
     assert (features.data["bidi"], features.data["stream_management"]) == (True, True)
     assert "dialback with errors (XEP-0220)" in features.summary
     assert "stream management (XEP-0198)" in features.summary
+    # It speaks dialback: our further local domains would share one stream with it.
+    assert features.data["multiplex"] is True
+    assert ("our local domains can share one stream to good.test: each further one asks for "
+            "it with dialback (XEP-0220 multiplexing)") in features.details
+
+
+@pytest_twisted.ensureDeferred
+async def test_offered_features_say_each_local_domain_gets_its_own_stream_with_multiplex_off(lab):
+    report, steps, doc = await run(lab, "good.test", multiplex=MultiplexConfig(enabled=False))
+    features = steps["stream-features"]
+    assert features.data["multiplex"] is False
+    assert ("each local domain opens a stream of its own (s2s.multiplex.enabled = false)"
+            in features.details)
 
 
 @pytest_twisted.ensureDeferred

@@ -1247,10 +1247,14 @@ class Checker:
             c.name == "errors" for c in dialback.elements())
         bidi = features.child(NS_BIDI_FEATURE, "bidi") is not None
         sm = features.child(NS_SM, "sm") is not None
+        # Our further local domains ask for a stream to this peer only when
+        # it speaks dialback (s2s/multiplex.py).
+        multiplex = dialback is not None and self.s2s.multiplex.enabled
         step.data = {"limits": None if limits is None else {"max_bytes": maxBytes,
                                                             "idle_seconds": idle},
                      "bidi": bidi, "stream_management": sm if sm else None,
-                     "dialback_errors": dialbackErrors if dialback is not None else None}
+                     "dialback_errors": dialbackErrors if dialback is not None else None,
+                     "multiplex": multiplex}
         parts = []
         if limits is None:
             parts.append("no stream limits (XEP-0478)")
@@ -1283,6 +1287,15 @@ class Checker:
         if dialback is not None and not dialbackErrors:
             step.details.append(f"a refused dialback from {d} may end the whole stream "
                                 "instead of one domain pair (no XEP-0220 errors)")
+        if multiplex:
+            step.details.append(f"our local domains can share one stream to {d}: each further "
+                                "one asks for it with dialback (XEP-0220 multiplexing)")
+        elif dialback is None:
+            step.details.append(f"each of our local domains needs a stream of its own to {d}: "
+                                "it offers no dialback to add a domain to a stream with")
+        else:
+            step.details.append("each local domain opens a stream of its own "
+                                "(s2s.multiplex.enabled = false)")
         self._add(step)
 
     def _presented(self) -> None:
