@@ -192,6 +192,17 @@ def test_a_connection_lost_while_asking_dials_without_holding_it_against_the_pee
     assert bodiesFrom(ownOut, MUC) == ["m0"]
 
 
+def test_stopping_while_the_peer_has_not_answered_leaves_no_timer_and_ignores_the_answer():
+    gw, pool, connector, stream, out = connected()
+    pool.send(MUC, REMOTE, fromDomain(MUC, "m0"))
+    assert pool.closeAll(stopping=True) == 1         # m0 never had a stream
+    assert [c for c in gw.clock.getDelayedCalls()
+            if c.func.__qualname__.startswith("ExtraPairs")] == []
+    answer(stream, "valid")
+    assert stream.pairs == {(LOCAL, REMOTE)}
+    assert len(connector.calls) == 1
+
+
 def test_the_extra_pair_leaves_the_session_table_when_the_stream_closes():
     gw, pool, connector, stream, out = connected()
     pool.send(MUC, REMOTE, fromDomain(MUC, "m0"))

@@ -75,7 +75,8 @@ class ExtraPairs:
         a Deferred that fires with a L{PairAnswer}, always.
         """
         remote = stream.remote
-        d = defer.Deferred()
+        # Cancelled (the gateway is stopping): forget the request and its timer.
+        d = defer.Deferred(lambda _: self._forget(local))
         call = self.clock.callLater(timeout, self._answer, local, PairAnswer(
             False, f"{remote} did not answer within {timeout:g} s", remember=True))
         self._pending[local] = (d, call)
@@ -120,11 +121,16 @@ class ExtraPairs:
         for local in list(self._pending):
             self._answer(local, PairAnswer(False, why, remember=refused))
 
-    def _answer(self, local, answer):
-        d, call = self._pending.pop(local)
-        if call.active():
+    def _forget(self, local):
+        d, call = self._pending.pop(local, (None, None))
+        if call is not None and call.active():
             call.cancel()
-        d.callback(answer)
+        return d
+
+    def _answer(self, local, answer):
+        d = self._forget(local)
+        if d is not None:
+            d.callback(answer)
 
 
 class PeerMemory:
