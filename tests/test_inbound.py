@@ -304,6 +304,26 @@ def test_disabled_local_domain_is_a_policy_violation_stream_error():
     assert out.streamError() == "policy-violation"
 
 
+def test_a_further_pair_refused_by_policy_gets_a_dialback_error_and_the_stream_stays():
+    # A peer multiplexing (XEP-0220) a pair we refuse: the pairs it has keep their stream.
+    gw, stream, out = authenticated(gw=opened(disabled_domains=[MUC]))
+    stream.dataReceived(dbResult(to=MUC))
+    [refusal] = [r for r in dbResults(out) if r["to"] == REMOTE and r["from"] == MUC]
+    assert refusal["type"] == "error" and "not-allowed" in refusal.toXml()
+    assert out.streamError() is None
+    assert len(gw.verifier.requests) == 1           # only the first pair's
+    stream.dataReceived(stanza().toXml().encode())
+    assert len(gw.router.delivered) == 1
+    assert stream.pairs == {(REMOTE, LOCAL)}
+
+
+def test_further_pairs_refused_by_policy_end_the_stream_after_refused_claims():
+    gw, stream, out = authenticated(gw=opened(disabled_domains=[MUC]))
+    for _ in range(gw.config.s2s.limits.refused_claims):
+        stream.dataReceived(dbResult(to=MUC))
+    assert out.streamError() == "policy-violation"
+
+
 def test_verify_answer_after_close_sends_nothing():
     gw, stream, out = opened()
     stream.dataReceived(dbResult())

@@ -309,12 +309,13 @@ def test_peer_memory_forgets_after_keep_seconds():
 # two gateways in memory: our own inbound side is the peer
 
 
-def site(network, domains, sm=None, multiplex=None):
+def site(network, domains, sm=None, multiplex=None, hostPolicy=()):
     config = parse_config({"local_domains": domains,
                            "component": {"jid": f"s2s.{domains[0]}", "secret": "x"},
                            "s2s": {"use_starttls": "false", "listen": [],
                                    "stream_management": sm or {},
-                                   "multiplex": multiplex or {}},
+                                   "multiplex": multiplex or {},
+                                   "host_policy": list(hostPolicy)},
                            "admin": {"listen": ""}}, f"{domains[0]}.toml")
     reactor = MemoryReactorClock()
     gateway = GatewayService(config, reactor, connector=network.connector(),
@@ -324,10 +325,10 @@ def site(network, domains, sm=None, multiplex=None):
     return gateway, reactor
 
 
-def federation(**kw):
+def federation(peerPolicy=(), **kw):
     network = MemoryNetwork()
     a, clock = site(network, ["a.test", "conf.a.test"], **kw)
-    b, _ = site(network, ["b.test"])
+    b, _ = site(network, ["b.test"], hostPolicy=peerPolicy)
     return network, a, b, clock
 
 
@@ -356,6 +357,26 @@ def test_two_gateways_carry_both_local_domains_on_one_stream_and_both_sides_agre
     [inbound] = [s for s in b.sessions() if s["direction"] == "in" and s["remote"] == "a.test"]
     assert inbound["pairs"] == [["a.test", "b.test"], ["conf.a.test", "b.test"]]
     assert inbound["stream_id"] == out["stream_id"]
+
+
+def test_a_peer_whose_policy_refuses_the_second_domain_keeps_the_first_on_its_stream():
+    network, a, b, clock = federation(peerPolicy=[{"host": "conf.a.test", "policy": "deny"}])
+    send(a, "a.test", "one")
+    network.flush(clock)
+    first = a.sessionTable.outgoing("a.test", "b.test")
+    send(a, "conf.a.test", "refused")
+    network.flush(clock)
+    # b answered the extra pair with a dialback error; a remembered it and tried a
+    # stream of its own, which b refused too: the stanza is bounced to its sender.
+    assert "not-allowed" in a.pool.multiplexer.memory.refusal("b.test")
+    [bounce] = a.link.delivered
+    assert (bounce["type"], bounce["to"], str(bounce.body)) == (
+        "error", "user@conf.a.test/r", "refused")
+    # The first pair never lost its stream.
+    send(a, "a.test", "two")
+    network.flush(clock)
+    assert delivered(b) == [("a.test", "one"), ("a.test", "two")]
+    assert a.sessionTable.outgoing("a.test", "b.test") is first and not first.closed
 
 
 def test_two_gateways_with_multiplexing_off_use_a_stream_per_local_domain():

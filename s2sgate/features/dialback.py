@@ -155,7 +155,14 @@ class DialbackOffer:
         if parties is None:
             return
         remote, local = parties
-        if not stream.allowedByPolicy(remote, local):
+        refuse = None
+        if stream.pairs:
+            # A further pair on an established stream (XEP-0220 multiplexing):
+            # refused alone, with a dialback error; the stream stays.
+            def refuse(text):
+                stream.refuseClaim(remote, local, text,
+                                   lambda why: dbError("result", local, remote, "not-allowed", why))
+        if not stream.allowedByPolicy(remote, local, refuse):
             return
         if (remote, local) in stream.pairs or (remote, local) in self.pending:
             return

@@ -227,13 +227,20 @@ class InboundStream(XmlStream):
             return False
         return True
 
-    def allowedByPolicy(self, remote, local):
-        """False, after a stream error, when the federation policy refuses the pair."""
+    def allowedByPolicy(self, remote, local, refuse=None):
+        """
+        False, after a stream error, when the federation policy refuses the
+        pair; with C{refuse}, after C{refuse(text)} instead (a further pair
+        on an established stream: the pairs already on it keep their stream).
+        """
         policy = self.runtime.policy
         ok, _, text = policy.check(local, remote)
         if not ok:
             policy.refuse("inbound", local, remote, text)
-            self.streamError("policy-violation", text)
+            if refuse is None:
+                self.streamError("policy-violation", text)
+            else:
+                refuse(text)
         return ok
 
     def authenticated(self, remote, local, method):
