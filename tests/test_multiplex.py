@@ -369,6 +369,8 @@ def test_a_peer_whose_policy_refuses_the_second_domain_keeps_the_first_on_its_st
     # b answered the extra pair with a dialback error; a remembered it and tried a
     # stream of its own, which b refused too: the stanza is bounced to its sender.
     assert "not-allowed" in a.pool.multiplexer.memory.refusal("b.test")
+    assert a.metrics.registry.get_sample_value("s2sgate_extra_pairs_total",
+                                               {"outcome": "refused"}) == 1
     [bounce] = a.link.delivered
     assert (bounce["type"], bounce["to"], str(bounce.body)) == (
         "error", "user@conf.a.test/r", "refused")
@@ -377,6 +379,21 @@ def test_a_peer_whose_policy_refuses_the_second_domain_keeps_the_first_on_its_st
     network.flush(clock)
     assert delivered(b) == [("a.test", "one"), ("a.test", "two")]
     assert a.sessionTable.outgoing("a.test", "b.test") is first and not first.closed
+
+
+def metric(gateway, outcome):
+    return gateway.metrics.registry.get_sample_value("s2sgate_extra_pairs_total",
+                                                     {"outcome": outcome})
+
+
+def test_the_metrics_count_each_answer_and_only_real_connection_attempts():
+    network, a, b, clock = federation()
+    send(a, "a.test", "one")
+    network.flush(clock)
+    send(a, "conf.a.test", "two")
+    network.flush(clock)
+    assert metric(a, "joined") == 1 and metric(a, "refused") is None
+    assert a.metrics.registry.get_sample_value("s2sgate_connection_attempts_total") == 1
 
 
 def test_two_gateways_with_multiplexing_off_use_a_stream_per_local_domain():

@@ -41,6 +41,11 @@ class Metrics:
                                    "Stanzas a lost outbound stream had not acknowledged, by fate "
                                    "(unknown: written on a stream without stream management)",
                                    ["fate"], registry=r)
+        self.extraPairs = Counter("s2sgate_extra_pairs",
+                                  "Further local domains asked for on an established outbound "
+                                  "stream (XEP-0220 multiplexing), by outcome: joined, refused, "
+                                  "timeout, closed (stream error), lost (connection lost)",
+                                  ["outcome"], registry=r)
         # Children bound once: labels() per stanza costs measurable CPU.
         self.bytesIn = self.bytes.labels("in")
         self.bytesOut = self.bytes.labels("out")
@@ -63,6 +68,9 @@ class Metrics:
 
     def verify(self, result):
         self.verifies.labels(result).inc()
+
+    def extraPair(self, outcome):
+        self.extraPairs.labels(outcome).inc()
 
     def limitHit(self, limit):
         self.limitHits.labels(limit).inc()

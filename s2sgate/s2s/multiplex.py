@@ -40,12 +40,14 @@ class PairAnswer:
     """
     How the peer took an extra pair: C{accepted}, or why not (C{why}) and
     whether that says the peer does not want extra pairs (C{remember}); a
-    connection lost meanwhile says nothing about the peer.
+    connection lost meanwhile says nothing about the peer.  C{outcome}
+    names it for the metrics.
     """
 
     accepted: bool
     why: str = ""
     remember: bool = False
+    outcome: str = "joined"
 
 
 ACCEPTED = PairAnswer(True)
@@ -78,7 +80,8 @@ class ExtraPairs:
         # Cancelled (the gateway is stopping): forget the request and its timer.
         d = defer.Deferred(lambda _: self._forget(local))
         call = self.clock.callLater(timeout, self._answer, local, PairAnswer(
-            False, f"{remote} did not answer within {timeout:g} s", remember=True))
+            False, f"{remote} did not answer within {timeout:g} s", remember=True,
+            outcome="timeout"))
         self._pending[local] = (d, call)
         stream.send(dbElement("result", local, remote,
                               key=self.keys.generate(remote, local, stream.streamId)))
@@ -102,11 +105,11 @@ class ExtraPairs:
         elif kind == "error":
             self._answer(local, PairAnswer(
                 False, f"{stream.remote} refused {local} on the stream: "
-                f"{dbErrorReason(element)}", remember=True))
+                f"{dbErrorReason(element)}", remember=True, outcome="refused"))
         else:
             self._answer(local, PairAnswer(
                 False, f"{stream.remote} did not accept {local} on the stream (type={kind})",
-                remember=True))
+                remember=True, outcome="refused"))
         return True
 
     def streamGone(self, stream):
@@ -119,7 +122,8 @@ class ExtraPairs:
         why = (f"{stream.remote} closed the stream: {stream.peerError[0]}" if refused
                else "the stream ended before the answer")
         for local in list(self._pending):
-            self._answer(local, PairAnswer(False, why, remember=refused))
+            self._answer(local, PairAnswer(False, why, remember=refused,
+                                           outcome="closed" if refused else "lost"))
 
     def _forget(self, local):
         d, call = self._pending.pop(local, (None, None))
@@ -180,15 +184,17 @@ class Multiplexer:
         each use: a reload applies at once).
     @param memory: the L{PeerMemory}.
     @param failures: the L{FailureLog}: a refusal is kept there too.
+    @param metrics: counts each answer (C{extraPair(outcome)}).
     """
 
     log = Logger()
 
-    def __init__(self, sessions, current, memory, failures):
+    def __init__(self, sessions, current, memory, failures, metrics):
         self.sessions = sessions
         self.current = current
         self.memory = memory
         self.failures = failures
+        self.metrics = metrics
 
     @property
     def settings(self):
@@ -219,6 +225,7 @@ class Multiplexer:
                  remote=remote, local=local, first=stream.local, stream=stream.streamId,
                  event="outbound.pair_asked")
         answer = await stream.extraPairs.request(stream, local, settings.answer_timeout)
+        self.metrics.extraPair(answer.outcome)
         if answer.accepted:
             self.log.info("{remote} took {local} on the stream of {first}: {count} pairs on it",
                      remote=remote, local=local, first=stream.local, count=len(stream.pairs),

@@ -177,7 +177,6 @@ class OutboundLink:
             self.start()
 
     def start(self):
-        self.pool.metrics.attempt()
         self.attempt = defer.ensureDeferred(self.pool.open(self.local, self.remote))
         self.attempt.addCallbacks(self._established, self._failed)
         return self.attempt
@@ -346,7 +345,8 @@ class OutboundPool:
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.limits = OutboundLimits(current)
         self.failures = failures if failures is not None else FailureLog(clock)
-        self.multiplexer = Multiplexer(sessions, current, PeerMemory(clock), self.failures)
+        self.multiplexer = Multiplexer(sessions, current, PeerMemory(clock), self.failures,
+                                       self.metrics)
         self.links = {}
         self.sent = 0
 
@@ -395,6 +395,7 @@ class OutboundPool:
         if stream is None:
             self.log.info("connecting {local} -> {remote}", local=local, remote=remote,
                           event="outbound.connecting")
+            self.metrics.attempt()
             runtime = self.current.runtime
             stream = await dial(self.connector, local, remote,
                                 lambda: self.newStream(local, remote, runtime), runtime)
