@@ -1,11 +1,12 @@
 """
 Several local domains on one outbound stream (XEP-0220 multiplexing)
-against real Prosody 0.12.
+against real Prosody 0.12 and ejabberd 23.01.
 
   alice@home.test, carol@conference.home.test ─ Prosody (127.0.13.10) ─ component
       ─ s2sgate 127.0.13.11:5269 (admin 127.0.13.11:5281)
       ─ peer.test   Prosody, STARTTLS required, dialback allowed (127.0.13.12)
-  DNS 127.0.13.53: home.test and conference.home.test -> the gateway, peer.test -> its Prosody
+      ─ ej.test     ejabberd, STARTTLS required, dialback (127.0.13.13)
+  DNS 127.0.13.53: home.test and conference.home.test -> the gateway, the peers -> theirs
 
 Our certificate names home.test only: the first pair authenticates with SASL
 EXTERNAL; conference.home.test's first message asks peer.test to take the
@@ -30,6 +31,7 @@ from tests.lab import browser, chat
 from tests.lab.certs import TestCA
 from tests.lab.chat import isMessage, login, message
 from tests.lab.dns import TestDNS
+from tests.lab.ejabberd import Ejabberd
 from tests.lab.prosody import Prosody
 from tests.test_admin import runCLI
 from tests.test_status_page import rows as pageRows
@@ -37,6 +39,7 @@ from tests.test_status_page import rows as pageRows
 pytestmark = pytest.mark.servers
 
 HOME_IP, GATEWAY_IP, PEER_IP, DNS_IP = "127.0.13.10", "127.0.13.11", "127.0.13.12", "127.0.13.53"
+EJABBERD_IP = "127.0.13.13"
 SECRET = "component-secret-for-multiplex-tests"
 MUC = "conference.home.test"
 
@@ -77,6 +80,7 @@ def lab(tmp_path_factory):
         dns.add_srv(f"_xmpp-server._tcp.{domain}", "gw.home.test", 5269)
     dns.add_host("gw.home.test", GATEWAY_IP)
     dns.add_host("peer.test", PEER_IP)
+    dns.add_host("ej.test", EJABBERD_IP)
     try:
         dns.start()
         started.append(dns)
@@ -89,6 +93,10 @@ def lab(tmp_path_factory):
                          tls={"cafile": ca.cafile, "secure_auth": False,
                               "require_encryption": True,
                               "certs": {"peer.test": ca.issue("peer.test", dns=["peer.test"])}}),
+            ej=Ejabberd(base, "ej", EJABBERD_IP, host="ej.test",
+                        users=[("carol@ej.test", "carolpw")], dns=dns,
+                        s2s_use_starttls="required",
+                        certfile=ca.issue("ej.test", dns=["ej.test"])[0], cafile=ca.cafile),
         )
         for server in servers.values():
             server.start()
@@ -114,26 +122,36 @@ def logged(lab, event, **fields):
             and all(e.get(k) == v for k, v in fields.items())]
 
 
-def connectionsToPeer():
+def connectionsTo(ip):
     """
-    Established TCP connections to peer.test's s2s port as the kernel sees
+    Established TCP connections to the s2s port at C{ip} as the kernel sees
     them: (our address, its address) each.
     """
-    out = subprocess.run(["ss", "-Htn", "state", "established", "dst", f"{PEER_IP}:5269"],
+    out = subprocess.run(["ss", "-Htn", "state", "established", "dst", f"{ip}:5269"],
                          capture_output=True, text=True, check=True).stdout
     return [tuple(line.split()[-2:]) for line in out.splitlines() if line.strip()]
 
 
-async def deliver(sender, password, tag, body):
-    bob = await login("bob@peer.test", "bobpw", PEER_IP)
-    user = await login(sender, password, HOME_IP)
+def connectionsToPeer():
+    return connectionsTo(PEER_IP)
+
+
+async def deliverTo(recipient, password, ip, sender, senderPassword, tag, body=None):
+    """C{sender}'s message to C{recipient} (logged in at C{ip}) arrives as sent."""
+    body = body or f"hello from {sender}"
+    rx = await login(recipient, password, ip)
+    user = await login(sender, senderPassword, HOME_IP)
     try:
-        user.send(message("bob@peer.test", tag, body))
-        got = await bob.wait_for(isMessage(tag), timeout=30)
-        chat.assertDelivered(got, user.jid.full(), "bob@peer.test", body)
+        user.send(message(recipient, tag, body))
+        got = await rx.wait_for(isMessage(tag), timeout=30)
+        chat.assertDelivered(got, user.jid.full(), recipient, body)
     finally:
         await user.disconnect()
-        await bob.disconnect()
+        await rx.disconnect()
+
+
+def deliver(sender, password, tag, body):
+    return deliverTo("bob@peer.test", "bobpw", PEER_IP, sender, password, tag, body)
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +218,22 @@ async def test_more_messages_from_both_domains_keep_to_the_one_connection(lab, b
     assert connectionsToPeer() == bothSent["first"]
     stream = lab["gateway"].sessionTable.outgoing(MUC, "peer.test")
     assert stream.stanzasOut >= 4
+
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ejabberd_peer_takes_the_second_domain_on_the_same_connection_too(lab):
+    # ejabberd 23.01: SASL EXTERNAL for home.test, then it accepts (and verifies by
+    # dialing back) conference.home.test's <db:result/> on the same stream.
+    await deliverTo("carol@ej.test", "carolpw", EJABBERD_IP, "alice@home.test", "alicepw", "ej-1")
+    first = connectionsTo(EJABBERD_IP)
+    await deliverTo("carol@ej.test", "carolpw", EJABBERD_IP, f"carol@{MUC}", "carolpw", "ej-2")
+    assert len(first) == 1 and connectionsTo(EJABBERD_IP) == first
+    table = lab["gateway"].sessionTable
+    stream = table.outgoing("home.test", "ej.test")
+    assert table.outgoing(MUC, "ej.test") is stream and stream.authMethod == "sasl-external"
+    assert len(logged(lab, "outbound.connecting", remote="ej.test")) == 1
+    # ejabberd's view: one incoming s2s connection (ours); its verify leg is outgoing.
+    incoming = lab["ej"].ctl("incoming_s2s_number").stdout.strip()
+    assert incoming == "1", incoming
