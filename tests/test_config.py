@@ -285,6 +285,25 @@ def test_connection_attempt_delay_rejected(value):
     assert err.key == "s2s.outgoing.connection_attempt_delay"
 
 
+def test_multiplex_defaults():
+    m = parse_config(minimal(), "x.toml").s2s.multiplex
+    assert (m.enabled, m.answer_timeout, m.remember_peers, m.forget_after) == (True, 10, 1000, 86400)
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("enabled", "yes", "true or false"),
+    ("answer_timeout", 0, "a number of seconds > 0"),
+    ("answer_timeout", float("inf"), "a number of seconds > 0"),
+    ("remember_peers", 0, "an integer >= 1"),
+    ("remember_peers", 2.5, "an integer >= 1"),
+    ("forget_after", -1, "a number of seconds > 0"),
+])
+def test_multiplex_keys_are_checked_with_one_line(key, value, allowed):
+    err = reject(minimal(multiplex={key: value}))
+    assert (err.key, err.allowed) == (f"s2s.multiplex.{key}", allowed)
+    assert str(err).startswith(f"x.toml: s2s.multiplex.{key}: got ")
+
+
 def test_dane_needs_a_configured_validating_resolver(pem):
     err = reject(minimal(dane="opportunistic"))
     assert err.key == "s2s.dane" and "validating resolver" in err.problem
@@ -350,7 +369,7 @@ def test_s2s_table_optional():
 
 @pytest.mark.parametrize("table", [
     (), ("component",), ("s2s",), ("s2s", "outgoing"), ("s2s", "dns"),
-    ("admin",), ("log",),
+    ("s2s", "multiplex"), ("admin",), ("log",),
 ])
 def test_unknown_key_in_every_table(table):
     data = minimal()
