@@ -109,6 +109,8 @@ def test_when_the_peer_accepts_the_stanzas_go_over_the_same_stream():
     assert len(connector.calls) == 1
     assert gw.sessions.outgoing(MUC, REMOTE) is stream
     assert stream.pairs == {(LOCAL, REMOTE), (MUC, REMOTE)}
+    assert (stream.trace[-1].step, stream.trace[-1].error) == (
+        "auth", f"{MUC} -> {REMOTE} added to this stream with dialback (XEP-0220 multiplexing)")
 
 
 def test_stanzas_queued_while_the_extra_pair_is_pending_go_out_in_order_and_the_first_pair_flows():

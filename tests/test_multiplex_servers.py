@@ -204,6 +204,15 @@ async def test_s2sgate_sessions_shows_both_pairs_on_the_one_stream(lab, bothSent
 
 
 @pytest_twisted.ensureDeferred
+async def test_s2sgate_connect_for_the_second_domain_names_the_stream_it_shares(lab, bothSent):
+    code, out, err = await runCLI("connect", MUC, "peer.test", "--config", str(lab["config"]))
+    assert code == 0, err
+    assert "  already connected" in out
+    assert (f"connected: {MUC} -> peer.test (on the stream of home.test, 2 pairs), TLSv1.3"
+            in out), out
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_status_page_shows_both_pairs_on_the_one_stream(lab, bothSent):
     browser.chromium()
     page = await deferToThread(browser.render, f"http://{GATEWAY_IP}:5281/", 1400, 900)

@@ -373,7 +373,11 @@ def cmdConnect(client, args):
     else:
         _printSteps(data.get("steps") or [])
     cert = s.get("certificate")
-    print(f"connected: {s['local']} -> {s['remote']}{' (bidi)' if s.get('bidi') else ''}, "
+    # A further local domain joins another's stream (XEP-0220 multiplexing).
+    shared = (f" (on the stream of {s['local']}, {len(s.get('pairs') or [])} pairs)"
+              if s.get("local") and s["local"] != args.local else "")
+    print(f"connected: {args.local} -> {s['remote']}{shared}"
+          f"{' (bidi)' if s.get('bidi') else ''}, "
           f"{security(s, cipher=True)}, "
           f"certificate {certificateColumn(cert) if cert else 'none'}, auth {s.get('auth')}, "
           f"peer {s.get('peer') or '-'}, stream {s.get('stream_id')}")

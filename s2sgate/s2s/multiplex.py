@@ -227,6 +227,9 @@ class Multiplexer:
         answer = await stream.extraPairs.request(stream, local, settings.answer_timeout)
         self.metrics.extraPair(answer.outcome)
         if answer.accepted:
+            # The stream's diagnostic log (s2sgate connect, the status page) says so too.
+            stream.record("auth", f"{local} -> {remote} added to this stream with dialback "
+                                  "(XEP-0220 multiplexing)")
             self.log.info("{remote} took {local} on the stream of {first}: {count} pairs on it",
                      remote=remote, local=local, first=stream.local, count=len(stream.pairs),
                      stream=stream.streamId, event="outbound.pair_added")
