@@ -14,16 +14,18 @@ from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.words.xish import domish
 
 from s2sgate.auth.dialback import NS_DB
 from s2sgate.config import parse_config
 from s2sgate.gateway.service import GatewayService
 from s2sgate.net.connector import Connection
-from s2sgate.s2s.multiplex import PeerMemory
+from s2sgate.s2s.multiplex import ExtraPairs, PeerMemory
 from s2sgate.xmpp.rawstanza import RawStanza
 from s2sgate.xmpp.stanzas import NS_STANZA_ERRORS
-from tests.s2sfakes import LOCAL, MUC, REMOTE, SECRET, Output, connect, stanza
+from tests.s2sfakes import LOCAL, MUC, REMOTE, SECRET, Output, connect, makeGateway, stanza
 from tests.test_inbound_tls import valid
 from tests.test_outbound import (
     FEATURES,
@@ -280,6 +282,71 @@ def test_a_peer_is_asked_again_once_forget_after_has_passed():
     assert pool.multiplexer.candidate(UPLOAD, REMOTE) is None
     gw.clock.advance(60)
     assert pool.multiplexer.candidate(UPLOAD, REMOTE) is stream
+
+
+# the per-stream requests as a state machine
+
+
+class ScriptedStream:
+    """What L{ExtraPairs} uses of a stream: its peer, id, writes and end."""
+
+    remote, streamId = REMOTE, "s-1"
+
+    def __init__(self):
+        self.sent = []
+        self.peerError = None
+        self.log = Logger()
+
+    def send(self, element):
+        self.sent.append(element)
+
+    def describe(self):
+        return "scripted"
+
+
+DOMAINS = [f"d{i}.home.test" for i in range(4)]
+ACTIONS = st.one_of(
+    st.tuples(st.just("ask"), st.sampled_from(DOMAINS)),
+    st.tuples(st.sampled_from(["valid", "invalid", "error"]), st.sampled_from(DOMAINS)),
+    st.tuples(st.just("wait"), st.floats(0, 6)),
+    st.tuples(st.just("gone"), st.booleans()))
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(ACTIONS, max_size=30))
+def test_every_request_is_answered_exactly_once_and_only_valid_answers_add_a_pair(actions):
+    clock, stream = task.Clock(), ScriptedStream()
+    pairs = ExtraPairs(clock, makeGateway().keys)
+    answers, accepted, gone = {}, set(), False
+    for kind, arg in actions:
+        if kind == "ask":
+            if gone or pairs.pending(arg) or (arg, REMOTE) in pairs.pairs:
+                continue
+            d = pairs.request(stream, arg, 5)
+            answers[len(answers)] = (arg, [])
+            d.addCallback(answers[len(answers) - 1][1].append)
+        elif kind == "wait":
+            clock.advance(arg)
+        elif kind == "gone":
+            if not gone:
+                stream.peerError = ("policy-violation", None) if arg else None
+                pairs.streamGone(stream)
+                gone = True
+        else:
+            waiting = pairs.pending(arg)
+            e = domish.Element((NS_DB, "result"))
+            e["from"], e["to"], e["type"] = REMOTE, arg, kind
+            assert pairs.answered(stream, e) is True
+            if waiting and kind == "valid":
+                accepted.add((arg, REMOTE))
+    clock.advance(10)
+    if not gone:
+        pairs.streamGone(stream)
+    assert all(len(fired) == 1 for _, fired in answers.values())   # exactly once
+    assert {(local, REMOTE) for local, fired in answers.values()
+            if fired[0].accepted} == pairs.pairs == accepted
+    assert clock.getDelayedCalls() == []                          # no timer left behind
+    assert len(stream.sent) == len(answers)                       # one <db:result/> each
 
 
 # the memory of refusing peers
