@@ -469,6 +469,21 @@ def test_db_result_for_a_domain_the_certificate_covers_is_valid_at_once():
     assert stream.authMethod == "dialback-without-dialback"
 
 
+def test_a_further_pair_on_a_sasl_stream_is_valid_at_once_when_the_certificate_covers_it():
+    # A peer multiplexing (XEP-0220) after SASL EXTERNAL: XEP-0344, no verify leg.
+    gw, stream, out = secured(mode="required",
+                              verdicts={REMOTE: valid(REMOTE), OTHER: valid(OTHER)})
+    stream.dataReceived(auth("="))
+    out = fresh(out.transport)
+    stream.dataReceived(header())
+    stream.dataReceived(dbResult(sender=OTHER, to=MUC))
+    [result] = dbResults(out)
+    assert (result["type"], result["from"], result["to"]) == ("valid", MUC, OTHER)
+    assert gw.verifier.requests == []
+    assert stream.pairs == {(REMOTE, LOCAL), (OTHER, MUC)}
+    assert out.streamError() is None
+
+
 def test_db_result_for_another_domain_the_certificate_covers_is_valid_at_once():
     gw, stream, out = secured(mode="required", verdicts={OTHER: valid(OTHER)})
     stream.dataReceived(dbResult(sender=OTHER))
