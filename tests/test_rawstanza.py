@@ -7,7 +7,7 @@ header declared) is rebuilt well-formed in the other stream's scope.
 
 from xml.sax.saxutils import escape, quoteattr
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
@@ -278,7 +278,7 @@ def canonical(element):
     return (element.uri, element.name, attrs, children)
 
 
-@settings(deadline=None, max_examples=300)
+@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(stanzas(), st.sampled_from([(NS_SERVER, NS_COMPONENT), (NS_COMPONENT, NS_SERVER)]))
 def test_generated_stanzas_arrive_intact_and_well_formed_on_the_other_stream(parts, direction):
     source, target = direction
@@ -293,7 +293,7 @@ def test_generated_stanzas_arrive_intact_and_well_formed_on_the_other_stream(par
         assert out == (expected if outer == "xmlns" else data)
 
 
-@settings(deadline=None, max_examples=300)
+@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(stanzas(), st.sampled_from(["", " ", "\n  "])), min_size=1, max_size=6),
        st.lists(st.integers(1, 97), max_size=40), st.sampled_from([b"", b"</stream:stream>"]))
 def test_raw_bytes_are_exact_however_the_stream_is_cut(items, cuts, tail):
