@@ -97,3 +97,23 @@ def test_db_error_carries_condition_and_text():
     assert dbErrorReason(e) == "remote-server-timeout (slow)"
     assert e.firstChildElement()["type"] == "wait"
     assert dbError("result", "a.test", "b.test", "item-not-found").firstChildElement()["type"] == "cancel"
+
+
+def test_db_error_carries_the_stanza_error_in_the_stream_namespace():
+    # XEP-0220 §2.4: <error/> as in a stanza error, in jabber:server.
+    error = dbError("result", "a.test", "b.test", "item-not-found").firstChildElement()
+    assert (error.uri, error.name) == ("jabber:server", "error")
+
+
+def test_db_error_reason_without_a_condition_is_undefined_condition():
+    e = dbElement("result", "a.test", "b.test", kind="error")
+    e.addElement(("jabber:server", "error"))["type"] = "cancel"
+    assert dbErrorReason(e) == "undefined-condition"
+
+
+def test_db_error_reason_is_read_from_the_error_after_other_children():
+    e = dbElement("result", "a.test", "b.test", kind="error")
+    e.addElement(("urn:example:extension", "note"))
+    e.addElement(("jabber:server", "error")).addElement(
+        ("urn:ietf:params:xml:ns:xmpp-stanzas", "remote-server-timeout"))
+    assert dbErrorReason(e) == "remote-server-timeout"

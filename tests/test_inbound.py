@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -5,7 +7,8 @@ from twisted.python.failure import Failure
 
 from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE, DialbackKeys
 from s2sgate.net.connector import Attempt, ConnectFailed
-from s2sgate.s2s.inbound import NS_LIMITS
+from s2sgate.ops.metrics import Metrics
+from s2sgate.s2s.inbound import NS_LIMITS, InboundStream
 from s2sgate.xmpp.parser import NS_STREAMS
 from tests.s2sfakes import (
     INVALID,
@@ -104,6 +107,22 @@ def test_verify_only_stream_refuses_db_verify_for_a_domain_it_does_not_serve():
     stream.dataReceived(dbVerify(REMOTE, "elsewhere.test", "id", "k"))
     [answer] = out.named("verify", NS_DB)
     assert answer["type"] == "error" and answer.error.firstChildElement().name == "item-not-found"
+
+
+def test_refused_db_verify_names_the_stream_id_it_was_asked_about():
+    # The originating server matches the answer to its request by id.
+    gw, stream, out = verifyOnly(version=None)
+    stream.dataReceived(dbVerify(REMOTE, "elsewhere.test", "their-stream", "k"))
+    [answer] = out.named("verify", NS_DB)
+    assert (answer["type"], answer["id"]) == ("error", "their-stream")
+
+
+def test_dialback_error_is_written_with_the_db_prefix_and_an_unprefixed_error():
+    # As in XEP-0220's examples; some servers read dialback only as "db:".
+    gw, stream, out = verifyOnly(version=None)
+    stream.dataReceived(dbVerify(REMOTE, "elsewhere.test", "their-stream", "k"))
+    assert (b"<db:verify from='elsewhere.test' to='remote.test' id='their-stream' type='error'>"
+            b"<error type='cancel'><item-not-found ") in out.transport.value()
 
 
 def test_verify_only_stream_refuses_a_db_result_with_host_unknown():
@@ -516,6 +535,59 @@ def test_closing_the_stream_cancels_its_pending_verifies():
         stream.dataReceived(dbResult(sender=f"r{i}.test"))
     stream.connectionLost(None)
     assert [d.called for *_, d in gw.verifier.requests] == [True, True, True]
+
+
+def test_a_finished_verification_no_longer_counts_against_the_per_stream_bound():
+    gw, stream, out = opened(limits={"verifies_per_stream": 1})
+    stream.dataReceived(dbResult(sender="r0.test"))
+    gw.verifier.requests[0][-1].callback(INVALID)
+    stream.dataReceived(dbResult(sender="r1.test"))
+    assert len(gw.verifier.requests) == 2
+    assert [r["type"] for r in dbResults(out)] == ["invalid"]
+
+
+def test_a_dialback_request_over_the_per_stream_bound_is_counted_under_its_key():
+    gw = makeGateway(limits={"verifies_per_stream": 1})
+    metrics = Metrics()
+    stream = InboundStream(gw.clock, gw.runtime, gw.router, gw.verifier, gw.sessions,
+                           metrics=metrics)
+    connect(stream)
+    stream.dataReceived(header() + dbResult(sender="r0.test") + dbResult(sender="r1.test"))
+    assert metrics.registry.get_sample_value(
+        "s2sgate_peer_limit_hits_total", {"limit": "verifies_per_stream"}) == 1
+
+
+def test_a_db_result_with_a_type_is_not_a_request_and_starts_no_verification():
+    # A typed <db:result/> answers a request of ours: never on a stream the peer opened.
+    gw, stream, out = opened()
+    stream.dataReceived(b"<db:result from='remote.test' to='home.test' type='valid'>abc</db:result>")
+    assert gw.verifier.requests == []
+    assert stream.pairs == set()
+    assert dbResults(out) == [] and out.streamError() is None
+
+
+def test_a_db_verify_with_a_type_is_an_answer_and_gets_none():
+    gw, stream, out = verifyOnly()
+    key = gw.keys.generate(REMOTE, LOCAL, "their-stream")
+    stream.dataReceived(f"<db:verify from='{REMOTE}' to='{LOCAL}' id='their-stream' "
+                        f"type='valid'>{key}</db:verify>".encode())
+    assert out.named("verify", NS_DB) == []
+    assert out.streamError() is None
+
+
+def test_a_dialback_shortcut_is_asked_about_the_pair_the_db_result_names():
+    asked = []
+
+    def shortcut(stream, remote, local):
+        asked.append((remote, local))
+        return None
+
+    gw = makeGateway()
+    runtime = dataclasses.replace(gw.runtime, dialbackShortcuts=(shortcut,))
+    stream = InboundStream(gw.clock, runtime, gw.router, gw.verifier, gw.sessions)
+    connect(stream)
+    stream.dataReceived(header(to=MUC) + dbResult(to=MUC))
+    assert asked == [(REMOTE, MUC)]
 
 
 def test_nothing_after_a_stream_error_is_handled():

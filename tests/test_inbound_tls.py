@@ -83,12 +83,13 @@ class TLSTransport(StringTransport):
 
 
 def tlsGateway(mode="required", secure_auth=False, secure_domains=(), insecure_domains=(),
-               denied=(), limits=None, **tls):
+               denied=(), disabled=(), limits=None, **tls):
     base = makeConfig(limits=limits or {})
     s2s = dataclasses.replace(base.s2s, use_starttls=mode, secure_auth=secure_auth,
                               secure_domains=tuple(secure_domains),
                               insecure_domains=tuple(insecure_domains),
-                              host_policy=tuple(HostPolicy(d, "deny") for d in denied))
+                              host_policy=tuple(HostPolicy(d, "deny") for d in denied),
+                              disabled_domains=tuple(disabled))
     return makeGateway(dataclasses.replace(base, s2s=s2s), tls=FakeTLS(**tls))
 
 
@@ -142,8 +143,9 @@ def features(out):
 
 
 def mechanisms(out):
+    """The mechanisms offered, as a peer reads them: each C{<mechanism/>} child."""
     m = features(out).get((NS_SASL, "mechanisms"))
-    return [] if m is None else [str(c).strip() for c in m.elements()]
+    return [] if m is None else [str(c).strip() for c in m.elements(NS_SASL, "mechanism")]
 
 
 def saslFailure(out):
@@ -410,6 +412,15 @@ def test_external_with_invalid_base64_is_incorrect_encoding():
     assert stream.pairs == set()
 
 
+def test_external_with_a_character_outside_base64_inside_the_authzid_is_incorrect_encoding():
+    # Without validation the '*' would be dropped and the rest read as the domain.
+    gw, stream, out = secured(mode="required", verdicts={OTHER: valid(OTHER)})
+    encoded = base64.b64encode(OTHER.encode()).decode()
+    stream.dataReceived(auth(encoded[:4] + "*" + encoded[4:]))
+    assert saslFailure(out)[0] == "incorrect-encoding"
+    assert stream.pairs == set()
+
+
 def test_external_with_an_authzid_that_is_not_a_domain_is_incorrect_encoding():
     gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)})
     stream.dataReceived(auth(base64.b64encode(b"bad domain!").decode()))
@@ -450,6 +461,15 @@ def test_second_sasl_auth_after_success_is_a_policy_violation():
 def test_external_for_a_blocked_domain_is_a_policy_violation():
     gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)},
                               denied=[REMOTE])
+    stream.dataReceived(auth("="))
+    assert out.streamError() == "policy-violation"
+    assert out.named("success", NS_SASL) == []
+    assert stream.pairs == set()
+
+
+def test_external_to_a_local_domain_with_federation_switched_off_is_a_policy_violation():
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)},
+                              disabled=[LOCAL])
     stream.dataReceived(auth("="))
     assert out.streamError() == "policy-violation"
     assert out.named("success", NS_SASL) == []
@@ -620,6 +640,28 @@ def test_a_stream_may_claim_at_most_claims_per_stream_domains():
     assert {dbErrorOf(r)[0] for r in results[3:]} == {"policy-violation"}
     assert stream.pairs == {(d, LOCAL) for d in domains[:3]}
     assert {d for _, d in gw.tls.verdictCalls} <= {REMOTE, *domains[:3]}
+
+
+def test_external_for_a_domain_over_claims_per_stream_is_not_authorized():
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE), OTHER: valid(OTHER)},
+                              limits={"claims_per_stream": 1})
+    stream.dataReceived(dbResult(sender=OTHER))
+    stream.dataReceived(auth("="))
+    assert saslFailure(out)[0] == "not-authorized"
+    assert out.named("success", NS_SASL) == []
+    assert stream.pairs == {(OTHER, LOCAL)}
+
+
+def test_the_domain_sasl_authenticated_is_claimed_once_for_every_local_domain():
+    gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)},
+                              limits={"claims_per_stream": 1})
+    stream.dataReceived(auth("="))
+    out = fresh(out.transport)
+    stream.dataReceived(header())
+    stream.dataReceived(dbResult(to=MUC))
+    [result] = dbResults(out)
+    assert result["type"] == "valid"
+    assert stream.pairs == {(REMOTE, LOCAL), (REMOTE, MUC)}
 
 
 def test_the_certificate_cache_of_a_stream_is_bounded_by_its_claims():

@@ -177,6 +177,22 @@ def test_db_result_error_fails_ready_with_the_reason_in_the_text():
     assert "item-not-found" in failure.value.text
 
 
+def test_db_result_error_fails_ready_with_remote_server_not_found():
+    gw, pool, stream, out, results = newStream()
+    stream.dataReceived(peerHeader() + FEATURES + dbAnswer(
+        "error", inner=f"<error type='cancel'><item-not-found xmlns='{NS_STANZA_ERRORS}'/></error>"))
+    [failure] = results
+    assert failure.value.condition == "remote-server-not-found"
+
+
+def test_db_result_invalid_says_the_peer_did_not_verify_our_key():
+    # The peer's verdict, not an internal error of ours.
+    gw, pool, stream, out, results = newStream()
+    stream.dataReceived(peerHeader() + FEATURES + dbAnswer("invalid"))
+    [failure] = results
+    assert "could not verify our dialback key (type=invalid)" in failure.value.text
+
+
 def test_negotiation_timeout_fails_ready_with_remote_server_timeout():
     gw, pool, stream, out, results = newStream()
     stream.dataReceived(peerHeader() + FEATURES)

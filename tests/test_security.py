@@ -12,11 +12,12 @@ from tests.s2sfakes import makeConfig
 SEC = "sec.test"      # in secure_domains
 INS = "ins.test"      # in insecure_domains
 OTHER = "other.test"  # in neither
+DANE = "dane.test"    # in dane_domains, where the tests name them
 
-def policy(mode, secureAuth=False, secure=(SEC,), insecure=(INS,)):
+def policy(mode, secureAuth=False, secure=(SEC,), insecure=(INS,), dane="off", daneDomains=()):
     return Requirements(SimpleNamespace(use_starttls=mode, secure_auth=secureAuth,
                                           secure_domains=secure, insecure_domains=insecure,
-                                          dane="off", dane_domains=()))
+                                          dane=dane, dane_domains=daneDomains))
 
 
 VALID = PeerCertificate("valid", f"certificate is valid for {OTHER}")
@@ -87,6 +88,24 @@ MUST_BE_TRUSTED = [
 def test_must_be_trusted(mode, secureAuth, other, sec, ins):
     p = policy(mode, secureAuth)
     assert (p.mustBeTrusted(OTHER), p.mustBeTrusted(SEC), p.mustBeTrusted(INS)) == (other, sec, ins)
+
+
+# DANE (RFC 7673): a peer DANE must authenticate must be trusted, and so encrypt
+
+
+def test_dane_required_demands_a_trusted_certificate_of_every_peer_insecure_ones_too():
+    p = policy("optional", dane="required")
+    assert (p.daneRequired(OTHER), p.mustBeTrusted(OTHER), p.mustBeTrusted(INS)) == (True, True, True)
+
+
+def test_a_dane_domain_must_be_trusted_when_dane_is_otherwise_off():
+    p = policy("optional", daneDomains=(DANE,))
+    assert (p.mustBeTrusted(DANE), p.mustBeTrusted(OTHER)) == (True, False)
+
+
+def test_a_dane_domain_must_encrypt_under_optional():
+    p = policy("optional", daneDomains=(DANE,))
+    assert (p.mustEncrypt(DANE), p.mustEncrypt(OTHER)) == (True, False)
 
 
 # dialbackAllowed

@@ -133,6 +133,21 @@ def test_an_error_reply_to_a_stanza_without_sender_has_no_recipient():
     assert reply["from"] == "alice@home.test"
 
 
+def test_an_error_reply_to_a_stanza_without_recipient_has_no_sender():
+    # A stanza without 'to' is for its sender's own server: the reply must
+    # not come "from" the original sender to itself.
+    reply = errorReply(stanza("iq", "get", to=None), "service-unavailable")
+    assert reply.getAttribute("from") is None
+    assert reply["to"] == "bob@remote.test/phone"
+
+
+def test_an_error_reply_for_a_condition_outside_the_table_has_type_cancel():
+    # RFC 6120 §8.3.3.3: feature-not-implemented is of type cancel, the
+    # type of every condition the table does not name.
+    reply = errorReply(stanza("iq", "set"), "feature-not-implemented")
+    assert reply.error["type"] == "cancel"
+
+
 # RFC 6120 §8.3.3: the error type that goes with each condition the gateway uses.
 RFC6120_TYPES = {
     "bad-request": "modify",
@@ -183,6 +198,14 @@ def test_set_namespace_leaves_payload_namespaces_alone():
     receipt = m.addElement(("urn:xmpp:receipts", "request"))
     setNamespace(m, "jabber:server", "jabber:component:accept")
     assert receipt.uri == "urn:xmpp:receipts"
+
+
+def test_set_namespace_puts_children_added_afterwards_in_the_new_namespace():
+    # An error reply appends <error/> to the moved stanza: it must land in
+    # the stanza's new namespace, not in none.
+    m = stanza("message")
+    setNamespace(m, "jabber:server", "jabber:component:accept")
+    assert m.addElement("error").uri == "jabber:component:accept"
 
 
 def test_set_namespace_makes_the_stanza_serialise_plainly_in_the_new_stream():

@@ -3,8 +3,9 @@
 from twisted.internet import defer
 
 from s2sgate.auth.dialback import NS_DB
-from s2sgate.features.dialback import Verdict
+from s2sgate.features.dialback import DialbackVerify, Verdict
 from s2sgate.net.connector import ConnectFailed, Connection
+from s2sgate.s2s.negotiation import InitiatingStream
 from s2sgate.s2s.verify import Verifier
 from tests.s2sfakes import LOCAL, REMOTE, Output, connect, makeGateway
 from tests.test_outbound import FEATURES, FakeConnector, dbAnswer, peerHeader
@@ -46,6 +47,31 @@ def test_a_verify_leg_never_sends_a_dialback_key_of_its_own_or_sasl():
     connector.calls[0].d.callback(Connection(stream, None, None))
     stream.dataReceived(peerHeader() + FEATURES)
     assert out.named("result", NS_DB) == [] and len(out.named("verify", NS_DB)) == 1
+
+
+def verifyStep(*received):
+    """A DialbackVerify step run on its own stream, after the peer sent C{received}."""
+    gw = makeGateway()
+    step = DialbackVerify("their-id", "k")
+    stream = InitiatingStream(gw.clock, LOCAL, REMOTE, [step],
+                              requirements=gw.runtime.requirements)
+    connect(stream)
+    for data in received:
+        stream.dataReceived(data)
+    return step
+
+
+def test_a_verify_step_the_peer_never_answered_has_no_verdict():
+    # What `s2sgate check` reads as "no dialback answer".
+    step = verifyStep(peerHeader(), FEATURES, b"</stream:stream>")
+    assert step.verdict is None
+
+
+def test_a_db_verify_answer_without_a_type_is_not_valid_and_says_so():
+    # The answer `s2sgate check` shows for another server.
+    step = verifyStep(peerHeader(), FEATURES,
+                      f"<db:verify from='{REMOTE}' to='{LOCAL}' id='their-id'/>".encode())
+    assert step.verdict == Verdict(False, "no type")
 
 
 # bounds, cancellation, what the failure leaves behind (issue 10, items 2 and 6)

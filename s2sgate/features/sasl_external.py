@@ -55,7 +55,7 @@ class SaslExternalOffer:
     """Offer EXTERNAL to a peer whose certificate is valid for the domain it names."""
 
     def __init__(self, runtime):
-        self.runtime = runtime
+        # Built with the runtime as every offer is; the stream has all it asks.
         self.done = False
 
     def advertise(self, stream, features):
