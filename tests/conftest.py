@@ -10,6 +10,7 @@ import os
 import shutil
 
 import pytest
+from hypothesis import Phase, settings
 
 _SERVER_TOOLS = {
     "prosody": "prosody",
@@ -21,12 +22,39 @@ _SERVER_TOOLS = {
 }
 _APT = "apt-get install prosody lua-sec lua-unbound ejabberd dnsmasq-base"
 
+# scripts/mutate runs each mutant against every test that reaches the mutated
+# function, and every stream test reaches the parser: at their full example
+# counts, shrinking each failure, the properties made one parser mutant cost
+# 20-40 s.  Under S2SGATE_HYPOTHESIS=mutation (set by scripts/mutate) each
+# property runs at most MUTATION_EXAMPLES examples, the same ones every run
+# (a mutant's verdict does not depend on luck), stored nowhere, not shrunk (a
+# killed mutant needs one failing example, not the smallest).  The exact
+# boundaries are pinned by deterministic tests, not left to the properties.
+MUTATION_EXAMPLES = 25
+settings.register_profile("mutation", max_examples=MUTATION_EXAMPLES, deadline=None,
+                          derandomize=True, database=None,
+                          phases=(Phase.explicit, Phase.reuse, Phase.generate))
+if os.environ.get("S2SGATE_HYPOTHESIS") == "mutation":
+    settings.load_profile("mutation")
+
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "servers: needs real prosody, ejabberd and dnsmasq (tests/lab); "
         "skipped when missing unless S2SGATE_REQUIRE_SERVERS=1")
+
+
+def pytest_collection_modifyitems(items):
+    """Under the mutation profile, cap the properties that name their own example count too."""
+    if settings.get_current_profile_name() != "mutation":
+        return
+    for item in items:
+        test = getattr(item, "obj", None)
+        # Where @settings keeps a test's settings; read each time the test runs.
+        own = getattr(test, "_hypothesis_internal_use_settings", None)
+        if own is not None and own.max_examples > MUTATION_EXAMPLES:
+            test._hypothesis_internal_use_settings = settings(own, max_examples=MUTATION_EXAMPLES)
 
 
 def _servers_problem():
