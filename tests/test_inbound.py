@@ -803,3 +803,21 @@ def test_stream_closed_after_the_negotiation_timeout_untracks_it_cleanly():
     stream.connectionLost(Failure(Exception("gone")))
     assert stream not in gw.sessions.streams()
     assert stream._negotiationCall is None
+
+
+def test_stream_error_after_the_peers_header_carries_the_streams_own_id():
+    gw, stream, out = opened_on_header(header(to="elsewhere.test"))
+    assert out.streamError() == "host-unknown"
+    assert out.header["id"] == stream.streamId
+
+
+def test_a_refused_connection_is_counted_under_the_limit_it_hit():
+    from s2sgate.ops.metrics import Metrics
+    gw = makeGateway(limits={"unauthenticated_per_address": 1})
+    metrics = Metrics()
+    for _ in range(2):
+        connect(InboundStream(gw.clock, gw.runtime, gw.router, gw.verifier, gw.sessions,
+                              peerHost="127.0.3.20", metrics=metrics))
+    hits = metrics.registry.get_sample_value("s2sgate_peer_limit_hits_total",
+                                             {"limit": "unauthenticated_per_address"})
+    assert hits == 1

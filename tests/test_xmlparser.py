@@ -345,3 +345,22 @@ def test_every_stanza_is_refused_exactly_when_more_than_the_limit_of_its_bytes_a
         assert refusedAt is None
     else:
         assert refusedAt is not None and refusedAt[0] <= overAt < refusedAt[1]
+
+
+# What the mutation run (scripts/mutate, docs/testing.md) found untested.
+
+
+def test_a_namespace_with_a_tab_in_it_is_kept_whole():
+    # expat joins namespace and name with a space; a tab (a character
+    # reference survives attribute normalisation) is part of the namespace.
+    r = Recorder()
+    r.parser.feed(HEADER + b"<iq><query xmlns='urn:a&#9;b'/></iq>")
+    query = r.elements[0].firstChildElement()
+    assert (query.uri, query.name) == ("urn:a\tb", "query")
+
+
+def test_a_child_that_undeclares_the_default_namespace_has_none():
+    r = Recorder()
+    r.parser.feed(HEADER + b"<iq><query xmlns=''/></iq>")
+    query = r.elements[0].firstChildElement()
+    assert (query.uri, query.name) == ("", "query")
