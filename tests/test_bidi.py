@@ -262,6 +262,33 @@ def test_sessions_show_a_bidi_stream():
     assert info["bidi"] is True and info["direction"] == "in"
 
 
+def _ours(body):
+    return RawStanza.fromElement(stanza(sender=f"alice@{LOCAL}/pc", to=f"bob@{REMOTE}", body=body))
+
+
+def test_each_of_our_stanzas_on_a_bidi_inbound_stream_is_counted_in_the_session_table():
+    gw, stream, _ = bidiInbound()
+    for n in range(3):
+        stream.sendStanza(_ours(f"#{n}"))
+    [info] = gw.sessions.describe()
+    assert info["stanzas_out"] == 3
+
+
+def test_the_end_line_of_a_bidi_inbound_stream_counts_our_stanzas_on_it():
+    from twisted.logger import globalLogPublisher
+    gw, stream, _ = bidiInbound()
+    stream.sendStanza(_ours("one"))
+    stream.sendStanza(_ours("two"))
+    lines = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        stream.connectionLost(None)
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    [line] = [e for e in lines if e.get("event") == "stream.lost"]
+    assert (line["stanzas_in"], line["stanzas_out"]) == (0, 2)
+
+
 # two gateways
 
 

@@ -384,7 +384,8 @@ class InboundStream(XmlStream):
         self._cancelNegotiationTimer()
         if self.pairs:
             pairs = sorted(self.pairs)
-            logStreamEnd(self, remote=self.peer, pairs=pairs, stanzasIn=self.stanzasIn, stanzasOut=0,
+            logStreamEnd(self, remote=self.peer, pairs=pairs, stanzasIn=self.stanzasIn,
+                         stanzasOut=self.stanzasOut,
                          security=self.securitySummary(pairs[0][0]), now=self.clock.seconds(),
                          fate="stream management on" if self.streamManagement else None,
                          sm=self.streamManagement)
