@@ -821,3 +821,86 @@ def test_a_refused_connection_is_counted_under_the_limit_it_hit():
     hits = metrics.registry.get_sample_value("s2sgate_peer_limit_hits_total",
                                              {"limit": "unauthenticated_per_address"})
     assert hits == 1
+
+
+# the listener's factory: what each stream it builds gets
+
+
+def listener(gw, **kw):
+    from s2sgate.s2s.inbound import InboundFactory
+    return InboundFactory(gw.clock, gw.current, gw.router, gw.verifier, gw.sessions, **kw)
+
+
+def fromListener(factory, host="127.0.3.9", port=40001):
+    from twisted.internet.address import IPv4Address
+    stream = factory.buildProtocol(IPv4Address("TCP", host, port))
+    return stream, Output(connect(stream))
+
+
+def test_a_listener_stream_shows_the_peers_address_and_port():
+    gw = makeGateway()
+    fromListener(listener(gw), port=40001)
+    [info] = gw.sessions.describe()
+    assert info["peer"] == "127.0.3.9:40001"
+
+
+def test_a_listener_stream_from_an_address_without_a_host_shows_no_peer():
+    from twisted.internet.address import UNIXAddress
+    gw = makeGateway()
+    stream = listener(gw).buildProtocol(UNIXAddress(None))
+    connect(stream)
+    [info] = gw.sessions.describe()
+    assert info["peer"] == ""
+
+
+def test_a_listener_bounds_unauthenticated_streams_by_the_peers_address_not_its_port():
+    gw = makeGateway(limits={"unauthenticated_per_address": 1})
+    factory = listener(gw)
+    _, first = fromListener(factory, port=40001)
+    _, second = fromListener(factory, port=40002)
+    assert (first.streamError(), second.streamError()) == (None, "policy-violation")
+
+
+def test_a_stream_from_a_direct_tls_listener_is_secure_from_its_first_byte():
+    gw = makeGateway()
+    stream, _ = fromListener(listener(gw, directTLS=True))
+    [info] = gw.sessions.describe()
+    assert info["direct_tls"] is True
+    assert stream.securitySummary() == "direct TLS"
+
+
+def test_a_listener_stream_holds_its_writes_in_the_gateways_batch():
+    from s2sgate.xmpp.stream import WriteBatch
+    gw = makeGateway()
+    batch = WriteBatch()
+    stream, out = fromListener(listener(gw, batch=batch))
+    batch.enter()
+    stream.dataReceived(header())
+    assert out.transport.value() == b""
+    batch.exit()
+    assert out.update().header["to"] == REMOTE
+
+
+def test_a_listener_stream_counts_its_bytes_in_the_gateways_metrics():
+    from s2sgate.ops.metrics import Metrics
+    gw = makeGateway()
+    metrics = Metrics()
+    stream, _ = fromListener(listener(gw, metrics=metrics))
+    stream.dataReceived(header())
+    assert metrics.registry.get_sample_value("s2sgate_bytes_total", {"direction": "in"}) == \
+        len(header())
+
+
+def test_the_listeners_streams_log_through_the_one_limiter_they_were_given():
+    # One limiter for every listener: a peer cannot get more lines by
+    # connecting to another port.
+    from twisted.logger import Logger
+
+    from s2sgate.s2s.guard import LogLimiter
+    gw = makeGateway(limits={"unauthenticated_per_address": 1})
+    lines = []
+    peerLog = LogLimiter(gw.clock, log=Logger(observer=lines.append), burst=1)
+    plain, direct = listener(gw, peerLog=peerLog), listener(gw, peerLog=peerLog, directTLS=True)
+    for factory, port in ((plain, 40001), (plain, 40002), (direct, 40003)):
+        fromListener(factory, port=port)
+    assert [e["event"] for e in lines] == ["inbound.refused"]
