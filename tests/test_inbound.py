@@ -9,6 +9,7 @@ from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE, DialbackKeys
 from s2sgate.net.connector import Attempt, ConnectFailed
 from s2sgate.ops.metrics import Metrics
 from s2sgate.s2s.inbound import NS_LIMITS, InboundStream
+from s2sgate.xmpp.namespaces import NS_SERVER
 from s2sgate.xmpp.parser import NS_STREAMS
 from tests.s2sfakes import (
     INVALID,
@@ -904,3 +905,52 @@ def test_the_listeners_streams_log_through_the_one_limiter_they_were_given():
     for factory, port in ((plain, 40001), (plain, 40002), (direct, 40003)):
         fromListener(factory, port=port)
     assert [e["event"] for e in lines] == ["inbound.refused"]
+
+
+# offers that take stanzas (plug-ins, docs/architecture.md): a stanza whose
+# name an offer registered goes to it, as a DOM, and not to the router
+
+
+class StanzaTap:
+    """An offer that takes the stanzas it registered (C{name}; None: all) into C{taken}."""
+
+    def __init__(self, runtime):
+        pass
+
+    def advertise(self, stream, features):
+        pass
+
+    def handlers(self):
+        return {(NS_SERVER, self.name): self.take}
+
+    def take(self, stream, element):
+        self.taken.append((stream, element))
+
+    def streamClosed(self, stream):
+        pass
+
+
+def tapped(name):
+    from s2sgate.features import OFFERS
+    from s2sgate.gateway.runtime import Runtime
+    tap = type("Tap", (StanzaTap,), {"name": name, "taken": []})
+    gw = makeGateway()
+    gw.current.swap(Runtime.build(gw.config, offers=OFFERS + (tap,)))
+    return tap, authenticated(gw=opened_on(gw))
+
+
+def test_a_stanza_an_offer_registered_by_name_goes_to_that_offer():
+    tap, (gw, stream, out) = tapped("iq")
+    stream.dataReceived(f"<iq type='get' id='p1' from='{REMOTE}' to='{LOCAL}'>"
+                        "<ping xmlns='urn:xmpp:ping'/></iq>".encode())
+    [(on, iq)] = tap.taken
+    assert on is stream and (iq.name, iq["id"]) == ("iq", "p1")
+    assert gw.router.delivered == []
+
+
+def test_stanzas_an_offer_registered_by_namespace_go_to_that_offer():
+    tap, (gw, stream, out) = tapped(None)
+    stream.dataReceived(stanza().toXml().encode())
+    [(on, message)] = tap.taken
+    assert on is stream and str(message.body) == "hi"
+    assert gw.router.delivered == []

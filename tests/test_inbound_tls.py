@@ -293,6 +293,14 @@ def test_dialback_before_tls_from_a_secure_domain_under_optional_is_a_policy_vio
     assert gw.verifier.requests == []
 
 
+def test_a_stanza_before_tls_from_a_secure_domain_under_optional_is_a_policy_violation():
+    # The header's domain must encrypt even though the gateway's default
+    # does not: the refusal says so, not that the pair is unknown.
+    gw, stream, out = opened(mode="optional", secure_domains=[REMOTE])
+    stream.dataReceived(stanza().toXml().encode())
+    assert out.streamError() == "policy-violation"
+    assert gw.router.delivered == []
+
 def test_dialback_before_tls_with_an_unnormalized_secure_domain_is_still_refused():
     # The early check sees 'REMOTE.test'; the dialback check after
     # normalization must still demand a certificate.
