@@ -67,7 +67,9 @@ def _isLogCall(node):
         return False
     owner = f.value
     name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
-    return name in ("log", "log_", "_log")
+    # peerLog: the rate-limited log (s2s/guard.LogLimiter); its event name is
+    # also the key of the window that limits it.
+    return name in ("log", "log_", "_log", "peerLog")
 
 
 class _DropLogs(ast.NodeTransformer):

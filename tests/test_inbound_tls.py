@@ -680,6 +680,27 @@ def test_the_certificate_cache_of_a_stream_is_bounded_by_its_claims():
     assert len(stream.certificates) <= 4 + 1
 
 
+def test_a_stream_ended_for_its_refused_claims_is_counted_under_refused_claims():
+    from twisted.internet.address import IPv4Address
+
+    from s2sgate.ops.metrics import Metrics
+    from s2sgate.s2s.inbound import InboundFactory
+
+    gw = tlsGateway(mode="required", secure_auth=True)
+    metrics = Metrics()
+    factory = InboundFactory(gw.clock, gw.current, gw.router, gw.verifier, gw.sessions,
+                             metrics=metrics)
+    stream = factory.buildProtocol(IPv4Address("TCP", "127.0.3.9", 40000))
+    stream.makeConnection(TLSTransport())
+    stream.dataReceived(header() + STARTTLS)
+    stream.handshakeCompleted()
+    stream.dataReceived(header())
+    for i in range(3):
+        stream.dataReceived(dbResult(sender=f"victim{i}.test"))
+    hits = metrics.registry.get_sample_value("s2sgate_peer_limit_hits_total",
+                                             {"limit": "refused_claims"})
+    assert hits == 1
+
 def test_the_refused_claim_line_is_rate_limited_across_streams():
     from twisted.internet.address import IPv4Address
     from twisted.logger import capturedLogs
