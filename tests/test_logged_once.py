@@ -9,6 +9,7 @@ from twisted.logger import globalLogPublisher
 
 from tests.s2sfakes import LOCAL, REMOTE
 from tests.test_component import Harness
+from tests.test_inbound import authenticated
 from tests.test_inbound_tls import auth, header, secured, valid
 from tests.test_outbound_tls import SUCCESS, peerHeader
 from tests.test_outbound_tls import features as outboundFeatures
@@ -41,6 +42,12 @@ def test_an_inbound_starttls_pair_logs_once_how_it_is_secured(events):
         REMOTE, LOCAL, "sasl-external", True)
     assert line["security"] == "STARTTLS TLSv1.3 TLS_AES_256_GCM_SHA384 certificate valid"
 
+
+def test_an_inbound_pair_without_tls_logs_once_that_it_has_none(events):
+    gw, stream, out = authenticated()
+    [line] = named(events, "inbound.established")
+    assert (line["remote"], line["local"], line["method"]) == (REMOTE, LOCAL, "dialback")
+    assert line["security"] == "no TLS"
 
 def test_an_inbound_direct_tls_stream_says_direct_tls():
     gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)})
