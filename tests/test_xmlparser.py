@@ -364,3 +364,97 @@ def test_a_child_that_undeclares_the_default_namespace_has_none():
     r.parser.feed(HEADER + b"<iq><query xmlns=''/></iq>")
     query = r.elements[0].firstChildElement()
     assert (query.uri, query.name) == ("", "query")
+
+
+# The depth and element caps at their boundary, for a stanza built into a
+# DOM and for one forwarded from its bytes (stanzaNames).  The depth counts
+# the stream header: a stanza may nest maxDepth - 1 elements deep, itself
+# included; the element count includes the stanza itself.
+
+DEPTH, ELEMENTS = 6, 8
+
+
+def capped(raw):
+    """A parser past its header, with small caps; C{raw}: messages come as RawStanzas."""
+    r = Recorder(maxDepth=DEPTH, maxElements=ELEMENTS)
+    if raw:
+        r.stanzas = []
+        r.parser = StreamParser(r.headers.append, r.elements.append, r.end,
+                                maxDepth=DEPTH, maxElements=ELEMENTS, onStanza=r.stanzas.append,
+                                stanzaNames=frozenset({("jabber:server", "message")}))
+    r.parser.feed(HEADER)
+    return r
+
+
+def nested(levels):
+    """A <message/> with elements nested C{levels} deep, itself included."""
+    inner = levels - 1
+    return b"<message>" + b"<a>" * inner + b"</a>" * inner + b"</message>"
+
+
+def flat(count):
+    """A <message/> of C{count} elements, itself included."""
+    return b"<message>" + b"<a/>" * (count - 1) + b"</message>"
+
+
+def received(r):
+    return getattr(r, "stanzas", r.elements)
+
+
+shapes = pytest.mark.parametrize("raw", [False, True], ids=["dom", "raw"])
+
+
+@shapes
+@feedings
+def test_a_stanza_nested_to_the_depth_cap_is_accepted(raw, pieces):
+    r = capped(raw)
+    for piece in pieces(nested(DEPTH - 1)):
+        r.parser.feed(piece)
+    assert len(received(r)) == 1
+
+
+@shapes
+@feedings
+def test_a_stanza_one_level_deeper_than_the_cap_is_refused(raw, pieces):
+    r = capped(raw)
+    with pytest.raises(StreamError) as e:
+        for piece in pieces(nested(DEPTH)):
+            r.parser.feed(piece)
+    assert e.value.condition == "policy-violation"
+    assert received(r) == []
+
+
+@shapes
+@feedings
+def test_a_stanza_of_exactly_the_element_cap_is_accepted(raw, pieces):
+    r = capped(raw)
+    for piece in pieces(flat(ELEMENTS)):
+        r.parser.feed(piece)
+    assert len(received(r)) == 1
+
+
+@shapes
+@feedings
+def test_a_stanza_of_one_element_more_than_the_cap_is_refused(raw, pieces):
+    r = capped(raw)
+    with pytest.raises(StreamError) as e:
+        for piece in pieces(flat(ELEMENTS + 1)):
+            r.parser.feed(piece)
+    assert e.value.condition == "policy-violation"
+    assert received(r) == []
+
+
+@shapes
+def test_the_element_cap_counts_each_stanza_alone(raw):
+    r = capped(raw)
+    for _ in range(3):
+        r.parser.feed(flat(ELEMENTS))
+    assert len(received(r)) == 3
+
+
+@shapes
+def test_the_depth_cap_counts_from_each_stanza_anew(raw):
+    r = capped(raw)
+    for _ in range(3):
+        r.parser.feed(nested(DEPTH - 1))
+    assert len(received(r)) == 3
