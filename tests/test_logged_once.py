@@ -7,10 +7,10 @@ component link is logged once, not at every retry.
 import pytest
 from twisted.logger import globalLogPublisher
 
-from tests.s2sfakes import LOCAL, REMOTE
+from tests.s2sfakes import LOCAL, REMOTE, VALID
 from tests.test_component import Harness
 from tests.test_inbound import authenticated
-from tests.test_inbound_tls import auth, header, secured, valid
+from tests.test_inbound_tls import auth, dbResult, header, secured, selfSigned, valid
 from tests.test_outbound_tls import SUCCESS, peerHeader
 from tests.test_outbound_tls import features as outboundFeatures
 from tests.test_outbound_tls import secured as outboundSecured
@@ -48,6 +48,18 @@ def test_an_inbound_pair_without_tls_logs_once_that_it_has_none(events):
     [line] = named(events, "inbound.established")
     assert (line["remote"], line["local"], line["method"]) == (REMOTE, LOCAL, "dialback")
     assert line["security"] == "no TLS"
+
+def test_each_inbound_pair_logs_the_verdict_on_its_own_domains_certificate(events):
+    other = "other.test"
+    gw, stream, out = secured(mode="required",
+                              verdicts={REMOTE: valid(REMOTE), other: selfSigned()})
+    stream.dataReceived(auth("="))
+    stream.dataReceived(header())
+    stream.dataReceived(dbResult(sender=other))
+    gw.verifier.requests[-1][-1].callback(VALID)
+    lines = {e["remote"]: e["security"] for e in named(events, "inbound.established")}
+    assert lines[REMOTE].endswith("certificate valid")
+    assert lines[other].endswith("certificate self-signed")
 
 def test_an_inbound_direct_tls_stream_says_direct_tls():
     gw, stream, out = secured(mode="required", verdicts={REMOTE: valid(REMOTE)})
