@@ -680,13 +680,14 @@ def test_the_certificate_cache_of_a_stream_is_bounded_by_its_claims():
     assert len(stream.certificates) <= 4 + 1
 
 
-def test_a_stream_ended_for_its_refused_claims_is_counted_under_refused_claims():
+def securedWithMetrics(**kw):
+    """A stream from a listener with metrics, STARTTLS done: (gw, stream, metrics)."""
     from twisted.internet.address import IPv4Address
 
     from s2sgate.ops.metrics import Metrics
     from s2sgate.s2s.inbound import InboundFactory
 
-    gw = tlsGateway(mode="required", secure_auth=True)
+    gw = tlsGateway(mode="required", **kw)
     metrics = Metrics()
     factory = InboundFactory(gw.clock, gw.current, gw.router, gw.verifier, gw.sessions,
                              metrics=metrics)
@@ -695,11 +696,29 @@ def test_a_stream_ended_for_its_refused_claims_is_counted_under_refused_claims()
     stream.dataReceived(header() + STARTTLS)
     stream.handshakeCompleted()
     stream.dataReceived(header())
+    return gw, stream, metrics
+
+
+def limitHits(metrics, limit):
+    return metrics.registry.get_sample_value("s2sgate_peer_limit_hits_total", {"limit": limit})
+
+
+def test_a_stream_ended_for_its_refused_claims_is_counted_under_refused_claims():
+    gw, stream, metrics = securedWithMetrics(secure_auth=True)
     for i in range(3):
         stream.dataReceived(dbResult(sender=f"victim{i}.test"))
-    hits = metrics.registry.get_sample_value("s2sgate_peer_limit_hits_total",
-                                             {"limit": "refused_claims"})
-    assert hits == 1
+    assert limitHits(metrics, "refused_claims") == 1
+
+
+def test_each_claim_over_claims_per_stream_is_counted_under_claims_per_stream():
+    domains = [f"d{i}.test" for i in range(5)]
+    gw, stream, metrics = securedWithMetrics(verdicts={d: valid(d) for d in domains},
+                                             limits={"claims_per_stream": 3,
+                                                     "refused_claims": 10})
+    for d in domains:
+        stream.dataReceived(dbResult(sender=d))
+    assert limitHits(metrics, "claims_per_stream") == 2
+
 
 def test_the_refused_claim_line_is_rate_limited_across_streams():
     from twisted.internet.address import IPv4Address
