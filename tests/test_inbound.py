@@ -954,3 +954,11 @@ def test_stanzas_an_offer_registered_by_namespace_go_to_that_offer():
     [(on, message)] = tap.taken
     assert on is stream and str(message.body) == "hi"
     assert gw.router.delivered == []
+
+
+def test_a_stanza_in_the_client_namespace_is_unsupported_stanza_type():
+    gw, stream, out = authenticated()
+    stream.dataReceived(f"<message xmlns='jabber:client' from='juliet@{REMOTE}/balcony' "
+                        f"to='romeo@{LOCAL}'><body>hi</body></message>".encode())
+    assert out.streamError() == "unsupported-stanza-type"
+    assert gw.router.delivered == []
