@@ -962,3 +962,49 @@ def test_a_stanza_in_the_client_namespace_is_unsupported_stanza_type():
                         f"to='romeo@{LOCAL}'><body>hi</body></message>".encode())
     assert out.streamError() == "unsupported-stanza-type"
     assert gw.router.delivered == []
+
+
+def authenticatedFromListener(metrics):
+    gw = makeGateway()
+    stream, out = fromListener(listener(gw, metrics=metrics))
+    stream.dataReceived(header() + dbResult())
+    gw.verifier.requests[-1][-1].callback(VALID)
+    assert stream.pairs == {(REMOTE, LOCAL)}
+    return gw, stream, out
+
+
+def streamsLost(metrics):
+    return metrics.registry.get_sample_value("s2sgate_streams_lost_total", {"direction": "in"})
+
+
+def test_an_authenticated_inbound_stream_dropped_without_a_closing_tag_is_counted_lost():
+    from twisted.internet.error import ConnectionLost
+
+    from s2sgate.ops.metrics import Metrics
+    metrics = Metrics()
+    gw, stream, out = authenticatedFromListener(metrics)
+    stream.connectionLost(Failure(ConnectionLost("gone")))
+    assert streamsLost(metrics) == 1
+
+
+def test_an_inbound_stream_the_peer_closes_cleanly_is_not_counted_lost():
+    from twisted.internet.error import ConnectionDone
+
+    from s2sgate.ops.metrics import Metrics
+    metrics = Metrics()
+    gw, stream, out = authenticatedFromListener(metrics)
+    stream.dataReceived(b"</stream:stream>")
+    stream.connectionLost(Failure(ConnectionDone()))
+    assert stream.endClean
+    assert not streamsLost(metrics)
+
+
+def test_the_certificate_cache_holds_the_header_domain_and_every_claim_allowed():
+    from tests.test_inbound_tls import secured, valid
+    domains = [REMOTE] + [f"d{i}.test" for i in range(3)]
+    gw, stream, out = secured(mode="required", verdicts={d: valid(d) for d in domains},
+                              limits={"claims_per_stream": 3})
+    for _ in range(2):
+        for d in domains:
+            stream.certificateFor(d)
+    assert sorted(d for _, d in gw.tls.verdictCalls) == sorted(domains)
