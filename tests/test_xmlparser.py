@@ -458,3 +458,24 @@ def test_the_depth_cap_counts_from_each_stanza_anew(raw):
     for _ in range(3):
         r.parser.feed(nested(DEPTH - 1))
     assert len(received(r)) == 3
+
+
+def test_a_stream_error_reads_as_its_condition_and_text():
+    assert str(StreamError("policy-violation", "too big")) == "policy-violation: too big"
+    assert str(StreamError("policy-violation")) == "policy-violation"
+
+
+def test_one_element_parsed_alone_may_be_larger_than_the_default_stanza_limit():
+    # A stream configured above the default hands such stanzas on; reading
+    # one again (RawStanza.element) must not refuse it.
+    body = b"x" * 600_000
+    e = parser.parseElement(b"<message><body>" + body + b"</body></message>", "jabber:server")
+    assert len(str(e.body)) == len(body)
+
+
+@pytest.mark.parametrize("data", [b"", b"<message/><message/>", b"<message>"],
+                         ids=["none", "two", "unfinished"])
+def test_parsing_anything_but_one_complete_element_is_not_well_formed(data):
+    with pytest.raises(StreamError) as e:
+        parser.parseElement(data, "jabber:server")
+    assert e.value.condition == "not-well-formed"
