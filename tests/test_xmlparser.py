@@ -479,3 +479,12 @@ def test_parsing_anything_but_one_complete_element_is_not_well_formed(data):
     with pytest.raises(StreamError) as e:
         parser.parseElement(data, "jabber:server")
     assert e.value.condition == "not-well-formed"
+
+
+def test_after_a_forwarded_stanza_the_next_elements_text_is_read():
+    # While a raw stanza is open the text handler is off; it must come back.
+    r = capped(raw=True)
+    r.parser.feed(b"<message><body>forwarded</body></message>"
+                  b"<db:result from='b.test' to='a.test'>key</db:result>")
+    assert len(r.stanzas) == 1
+    assert str(r.elements[0]) == "key"
