@@ -488,3 +488,19 @@ def test_after_a_forwarded_stanza_the_next_elements_text_is_read():
                   b"<db:result from='b.test' to='a.test'>key</db:result>")
     assert len(r.stanzas) == 1
     assert str(r.elements[0]) == "key"
+
+
+def test_after_a_forwarded_stanza_the_next_element_may_have_exactly_the_element_cap():
+    r = capped(raw=True)
+    r.parser.feed(b"<message><body>forwarded</body></message>"
+                  b"<db:result from='b.test' to='a.test'>" + b"<a/>" * (ELEMENTS - 1)
+                  + b"</db:result>")
+    assert len(r.stanzas) == 1 and len(r.elements) == 1
+
+
+def test_after_a_forwarded_stanza_an_element_declaring_its_own_prefix_keeps_it():
+    r = capped(raw=True)
+    r.parser.feed(b"<message><body>forwarded</body></message>"
+                  b"<x:hello xmlns:x='urn:example:hello'/>")
+    hello = r.elements[0]
+    assert (hello.uri, hello.name) == ("urn:example:hello", "hello")
