@@ -504,3 +504,31 @@ def test_after_a_forwarded_stanza_an_element_declaring_its_own_prefix_keeps_it()
                   b"<x:hello xmlns:x='urn:example:hello'/>")
     hello = r.elements[0]
     assert (hello.uri, hello.name) == ("urn:example:hello", "hello")
+
+
+# What a forwarded stanza's bytes need: a prefix the stream header declared
+# (db: here) makes them not portable, wherever it is used.
+
+
+def forwarded(data):
+    r = capped(raw=True)
+    r.parser.feed(data)
+    [stanza] = r.stanzas
+    return stanza
+
+
+def test_an_outer_attribute_with_a_prefix_of_the_header_makes_a_stanza_not_portable():
+    assert not forwarded(b"<message db:x='1'/>").portable
+
+
+def test_a_childs_attribute_with_a_prefix_of_the_header_makes_a_stanza_not_portable():
+    assert not forwarded(b"<message><body db:x='1'>hi</body></message>").portable
+
+
+def test_a_stanza_with_only_its_own_prefixes_is_portable():
+    assert forwarded(b"<message xml:lang='en'><x:a xmlns:x='urn:x' x:b='1'/></message>").portable
+
+
+def test_a_forwarded_stanzas_routing_attributes_are_its_unprefixed_ones():
+    stanza = forwarded(b"<message to='x@a.test' xml:lang='en'/>")
+    assert stanza.attributes == {"to": "x@a.test"}
