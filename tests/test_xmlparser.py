@@ -532,3 +532,9 @@ def test_a_stanza_with_only_its_own_prefixes_is_portable():
 def test_a_forwarded_stanzas_routing_attributes_are_its_unprefixed_ones():
     stanza = forwarded(b"<message to='x@a.test' xml:lang='en'/>")
     assert stanza.attributes == {"to": "x@a.test"}
+
+
+def test_only_a_forwarded_stanza_that_declares_its_namespace_says_so():
+    r = capped(raw=True)
+    r.parser.feed(b"<message xmlns='jabber:server'/><message/><message/>")
+    assert [s.declaresDefault for s in r.stanzas] == [True, False, False]
