@@ -538,3 +538,20 @@ def test_only_a_forwarded_stanza_that_declares_its_namespace_says_so():
     r = capped(raw=True)
     r.parser.feed(b"<message xmlns='jabber:server'/><message/><message/>")
     assert [s.declaresDefault for s in r.stanzas] == [True, False, False]
+
+
+def test_a_prefix_a_stanza_declared_for_itself_is_gone_after_it():
+    r = capped(raw=True)
+    r.parser.feed(b"<message><db:x xmlns:db='urn:own'/></message><message><db:y/></message>")
+    assert [s.portable for s in r.stanzas] == [True, False]
+
+
+def test_an_empty_element_tag_ending_at_the_start_of_a_piece_ends_there():
+    # The "/>" opens the next piece; the stanza after it is measured from
+    # its own "<", so one byte over the limit is still refused.
+    r = Recorder(maxStanzaBytes=LIMIT)
+    r.parser.feed(HEADER + b"<message to='x@a.test'")
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b"/>" + stanzaOf(LIMIT + 1))
+    assert e.value.condition == "policy-violation"
+    assert len(r.elements) == 1
