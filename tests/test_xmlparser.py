@@ -555,3 +555,14 @@ def test_an_empty_element_tag_ending_at_the_start_of_a_piece_ends_there():
         r.parser.feed(b"/>" + stanzaOf(LIMIT + 1))
     assert e.value.condition == "policy-violation"
     assert len(r.elements) == 1
+
+
+def test_a_closing_tag_whose_last_byte_opens_a_piece_ends_there():
+    # The stanza's ">" is the first byte of the next piece; the stanza after
+    # it is measured from its own "<", so one byte over the limit is refused.
+    r = Recorder(maxStanzaBytes=LIMIT)
+    r.parser.feed(HEADER + stanzaOf(100)[:-1])
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b">" + stanzaOf(LIMIT + 1))
+    assert e.value.condition == "policy-violation"
+    assert len(r.elements) == 1
