@@ -566,3 +566,25 @@ def test_a_closing_tag_whose_last_byte_opens_a_piece_ends_there():
         r.parser.feed(b">" + stanzaOf(LIMIT + 1))
     assert e.value.condition == "policy-violation"
     assert len(r.elements) == 1
+
+
+def test_an_element_with_a_prefixed_attribute_keeps_all_its_attributes():
+    r = Recorder()
+    r.parser.feed(HEADER + b"<db:result from='b.test' to='a.test' xml:lang='en'>key</db:result>")
+    e = r.elements[0]
+    assert (e["from"], e["to"]) == ("b.test", "a.test")
+    assert e[("http://www.w3.org/XML/1998/namespace", "lang")] == "en"
+
+
+def test_children_added_to_an_element_without_a_namespace_take_its_default():
+    # What a reply built on a parsed element (an error child, say) relies on.
+    r = Recorder()
+    r.parser.feed(HEADER + b"<iq><query xmlns='urn:x'/></iq>")
+    query = r.elements[0].firstChildElement()
+    assert query.addElement("item").uri == "urn:x"
+
+
+def test_after_a_dialback_element_a_forwarded_stanza_declares_no_namespace_of_its_own():
+    r = capped(raw=True)
+    r.parser.feed(b"<db:result from='b.test' to='a.test'>key</db:result><message/>")
+    assert [s.declaresDefault for s in r.stanzas] == [False]
