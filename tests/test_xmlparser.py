@@ -588,3 +588,10 @@ def test_after_a_dialback_element_a_forwarded_stanza_declares_no_namespace_of_it
     r = capped(raw=True)
     r.parser.feed(b"<db:result from='b.test' to='a.test'>key</db:result><message/>")
     assert [s.declaresDefault for s in r.stanzas] == [False]
+
+
+def test_a_stanza_is_handled_at_once_when_the_next_ones_tag_has_begun_in_the_same_piece():
+    r = Recorder()
+    r.parser.feed(HEADER)
+    r.parser.feed(b"<message><body>one</body></message><message to='x@a.t")
+    assert [str(e.body) for e in r.elements] == ["one"]
