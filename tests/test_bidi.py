@@ -256,6 +256,14 @@ def test_our_stanzas_wait_for_our_header_after_a_sasl_restart():
     assert out.header is not None and str(out.elements[1].body) == "held"
 
 
+def test_after_our_new_header_our_stanzas_go_out_at_once_again():
+    gw, stream, out = bidiInbound()
+    stream.expectRestart()
+    out = afterRestart(out)
+    stream.dataReceived(header())
+    stream.sendStanza(_ours("after"))
+    assert [e.name for e in out.update().elements] == ["features", "message"]
+
 def test_sessions_show_a_bidi_stream():
     gw, stream, _ = bidiInbound()
     [info] = gw.sessions.describe()

@@ -1008,3 +1008,41 @@ def test_the_certificate_cache_holds_the_header_domain_and_every_claim_allowed()
         for d in domains:
             stream.certificateFor(d)
     assert sorted(d for _, d in gw.tls.verdictCalls) == sorted(domains)
+
+
+def test_a_header_from_an_invalid_domain_is_invalid_from():
+    gw, stream, out = opened_on_header(header(sender="a..b"))
+    assert out.streamError() == "invalid-from"
+
+
+def test_a_refused_connection_is_not_tracked():
+    gw = makeGateway(limits={"unauthenticated_per_address": 1, "unauthenticated_total": 2})
+    first, _ = connectedFrom(gw, "127.0.3.20")
+    samePeer, _ = connectedFrom(gw, "127.0.3.20")
+    second, _ = connectedFrom(gw, "127.0.3.21")
+    overTotal, _ = connectedFrom(gw, "127.0.3.22")
+    assert set(gw.sessions.streams()) == {first, second}
+
+
+def test_a_connection_refused_over_the_total_is_counted_under_unauthenticated_total():
+    from s2sgate.ops.metrics import Metrics
+    gw = makeGateway(limits={"unauthenticated_per_address": 1, "unauthenticated_total": 1})
+    metrics = Metrics()
+    for host in ("127.0.3.20", "127.0.3.21"):
+        connect(InboundStream(gw.clock, gw.runtime, gw.router, gw.verifier, gw.sessions,
+                              peerHost=host, metrics=metrics))
+    hits = metrics.registry.get_sample_value("s2sgate_peer_limit_hits_total",
+                                             {"limit": "unauthenticated_total"})
+    assert hits == 1
+
+
+def test_a_connection_that_is_tls_from_its_first_byte_is_secure():
+    from twisted.internet.interfaces import ISSLTransport
+    from twisted.internet.testing import StringTransport
+    from zope.interface import directlyProvides
+    gw = makeGateway()
+    stream = inbound(gw)
+    transport = StringTransport()
+    directlyProvides(transport, ISSLTransport)
+    stream.makeConnection(transport)
+    assert stream.secure

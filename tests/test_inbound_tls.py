@@ -301,6 +301,17 @@ def test_a_stanza_before_tls_from_a_secure_domain_under_optional_is_a_policy_vio
     assert out.streamError() == "policy-violation"
     assert gw.router.delivered == []
 
+def test_a_pre_1_0_header_from_a_secure_domain_under_optional_is_a_policy_violation():
+    # No features to offer STARTTLS in: the domain's requirement ends the stream.
+    gw = tlsGateway(mode="optional", secure_domains=[REMOTE])
+    stream = inbound(gw)
+    transport = TLSTransport()
+    stream.makeConnection(transport)
+    out = Output(transport)
+    stream.dataReceived(f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
+                        f"xmlns:db='{NS_DB}' from='{REMOTE}' to='{LOCAL}'>".encode())
+    assert out.streamError() == "policy-violation"
+
 def test_dialback_before_tls_with_an_unnormalized_secure_domain_is_still_refused():
     # The early check sees 'REMOTE.test'; the dialback check after
     # normalization must still demand a certificate.
