@@ -46,11 +46,12 @@ COLUMNS = ["killed", "timeout", "survived (log)", "survived (text)", "survived",
            "no tests", "not checked"]
 
 # Calls whose arguments after the first are human-readable text (a stream
-# error's <text/>, a failure's text, an HTTP error's message), and
+# error's <text/>, a failure's text, an HTTP error's message, the reason of
+# a certificate verdict: auth/certs.py's verdict(status, reason)), and
 # exceptions whose message is only text.
 _TEXT_CALLS = {"streamError": 1, "StreamError": 1, "fail": 1, "_HTTPError": 1,
                "errorReply": 2, "ValueError": 0, "TypeError": 0, "Failed": 1,
-               "_failure": 2, "record": 1, "dbError": 4}
+               "_failure": 2, "record": 1, "dbError": 4, "verdict": 1}
 _LOG_LEVELS = {"debug", "info", "warn", "error", "critical", "failure"}
 
 
