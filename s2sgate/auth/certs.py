@@ -98,11 +98,18 @@ class Identities:
 
 
 def _printable(name: str) -> str:
-    text = "".join(c if c.isprintable() and c != "," else repr(c)[1:-1]
-                   for c in name)
+    """C{name} for a one-line list: control characters and commas escaped, so
+    that a name can neither break the line nor pose as two names."""
+    text = "".join(map(_escaped, name))
     if len(text) > _MAX_NAME_LEN:
         text = text[:_MAX_NAME_LEN - 3] + "..."
     return text
+
+
+def _escaped(c: str) -> str:
+    if c == ",":
+        return "\\x2c"   # repr() leaves a comma as it is
+    return c if c.isprintable() else repr(c)[1:-1]
 
 
 def _derLength(data: bytes, i: int) -> tuple[int, int]:
@@ -274,7 +281,7 @@ def _constraintName(value: str) -> str:
     if (not isinstance(value, str) or not value.isascii() or "*" in value
             or value == "." or value.endswith("..")):
         raise UnreadableConstraints(f"dNSName constraint {value!r} is not a DNS name")
-    return value.lower().removesuffix(".") if len(value) > 1 else value.lower()
+    return value.lower().removesuffix(".")  # "." itself is refused above
 
 
 def withinSubtree(name: str, base: str) -> bool:
