@@ -6,6 +6,7 @@ DANE is required.
 """
 
 import dataclasses
+import datetime
 import hashlib
 import re
 
@@ -113,6 +114,25 @@ def test_pkix_usages_are_unusable_and_leave_the_pkix_verdict(ca):
     v = verifyPeer(TrustStore(ca.cafile), leaf, chain, PEER,
                    dane=tlsaSet(record(leaf, 1, 1, 1)))
     assert (v.status, v.dane) == ("self-signed", None)
+
+
+def test_dane_ta_judges_the_dates_by_the_clock_it_is_given(ca):
+    leaf, chain = load(ca.issue(PEER, dns=[PEER], untrusted=True)[0])
+    later = leaf.to_cryptography().not_valid_after_utc + datetime.timedelta(days=1)
+    v = verifyPeer(TrustStore(ca.cafile), leaf, chain, PEER, now=later,
+                   dane=tlsaSet(record(chain[0], 2, 0, 1)))
+    assert (v.status, v.dane) == ("dane-mismatch", "mismatch")
+    assert "does not chain to the DANE-TA" in v.reason
+
+
+def test_a_tlsa_set_that_cannot_be_checked_refuses_the_peer(ca):
+    """Fail closed: DNSSEC said there are TLSA records; the PKIX verdict does not stand in."""
+    leaf, chain = load(ca.issue(PEER, dns=[PEER])[0])
+    broken = TLSASet(f"_5269._tcp.{HOST}", HOST, (None,))
+    v = verifyPeer(TrustStore(ca.cafile), leaf, chain, PEER, dane=broken)
+    assert (v.status, v.dane, v.valid) == ("dane-mismatch", "mismatch", False)
+    assert (v.identities.dns, v.notAfter) == ((PEER,), leaf.to_cryptography().not_valid_after_utc)
+    assert v.reason.startswith("certificate cannot be checked against the TLSA records (")
 
 
 # --- the stream ---------------------------------------------------------------------

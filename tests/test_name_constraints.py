@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from s2sgate.auth.certs import (
     Identities,
     NameConstraints,
     TrustStore,
+    UnreadableConstraints,
     constrain,
     constraintsOf,
     verifyPeer,
@@ -66,6 +68,7 @@ KINDS = {"dns": "DNS-ID", "srv": "SRV-ID", "xmpp": "XmppAddr"}
     ("a.example.com", ".example.com", True),               # leading dot: below only
     ("example.com", ".example.com", False),
     ("anything.test", "", True),                           # empty base holds all
+    ("www.example.org", ".example.com", False),            # longer, but not below it
 ])
 def test_dns_subtree_is_the_base_with_labels_added_on_the_left(name, base, inside):
     assert withinSubtree(name, base) is inside
@@ -111,6 +114,103 @@ def test_other_name_subtrees_we_do_not_process_bar_those_identities(ca):
                                    ("evil.test",)), [c])
     assert ok == Identities(dns=("evil.test",))
     assert out == Identities((), ("_xmpp-server.evil.test",), ("evil.test",))
+
+
+def _tlv(tag, content):
+    assert len(content) < 0x80
+    return bytes([tag, len(content)]) + content
+
+
+def permittedDNS(base):
+    """A nameConstraints extension permitting the dNSName C{base} (bytes), unchecked:
+    cryptography's own builder refuses some of the values tested here."""
+    der = _tlv(0x30, _tlv(0xA0, _tlv(0x30, _tlv(0x82, base))))
+    return x509.UnrecognizedExtension(ExtensionOID.NAME_CONSTRAINTS, der)
+
+
+@pytest.mark.parametrize("base", [".", "evil.test..", "bü.test"])
+def test_a_dns_constraint_that_is_no_dns_name_makes_the_ca_unreadable(ca, base):
+    """RFC 5280: a constraint we cannot process rejects what the CA issued.
+    (A "*" never reaches us: cryptography refuses to parse it.)"""
+    inter = ca.intermediate("odd CA", constraints=permittedDNS(base.encode()))
+    with pytest.raises(UnreadableConstraints):
+        constraintsOf(inter.cert)
+
+
+def test_a_dns_constraint_with_a_trailing_dot_is_the_same_subtree(ca):
+    inter = ca.intermediate("dotted CA", permitted=["Evil.Test."])
+    assert constraintsOf(inter.cert).permitted == ("evil.test",)
+
+
+def test_a_one_letter_dns_constraint_is_read_in_lower_case(ca):
+    inter = ca.intermediate("short CA", permitted=["T"])
+    assert constraintsOf(inter.cert).permitted == ("t",)
+
+
+def test_a_name_with_a_trailing_dot_is_judged_without_it():
+    assert NameConstraints("CA", ("evil.test",)).allows("chat.evil.test.")
+    assert not NameConstraints("CA", ("evil.test",), ("chat.evil.test",)).allows("chat.evil.test.")
+
+
+def test_a_full_jid_xmppaddr_is_constrained_by_its_domainpart(evil):
+    constraints = [constraintsOf(evil.cert)]
+    inside = ("user@evil.test/victim.test", "evil.test/res/victim.test", "user@evil.test")
+    outside = ("user@victim.test/evil.test", "evil.test@victim.test")
+    ok, out = constrain(Identities(xmpp=inside + outside), constraints)
+    assert (ok.xmpp, out.xmpp) == (inside, outside)
+
+
+def test_an_srv_id_of_another_service_is_outside_every_constraint(evil):
+    ok, out = constrain(Identities(srv=("_imap.evil.test", "_xmpp-server.evil.test")),
+                        [constraintsOf(evil.cert)])
+    assert (ok.srv, out.srv) == (("_xmpp-server.evil.test",), ("_imap.evil.test",))
+
+
+def test_ip_address_subtrees_are_left_to_openssl(ca):
+    import ipaddress
+
+    inter = ca.intermediate("ip CA", constraints=x509.NameConstraints(
+        [x509.DNSName("evil.test"), x509.IPAddress(ipaddress.ip_network("10.0.0.0/8"))],
+        None))
+    assert constraintsOf(inter.cert) == NameConstraints("CN=ip CA", ("evil.test",))
+
+
+def test_the_reason_names_each_kind_of_constraint_of_every_ca(ca, trust):
+    upper = ca.intermediate("upper CA", permitted=["test"])
+    inter = ca.intermediate("mixed CA", parent=upper, constraints=x509.NameConstraints(
+        [x509.DNSName("corp.test"), x509.DNSName("corp.example"),
+         x509.OtherName(OID_XMPP_ADDR, _utf8("corp.test")),
+         x509.OtherName(OID_SRV_NAME, _ia5("_xmpp-server.corp.test"))],
+        [x509.DNSName("secret.corp.test"), x509.DNSName("hidden.corp.test")]))
+    verdict = judge(ca, trust, inter, "secret.corp.test", cn="a leaf with no identity")
+    assert verdict.reason == (
+        "certificate is not valid for secret.corp.test: it names no DNS, SRV or XmppAddr "
+        "identity; outside the name constraints of CA 'CN=mixed CA' (permitted corp.test, "
+        "corp.example; excluded secret.corp.test, hidden.corp.test; unprocessed srv, xmpp "
+        "subtrees), CA 'CN=upper CA' (permitted test)")
+
+
+def test_a_domain_outside_the_constraints_is_said_so_though_nothing_names_it(ca, trust, evil):
+    verdict = judge(ca, trust, evil, "victim.test", xmpp=["evil.test"])
+    assert verdict.reason == ("certificate is not valid for victim.test: it names "
+                              "XmppAddr:evil.test; outside the name constraints of "
+                              "CA 'CN=evil.test CA' (permitted evil.test)")
+
+
+def test_a_domain_inside_the_constraints_that_nothing_names_is_a_plain_mismatch(ca, trust,
+                                                                                 evil):
+    verdict = judge(ca, trust, evil, "chat.evil.test", xmpp=["evil.test"])
+    assert verdict.reason == ("certificate is not valid for chat.evil.test: it names "
+                              "XmppAddr:evil.test")
+
+
+def test_a_ca_whose_constraints_cannot_be_read_vouches_for_nothing(ca, trust):
+    """OpenSSL passes the chain (the leaf has no dNSName); we cannot read the CA's
+    constraint, so we do not know what it may vouch for."""
+    inter = ca.intermediate("odd CA", constraints=permittedDNS(b"evil.test.."))
+    verdict = judge(ca, trust, inter, "victim.test", xmpp=["victim.test"])
+    assert (verdict.status, verdict.trusted) == ("untrusted", False)
+    assert verdict.reason.startswith("a CA in the chain has name constraints that cannot be read")
 
 
 # --- verdicts: inside the constraint accepted, outside refused --------------------------
