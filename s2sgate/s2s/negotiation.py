@@ -302,9 +302,10 @@ class InitiatingStream(XmlStream):
         defer.ensureDeferred(self._negotiate())
 
     def _sendHeader(self):
-        self.sendHeader({"from": self.local, "to": self.remote, "version": "1.0"})
+        self.sendHeader(self.errorHeaderAttrs())
 
     def errorHeaderAttrs(self):
+        """Our header, the same whether it opens the stream or carries an error."""
         return {"from": self.local, "to": self.remote, "version": "1.0"}
 
     def handshakeCompleted(self):
