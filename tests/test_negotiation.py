@@ -495,3 +495,43 @@ def test_the_stream_keeps_the_peer_s_header():
     _, stream, _, _ = negotiate(Scripted("a", Authenticated("m")))
     stream.dataReceived(HEADER)
     assert stream.peerHeader.getAttribute("from") == REMOTE
+
+
+def test_security_summary_while_the_handshake_is_under_way():
+    _, stream, _, _ = negotiate(Scripted("a", Authenticated("m")), tls=FakeTLS())
+    stream.startTLS(("client", REMOTE, LOCAL))
+    assert stream.securitySummary() == "STARTTLS"
+
+
+def test_the_observer_hears_a_direct_tls_connection_as_tls_started_direct():
+    observer = Recorder()
+    negotiate(Scripted("a", Authenticated("m")), observer=observer,
+              transport=DirectTLSTransport())
+    assert observer.events == [("tlsStarted", True)]
+
+
+def test_a_failure_before_any_step_ran_is_recorded_under_stream():
+    _, stream, _, results = negotiate(Scripted("a", Authenticated("m")))
+    lose(stream)
+    assert results[0].value.attempts[-1].step == "stream"
+
+
+def test_the_trace_names_the_peer_address_and_the_remote_domain():
+    _, stream, _, results = negotiate(Scripted("a", Failed("remote-server-not-found", "no")))
+    stream.dataReceived(HEADER + FEATURES)
+    peer = stream.transport.getPeer()
+    assert stream.peerAddress == f"{peer.host}:{peer.port}"
+    attempts = results[0].value.attempts
+    assert attempts[0].error == f"connected to {peer.host}:{peer.port}"
+    assert {a.target for a in attempts} == {REMOTE}
+
+
+def test_a_step_that_raises_fails_the_attempt_and_closes_the_stream():
+    def broken(stream):
+        raise RuntimeError("a bug in a step")
+
+    _, stream, out, results = negotiate(Scripted("a", Authenticated("m"), before=broken))
+    stream.dataReceived(HEADER + FEATURES)
+    assert results[0].value.condition == "remote-server-not-found"
+    assert results[0].value.text == "internal error negotiating with remote.test"
+    assert out.update().ended
