@@ -205,6 +205,7 @@ def test_a_round_no_step_ends_fails_the_attempt():
     stream.dataReceived(HEADER + FEATURES)
     [failure] = results
     assert "no way to authenticate" in failure.value.text
+    assert failure.value.condition == "remote-server-not-found"
 
 
 def test_elements_sent_before_a_step_expects_them_are_kept():
@@ -535,3 +536,13 @@ def test_a_step_that_raises_fails_the_attempt_and_closes_the_stream():
     assert results[0].value.condition == "remote-server-not-found"
     assert results[0].value.text == "internal error negotiating with remote.test"
     assert out.update().ended
+
+
+def test_a_step_that_waits_on_a_stream_we_are_closing_ends_quietly():
+    """No internal error: the attempt fails once the connection goes."""
+    step = Scripted("a", Authenticated("m"), waitFor="x", before=lambda s: s.closeStream())
+    _, stream, _, results = negotiate(step)
+    stream.dataReceived(HEADER + FEATURES)
+    assert results == []
+    lose(stream)
+    assert results[0].value.text == "remote.test closed the connection during negotiation"
