@@ -203,7 +203,7 @@ def test_srv_id():
 
 
 def test_a_wildcard_srv_id_never_matches():
-    """RFC 6125 has no wildcard SRV-IDs (service_identity would expand one)."""
+    """RFC 6125 has no wildcard SRV-IDs (service_identity refuses them too)."""
     for pattern in ("_xmpp-server.*.a.test", "_xmpps-server.*.a.test"):
         assert not matchesDomain(Identities(srv=(pattern,)), "x.a.test"), pattern
 
