@@ -546,3 +546,10 @@ def test_a_step_that_waits_on_a_stream_we_are_closing_ends_quietly():
     assert results == []
     lose(stream)
     assert results[0].value.text == "remote.test closed the connection during negotiation"
+
+
+def test_the_observer_hears_the_empty_features_of_a_pre_1_0_peer():
+    observer = Recorder()
+    _, stream, _, _ = negotiate(Scripted("a", Authenticated("m")), observer=observer)
+    stream.dataReceived(HEADER.replace(b" version='1.0'", b""))
+    assert observer.events == [("header", "s1"), ("features", "StreamFeatures")]
