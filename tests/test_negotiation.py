@@ -553,3 +553,28 @@ def test_the_observer_hears_the_empty_features_of_a_pre_1_0_peer():
     _, stream, _, _ = negotiate(Scripted("a", Authenticated("m")), observer=observer)
     stream.dataReceived(HEADER.replace(b" version='1.0'", b""))
     assert observer.events == [("header", "s1"), ("features", "StreamFeatures")]
+
+
+DIALBACK_FEATURES = b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>"
+
+
+def test_a_peer_that_offers_no_dialback_has_not_offered_it():
+    _, stream, _, _ = negotiate(Scripted("a", Authenticated("m")))
+    stream.dataReceived(HEADER + FEATURES)
+    assert stream.dialbackOffered is False
+
+
+def test_a_dialback_offer_is_remembered_after_a_restart_without_it():
+    """Multiplexing may ask such a peer for another pair's <db:result/>."""
+    tls = Scripted("tls", Restart(), restart=True)
+    _, stream, _, results = negotiate(tls, Scripted("auth", Authenticated("m")))
+    stream.dataReceived(HEADER + DIALBACK_FEATURES)
+    tls._applies = False
+    stream.dataReceived(HEADER.replace(b"s1", b"s2") + FEATURES)
+    assert results == [stream] and stream.dialbackOffered is True
+
+
+def test_a_pre_1_0_peer_counts_as_offering_dialback():
+    _, stream, _, _ = negotiate(Scripted("a", Authenticated("m")))
+    stream.dataReceived(HEADER.replace(b" version='1.0'", b""))
+    assert stream.dialbackOffered is True
