@@ -459,7 +459,7 @@ async def run_gateway(ctx, quick, profile):
     res = {}
     sink = Child(peers.sink_main, SINK_IP, 5269, "sink.test", str(sinkcert[0]), str(ca.cafile))
     variants = {"now": (COMP_IP, GW_IP, ()),
-                "before": (COMPB_IP, GWB_IP, ("oldscan_patch",))}
+                "before": (COMPB_IP, GWB_IP, ("writethrough_patch",))}
     if quick:
         del variants["before"]
     comps, ports, gws, links = {}, [], {}, {}
