@@ -176,6 +176,7 @@ class Gateway:
 
     nodelay = False   # --nodelay: experiment with TCP_NODELAY (bench/nodelay_patch.py)
     tracemalloc = False   # --tracemalloc: Python allocation growth in the scale section
+    writethrough = False  # --writethrough: TLS writes without Twisted's one-turn aggregation
 
     def __init__(self, workdir, name, toml, probe=False, patches=()):
         self.probe = probe   # bench/tail_patch.py: per-turn and GC timings, on SIGUSR1
@@ -200,7 +201,8 @@ class Gateway:
     def bootstrap(self):
         mods = [m for m, on in (("nodelay_patch", self.nodelay),
                                 ("tracemalloc_patch", self.tracemalloc),
-                                ("tail_patch", self.probe)) if on] + list(self.patches)
+                                ("tail_patch", self.probe),
+                                ("writethrough_patch", self.writethrough)) if on] + list(self.patches)
         patch = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import {', '.join(mods)}; "
                  if mods else "")
         return patch + "from twisted.scripts.twistd import run; run()"
@@ -1436,6 +1438,8 @@ def cli():
                     help="py-spy the gateway during one throughput run (pip install py-spy)")
     ap.add_argument("--nodelay", action="store_true",
                     help="experiment: run the gateway with TCP_NODELAY on its streams")
+    ap.add_argument("--writethrough", action="store_true",
+                    help="experiment: TLS writes reach OpenSSL at once (bench/writethrough_patch.py)")
     ap.add_argument("--tracemalloc", action="store_true",
                     help="experiment: trace the gateway's Python allocations in the scale section")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -1443,6 +1447,7 @@ def cli():
     args = ap.parse_args()
     raise_nofile()
     Gateway.nodelay = args.nodelay
+    Gateway.writethrough = args.writethrough
     Gateway.tracemalloc = args.tracemalloc
     task.react(lambda _: defer.ensureDeferred(main(args)))
 
