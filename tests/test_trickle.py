@@ -225,3 +225,16 @@ def test_whatever_the_pieces_each_long_tag_is_handled_when_its_last_byte_arrives
         fed = min(fed + n, len(data))
         assert len(r.headers) == (fed >= ends[0])
         assert len(r.elements) == sum(fed >= end for end in ends[1:])
+
+
+def test_a_broken_byte_in_a_short_tag_after_stanzas_in_the_same_chunk_is_refused_at_once():
+    # Only tags over TRICKLE_BYTES are held back, measured from their own "<":
+    # the stanzas before it in the chunk do not count.
+    r = Recorder()
+    r.parser.feed(HEADER)
+    head = b"<message to='b@a.test'><body>a &gt; b</body></message>" * 60
+    r.parser.feed(head + b"<message to='b@a.test' x='")
+    assert len(r.elements) == 60
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b"\x00")
+    assert e.value.condition == "not-well-formed"
