@@ -660,3 +660,9 @@ def test_a_stream_declaring_another_encoding_is_still_read_as_utf_8():
         r.parser.feed(b"<?xml version='1.0' encoding='ISO-8859-1'?>" + HEADER
                       + b"<message><body>\xe9</body></message>")
     assert e.value.condition == "not-well-formed"
+
+
+def test_without_on_stanza_the_stanza_names_are_ignored_and_stanzas_come_as_elements():
+    r = Recorder(stanzaNames=frozenset({("jabber:server", "message")}))
+    r.parser.feed(HEADER + b"<message><body>hi</body></message>")
+    assert str(r.elements[0].body) == "hi"
