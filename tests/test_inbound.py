@@ -1046,3 +1046,11 @@ def test_a_connection_that_is_tls_from_its_first_byte_is_secure():
     directlyProvides(transport, ISSLTransport)
     stream.makeConnection(transport)
     assert stream.secure
+
+
+def test_an_authenticated_inbound_stream_idle_for_the_idle_timeout_is_closed():
+    gw, stream, out = authenticated(gw=opened(idle_timeout=30))
+    gw.clock.advance(29)
+    assert not out.update().ended
+    gw.clock.advance(1)
+    assert out.update().ended

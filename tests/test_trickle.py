@@ -129,3 +129,112 @@ def test_a_long_tag_after_complete_stanzas_in_the_same_chunk_is_still_held_back(
     bulk = Counting()
     bulk.parser.feed(data)
     assert c.calls <= 2 * bulk.calls + (len(head) + TRICKLE_BYTES) // 256 + 2
+
+
+# Holding back never delays what is complete: the header, or a stanza, is
+# handled as soon as its last byte arrives, however the bytes are cut.  The
+# tags here are longer than TRICKLE_BYTES, so they are followed and held.
+
+def longHeader(value=b"i" * 6000):
+    return HEADER[:-1] + b" id='" + value + b"'>"
+
+
+def longEmptyStanza(value=b"e" * 6000):
+    return b"<message to='b@a.test' x='" + value + b"'/>"
+
+
+class Recorder:
+    def __init__(self):
+        self.headers, self.elements = [], []
+        self.parser = StreamParser(self.headers.append, self.elements.append, lambda: None)
+
+
+def test_a_long_header_fed_byte_by_byte_is_reported_at_its_last_byte():
+    r = Recorder()
+    header = longHeader()
+    for i in range(len(header) - 1):
+        r.parser.feed(header[i:i + 1])
+    assert r.headers == []
+    r.parser.feed(header[-1:])
+    assert len(r.headers) == 1
+
+
+@pytest.mark.parametrize("last", [b">", b"'>", b"i'>"])
+def test_a_long_header_is_reported_when_a_piece_without_a_tag_closes_it(last):
+    r = Recorder()
+    header = longHeader()
+    trickle(r.parser, header[:-len(last)], 100)
+    assert r.headers == []
+    r.parser.feed(last)
+    assert len(r.headers) == 1
+
+
+def test_a_long_empty_element_stanza_fed_byte_by_byte_is_handled_at_its_last_byte():
+    r = Recorder()
+    r.parser.feed(HEADER)
+    stanza = longEmptyStanza()
+    for i in range(len(stanza) - 1):
+        r.parser.feed(stanza[i:i + 1])
+    assert r.elements == []
+    r.parser.feed(stanza[-1:])
+    assert len(r.elements) == 1
+
+
+@pytest.mark.parametrize("last", [b">", b"/>", b"'/>", b"e'/>"])
+def test_a_long_empty_element_stanza_is_handled_when_a_piece_without_a_tag_closes_it(last):
+    r = Recorder()
+    r.parser.feed(HEADER)
+    stanza = longEmptyStanza()
+    trickle(r.parser, stanza[:-len(last)], 100)
+    assert r.elements == []
+    r.parser.feed(last)
+    assert len(r.elements) == 1
+
+
+_VALUE = st.text(alphabet="ab>/='\"é", min_size=1, max_size=8).map(
+    lambda t: t.encode("utf-8"))
+
+
+@st.composite
+def longTags(draw):
+    """A header and two stanzas whose tags are over TRICKLE_BYTES, values quoted either way."""
+    def value(quote):
+        other = b'"' if quote == b"'" else b"'"
+        v = draw(_VALUE).replace(quote, other)
+        return quote + v * (TRICKLE_BYTES // len(v) + 1) + quote
+    q1, q2, q3 = (draw(st.sampled_from([b"'", b'"'])) for _ in range(3))
+    header = HEADER[:-1] + b" id=" + value(q1) + b">"
+    first = b"<message to='b@a.test' x=" + value(q2) + b"/>"
+    second = b"<iq type='get' id=" + value(q3) + b"><q xmlns='u'/></iq>"
+    return header, [first, second]
+
+
+@settings(deadline=None, max_examples=40)
+@given(longTags(), st.lists(st.integers(1, 700), min_size=1, max_size=40))
+def test_whatever_the_pieces_each_long_tag_is_handled_when_its_last_byte_arrives(tags, cuts):
+    header, stanzas = tags
+    data = header + b"".join(stanzas)
+    ends = [len(header)]
+    for s in stanzas:
+        ends.append(ends[-1] + len(s))
+    r = Recorder()
+    fed = 0
+    while fed < len(data):
+        n = cuts[fed % len(cuts)]
+        r.parser.feed(data[fed:fed + n])
+        fed = min(fed + n, len(data))
+        assert len(r.headers) == (fed >= ends[0])
+        assert len(r.elements) == sum(fed >= end for end in ends[1:])
+
+
+def test_a_broken_byte_in_a_short_tag_after_stanzas_in_the_same_chunk_is_refused_at_once():
+    # Only tags over TRICKLE_BYTES are held back, measured from their own "<":
+    # the stanzas before it in the chunk do not count.
+    r = Recorder()
+    r.parser.feed(HEADER)
+    head = b"<message to='b@a.test'><body>a &gt; b</body></message>" * 60
+    r.parser.feed(head + b"<message to='b@a.test' x='")
+    assert len(r.elements) == 60
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b"\x00")
+    assert e.value.condition == "not-well-formed"

@@ -595,3 +595,74 @@ def test_a_stanza_is_handled_at_once_when_the_next_ones_tag_has_begun_in_the_sam
     r.parser.feed(HEADER)
     r.parser.feed(b"<message><body>one</body></message><message to='x@a.t")
     assert [str(e.body) for e in r.elements] == ["one"]
+
+
+# Nothing past the limit is parsed: the byte after the one that shows a stanza
+# is over the limit is never handed to expat, so what follows it (here a NUL,
+# never well-formed) cannot change the verdict.
+
+@pytest.mark.parametrize("withHeader", [False, True], ids=["alone", "after-the-header"])
+def test_an_unfinished_stanza_over_the_limit_is_refused_for_its_size_not_for_what_follows(
+        withHeader):
+    r = Recorder(maxStanzaBytes=LIMIT)
+    data = stanzaOf(LIMIT + 100)[:LIMIT + 1] + b"\x00"
+    if withHeader:
+        data = HEADER + data
+    else:
+        r.parser.feed(HEADER)
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(data)
+    assert e.value.condition == "policy-violation"
+
+
+def test_an_unfinished_stream_header_over_the_limit_is_refused_for_its_size_not_for_what_follows():
+    r = Recorder(maxStanzaBytes=LIMIT)
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(headerOf(LIMIT + 100)[:LIMIT + 1] + b"\x00")
+    assert e.value.condition == "policy-violation"
+
+
+# The caps a stream runs with: XmlStream passes only the size limit, so the
+# parser's own defaults are the depth and element caps of every s2s stream,
+# and its default size limit (512 KiB) that of a parser built without one.
+
+def test_by_default_a_stanza_may_nest_63_elements_deep_and_not_64():
+    r = Recorder()
+    r.parser.feed(HEADER + nested(63))
+    assert len(r.elements) == 1
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(nested(64))
+    assert e.value.condition == "policy-violation"
+
+
+def test_by_default_a_stanza_may_hold_50000_elements_and_not_one_more():
+    r = Recorder()
+    r.parser.feed(HEADER + flat(50000))
+    assert len(r.elements) == 1
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(flat(50001))
+    assert e.value.condition == "policy-violation"
+
+
+def test_by_default_a_stanza_may_have_512_kib_and_not_one_byte_more():
+    r = Recorder()
+    r.parser.feed(HEADER + stanzaOf(524288))
+    assert len(r.elements) == 1
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(stanzaOf(524289))
+    assert e.value.condition == "policy-violation"
+
+
+def test_a_stream_declaring_another_encoding_is_still_read_as_utf_8():
+    # RFC 6120 §11.6: UTF-8 only; a Latin-1 "é" is not a UTF-8 character.
+    r = Recorder()
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b"<?xml version='1.0' encoding='ISO-8859-1'?>" + HEADER
+                      + b"<message><body>\xe9</body></message>")
+    assert e.value.condition == "not-well-formed"
+
+
+def test_without_on_stanza_the_stanza_names_are_ignored_and_stanzas_come_as_elements():
+    r = Recorder(stanzaNames=frozenset({("jabber:server", "message")}))
+    r.parser.feed(HEADER + b"<message><body>hi</body></message>")
+    assert str(r.elements[0].body) == "hi"
