@@ -17,12 +17,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from functools import partial
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
@@ -278,6 +280,28 @@ async def test_without_token_foreign_hosts_and_origins_are_refused(fakeAPI):
                      {"Origin": "http://evil.example"}, expect=403)
     assert "cross-site" in data["error"]
     await api("POST", base + "/api/close?remote=secure.test", {"Origin": base})
+
+
+def _rawHTTP(base, request):
+    """Send C{request} as it is (urllib always adds a Host) and read the whole answer."""
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_token_a_request_with_no_host_header_is_answered_on_loopback(fakeAPI):
+    # HTTP/1.0 without Host (nc, an old probe) cannot come from a browser,
+    # which always names the host, so it is no DNS-rebinding attempt.
+    base, _ = fakeAPI
+    answer = await deferToThread(_rawHTTP, base, b"GET /api/sessions HTTP/1.0\r\n\r\n")
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.split(b"\r\n")[0].split()[1] == b"200", answer
+    assert "sessions" in json.loads(body)
 
 
 @pytest_twisted.ensureDeferred

@@ -245,6 +245,8 @@ class AdminResource(Resource):
                                  headers=((b"www-authenticate", b'Bearer realm="s2sgate"'),))
             return
         if isinstance(request.getHost(), (IPv4Address, IPv6Address)):
+            # No Host at all (HTTP/1.0 from a script) is no browser's: a
+            # rebinding page's request always names its host.
             if host and not _isAddressHost(host):
                 raise _HTTPError(403, f"Host {host!r} refused: without admin.token the admin API "
                                       "answers only to an IP address or localhost")
