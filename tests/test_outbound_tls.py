@@ -1,5 +1,6 @@
 """OutboundStream security: STARTTLS, downgrade refusal, certificate policy, SASL EXTERNAL."""
 
+from twisted.internet.interfaces import ISSLTransport
 from zope.interface import implementer
 
 from s2sgate.auth.dialback import NS_DB
@@ -33,7 +34,7 @@ def features(*parts):
     return ("<stream:features>" + "".join(parts) + "</stream:features>").encode()
 
 
-def newStream(mode="required", verify=None, **kw):
+def newStream(mode="required", verify=None, transport=None, **kw):
     gw = tlsGateway(mode=mode, **kw)
     pool = OutboundPool(gw.clock, gw.current, None, gw.sessions, gw.router.bounce,
                         gw.router.fromRemote)
@@ -45,7 +46,7 @@ def newStream(mode="required", verify=None, **kw):
                                   limits=runtime.limits)
     else:
         stream = pool.newStream(LOCAL, REMOTE, gw.runtime)
-    transport = TLSTransport()
+    transport = transport or TLSTransport()
     stream.makeConnection(transport)
     out = Output(transport)
     results = []
@@ -131,7 +132,8 @@ def test_peer_without_starttls_under_optional_gets_dialback_in_plaintext():
 def test_pre_1_0_peer_under_required_fails_without_dialback():
     gw, pool, stream, out, results = newStream(mode="required")
     stream.dataReceived(peerHeader().replace(b" version='1.0'", b""))
-    assert "TLS is required" in failure(results).text
+    e = failure(results)
+    assert (e.condition, "TLS is required" in e.text) == ("remote-server-not-found", True)
     assert out.named("result", NS_DB) == []
 
 
@@ -221,6 +223,54 @@ def test_valid_certificate_trace_records_the_tls_step():
     assert stream.trace[-1].ok
     assert "TLSv1.3" in stream.trace[-1].error
     assert stream.certificate.status == "valid"
+
+
+def test_refused_certificate_is_one_failed_tls_step_in_the_trace():
+    # s2sgate failures shows the steps: the handshake must not read as a
+    # TLS step that went well followed by one that failed.
+    gw, pool, stream, out, results = afterProceed(mode="required_trusted",
+                                                  verdicts={REMOTE: selfSigned()})
+    stream.handshakeCompleted()
+    assert [(a.step, a.ok) for a in failure(results).attempts] == [("connect", True),
+                                                                    ("tls", False)]
+
+
+def test_accepted_certificate_trace_names_its_status_and_reason():
+    gw, pool, stream, out, results = secured(offered=(DIALBACK,), mode="required",
+                                             verdicts={REMOTE: selfSigned()})
+    assert stream.trace[-1].error == ("TLSv1.3 TLS_AES_256_GCM_SHA384; "
+                                      "certificate self-signed: self-signed certificate")
+
+
+# direct TLS (XEP-0368): TLS from the first byte, no STARTTLS
+
+
+@implementer(ISSLTransport)
+class DirectTLSTransport(TLSTransport):
+    """A connection that is TLS from its first byte."""
+
+
+def directStream(**kw):
+    return newStream(transport=DirectTLSTransport(), **kw)
+
+
+def test_direct_tls_judges_the_certificate_as_soon_as_the_handshake_completes():
+    gw, pool, stream, out, results = directStream(mode="required_trusted",
+                                                  verdicts={REMOTE: selfSigned()})
+    stream.handshakeCompleted()
+    e = failure(results)
+    assert (e.condition, "self-signed" in e.text) == ("remote-server-not-found", True)
+    assert (e.attempts[-1].step, e.attempts[-1].ok) == ("tls", False)
+
+
+def test_direct_tls_with_a_valid_certificate_goes_on_to_sasl_external():
+    gw, pool, stream, out, results = directStream(verdicts={REMOTE: valid(REMOTE)})
+    stream.handshakeCompleted()
+    stream.dataReceived(peerHeader() + features(EXTERNAL, DIALBACK))
+    assert results == []
+    assert out.transport.tlsStarts == []
+    assert len(out.named("auth", NS_SASL)) == 1
+    assert [(a.step, a.ok) for a in stream.trace] == [("connect", True), ("tls", True)]
 
 
 # SASL EXTERNAL
