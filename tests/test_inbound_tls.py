@@ -254,6 +254,23 @@ def test_handshake_completed_records_the_tls_description():
     assert stream.tlsInfo["version"] == "TLSv1.3"
 
 
+def test_handshake_completed_describes_the_connection_s_own_handle():
+    # The real TLSContexts.describe reads version and cipher off the
+    # pyOpenSSL connection it is given: it must be this stream's.
+    gw, stream, out = opened(mode="required")
+    described = []
+
+    def describe(conn):
+        described.append(conn)
+        return {"version": "TLSv1.2"}
+
+    gw.runtime.tls.describe = describe
+    stream.dataReceived(STARTTLS)
+    stream.handshakeCompleted()
+    assert described == [out.transport.handle]
+    assert stream.tlsInfo == {"version": "TLSv1.2"}
+
+
 def test_restarted_stream_offers_no_starttls_and_offers_dialback():
     gw, stream, out = secured(mode="required")
     offered = features(out)
@@ -266,6 +283,19 @@ def test_second_starttls_after_tls_is_a_failure():
     stream.dataReceived(STARTTLS)
     assert len(out.named("failure", NS_TLS)) == 1
     assert len(out.transport.tlsStarts) == 1
+
+
+def test_second_starttls_before_the_handshake_completed_is_a_failure():
+    # The offer does not count on the transport holding data back until the
+    # handshake is done: one <proceed/> per stream, whatever arrives.
+    gw, stream, out = opened(mode="required")
+    stream.dataReceived(STARTTLS)
+    out = fresh(out.transport)
+    stream.dataReceived(header() + STARTTLS)
+    assert (NS_TLS, "starttls") not in features(out)
+    assert (out.named("proceed", NS_TLS), len(out.named("failure", NS_TLS))) == ([], 1)
+    assert len(out.transport.tlsStarts) == 1
+    assert out.update().ended
 
 
 # the policy before TLS
