@@ -191,6 +191,13 @@ def test_dane_domain_without_tlsa_is_refused():
     assert "DANE is required" in failure(results).text
 
 
+def test_dane_domain_whose_certificate_matches_its_tlsa_is_accepted():
+    tlsa = tlsaSet(TLSARecord(3, 1, 1, b"x" * 32))
+    stream, tls, results = negotiate(verdict("valid", "dane-ee"), tlsa, dane_domains=(REMOTE,))
+    assert results == []
+    assert "DANE dane-ee" in stream.securitySummary()
+
+
 def test_opportunistic_without_tlsa_keeps_the_pkix_rules():
     stream, tls, results = negotiate(verdict("self-signed"), None, dane="opportunistic")
     assert results == [] and tls.daneSeen == [None]
