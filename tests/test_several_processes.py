@@ -24,8 +24,6 @@ from twisted.internet import threads
 
 from s2sgate import cli
 from tests.lab import several
-from tests.lab.dns import TestDNS
-from tests.lab.gateway import GatewayProcess
 from tests.lab.prosody import Prosody
 from tests.lab.several import (
     carriedBy,
@@ -41,60 +39,20 @@ pytestmark = pytest.mark.servers
 
 DNS_IP, HOME_IP, GW1_IP, GW2_IP, PEER1_IP, PEER2_IP = (
     "127.0.10.1", "127.0.10.2", "127.0.10.3", "127.0.10.4", "127.0.10.5", "127.0.10.6")
-COMPONENTS = ["s2s1.home.test", "s2s2.home.test"]
-SECRET = "component-secret-for-tests"
-SHARED = "dialback-secret-shared-by-both-processes"
+COMPONENTS, SECRET = several.COMPONENTS, several.SECRET
+IPS = {"dns": DNS_IP, "home": HOME_IP, "gw1": GW1_IP, "gw2": GW2_IP,
+       "peer1": PEER1_IP, "peer2": PEER2_IP}
 INTERVAL = 0.02
 BURST = 3           # messages per direction per tick: 150/s each way, 600/s in all
-
-
-def gatewayConfig(jid, otherIp):
-    return {
-        "local_domains": ["home.test"],
-        "component": {"jid": jid, "host": HOME_IP, "port": 5347, "secret": SECRET,
-                      "max_retry_delay": 1},
-        "s2s": {"use_starttls": "false", "shared": SHARED, "max_retry_delay": 2,
-                "shutdown_timeout": 6, "outgoing": {"connection_timeout": 3},
-                "dns": {"nameservers": [f"{DNS_IP}:53"], "timeout": 2, "retries": 0}},
-        "admin": {"peers": [f"http://{otherIp}:5281"]},
-    }
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     base = tmp_path_factory.mktemp("several")
-    started = []
-    try:
-        dns = TestDNS(base / "dns", ip=DNS_IP, fallback=False)
-        for name, ip in (("gw1.home.test", GW1_IP), ("gw2.home.test", GW2_IP)):
-            dns.add_srv("_xmpp-server._tcp.home.test", name, 5269)
-            dns.add_host(name, ip)
-        dns.add_host("peer1.test", PEER1_IP)
-        dns.add_host("peer2.test", PEER2_IP)
-        dns.start()
-        started.append(dns)
-        home = Prosody(base, "home", HOME_IP, hosts=["home.test"],
-                       users=[("alice@home.test", "alicepw")],
-                       components={c: SECRET for c in COMPONENTS}, route_to=COMPONENTS)
-        peer1 = Prosody(base, "peer1", PEER1_IP, hosts=["peer1.test"],
-                        users=[("bob@peer1.test", "bobpw")], dns=dns)
-        peer2 = Prosody(base, "peer2", PEER2_IP, hosts=["peer2.test"],
-                        users=[("carol@peer2.test", "carolpw")], dns=dns)
-        for server in (home, peer1, peer2):
-            server.start()
-            started.append(server)
-        gateways = {}
-        for jid, ip, other in ((COMPONENTS[0], GW1_IP, GW2_IP), (COMPONENTS[1], GW2_IP, GW1_IP)):
-            gw = GatewayProcess(base / jid, ip, gatewayConfig(jid, other), dns)
-            gw.start()
-            started.append(gw)
-            gateways[jid] = gw
-        for gw in gateways.values():
-            gw.wait_link_up()
-        yield {"home": home, "gateways": gateways}
-    finally:
-        for proc in reversed(started):
-            proc.stop()
+    with several.federation(base, IPS, lambda: Prosody(
+            base, "home", HOME_IP, hosts=["home.test"], users=[("alice@home.test", "alicepw")],
+            components={c: SECRET for c in COMPONENTS}, route_to=COMPONENTS)) as lab:
+        yield lab
 
 
 PEERS = {"bob@peer1.test": ("bobpw", PEER1_IP), "carol@peer2.test": ("carolpw", PEER2_IP)}

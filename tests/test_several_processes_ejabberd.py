@@ -31,10 +31,7 @@ import pytest_twisted
 
 from tests.lab import several
 from tests.lab.chat import login, message
-from tests.lab.dns import TestDNS
 from tests.lab.ejabberd import Ejabberd, build_module
-from tests.lab.gateway import GatewayProcess
-from tests.lab.prosody import Prosody
 from tests.lab.several import (
     carriedBy,
     rendezvous,
@@ -49,10 +46,10 @@ pytestmark = pytest.mark.servers
 
 DNS_IP, HOME_IP, GW1_IP, GW2_IP, PEER1_IP, PEER2_IP = (
     "127.0.14.1", "127.0.14.2", "127.0.14.3", "127.0.14.4", "127.0.14.5", "127.0.14.6")
-COMPONENTS = ["s2s1.home.test", "s2s2.home.test"]
+COMPONENTS, SECRET = several.COMPONENTS, several.SECRET
+IPS = {"dns": DNS_IP, "home": HOME_IP, "gw1": GW1_IP, "gw2": GW2_IP,
+       "peer1": PEER1_IP, "peer2": PEER2_IP}
 PEER_DOMAINS = ["peer1.test", "peer2.test"]
-SECRET = "component-secret-for-tests"
-SHARED = "dialback-secret-shared-by-both-processes"
 MODULE_SOURCE = Path(__file__).resolve().parents[1] / "etc" / "ejabberd" / "mod_s2sgate.erl"
 PEERS = {"bob@peer1.test": ("bobpw", PEER1_IP), "carol@peer2.test": ("carolpw", PEER2_IP)}
 # Domains without DNS records: each is tried, and bounced, by the process it is sent to.
@@ -75,58 +72,17 @@ def Traffic(case):
                            interval=0.02, burst=3)
 
 
-def gatewayConfig(jid, otherIp):
-    return {
-        "local_domains": ["home.test"],
-        "component": {"jid": jid, "host": HOME_IP, "port": 5347, "secret": SECRET,
-                      "max_retry_delay": 1},
-        "s2s": {"use_starttls": "false", "shared": SHARED, "max_retry_delay": 2,
-                "shutdown_timeout": 6, "outgoing": {"connection_timeout": 3},
-                "dns": {"nameservers": [f"{DNS_IP}:53"], "timeout": 2, "retries": 0}},
-        "admin": {"peers": [f"http://{otherIp}:5281"]},
-    }
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     base = tmp_path_factory.mktemp("several-ejabberd")
     beam = build_module(MODULE_SOURCE, base / "build")
-    started = []
-    try:
-        dns = TestDNS(base / "dns", ip=DNS_IP, fallback=False)
-        for name, ip in (("gw1.home.test", GW1_IP), ("gw2.home.test", GW2_IP)):
-            dns.add_srv("_xmpp-server._tcp.home.test", name, 5269)
-            dns.add_host(name, ip)
-        dns.add_host("peer1.test", PEER1_IP)
-        dns.add_host("peer2.test", PEER2_IP)
-        dns.start()
-        started.append(dns)
-        home = Ejabberd(base, "home", HOME_IP, host="home.test",
-                        users=[("alice@home.test", "alicepw")], s2s=False,
-                        components={c: SECRET for c in COMPONENTS},
-                        service_options={"global_routes": False},
-                        extra_listen_yaml=MISCONFIGURED,
-                        modules={"mod_s2sgate": {"components": COMPONENTS}},
-                        beams=[beam], dist_ip=HOME_IP, loglevel="info")
-        peer1 = Prosody(base, "peer1", PEER1_IP, hosts=["peer1.test"],
-                        users=[("bob@peer1.test", "bobpw")], dns=dns)
-        peer2 = Prosody(base, "peer2", PEER2_IP, hosts=["peer2.test"],
-                        users=[("carol@peer2.test", "carolpw")], dns=dns)
-        for server in (home, peer1, peer2):
-            server.start()
-            started.append(server)
-        gateways = {}
-        for jid, ip, other in ((COMPONENTS[0], GW1_IP, GW2_IP), (COMPONENTS[1], GW2_IP, GW1_IP)):
-            gw = GatewayProcess(base / jid, ip, gatewayConfig(jid, other), dns)
-            gw.start()
-            started.append(gw)
-            gateways[jid] = gw
-        for gw in gateways.values():
-            gw.wait_link_up()
-        yield {"home": home, "gateways": gateways}
-    finally:
-        for proc in reversed(started):
-            proc.stop()
+    with several.federation(base, IPS, lambda: Ejabberd(
+            base, "home", HOME_IP, host="home.test", users=[("alice@home.test", "alicepw")],
+            s2s=False, components={c: SECRET for c in COMPONENTS},
+            service_options={"global_routes": False}, extra_listen_yaml=MISCONFIGURED,
+            modules={"mod_s2sgate": {"components": COMPONENTS}}, beams=[beam],
+            dist_ip=HOME_IP, loglevel="info")) as lab:
+        yield lab
 
 
 def owner(domain):

@@ -6,11 +6,15 @@ real-server tests of Prosody's and ejabberd's routing modules share.
   compare what the running c2s server did with it);
 - L{Traffic}: chat messages both ways between one home user and each peer user,
   every few milliseconds, and per direction what was delivered, bounced and lost;
+- L{federation}: the lab both modules' tests start once: test DNS (both gateways as
+  SRV targets of home.test), the home c2s server the test builds, two Prosody peers
+  and two gateway processes (L{gatewayConfig});
 - the gateway-process steps of the cases: L{stopGracefully}, L{startAgain},
   L{carriedBy}, L{stopLines}.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import signal
@@ -20,8 +24,69 @@ import pytest
 from twisted.internet import reactor, task, threads
 
 from .chat import login
+from .dns import TestDNS
+from .gateway import GatewayProcess
+from .prosody import Prosody
 
 _IDS = itertools.count()
+
+COMPONENTS = ["s2s1.home.test", "s2s2.home.test"]
+SECRET = "component-secret-for-tests"
+SHARED = "dialback-secret-shared-by-both-processes"
+
+
+def gatewayConfig(ips, jid, otherIp):
+    """One process's config: its component JID, the same dialback secret as the other,
+    the other's admin API as its peer (for C{sessions --all})."""
+    return {
+        "local_domains": ["home.test"],
+        "component": {"jid": jid, "host": ips["home"], "port": 5347, "secret": SECRET,
+                      "max_retry_delay": 1},
+        "s2s": {"use_starttls": "false", "shared": SHARED, "max_retry_delay": 2,
+                "shutdown_timeout": 6, "outgoing": {"connection_timeout": 3},
+                "dns": {"nameservers": [f"{ips['dns']}:53"], "timeout": 2, "retries": 0}},
+        "admin": {"peers": [f"http://{otherIp}:5281"]},
+    }
+
+
+@contextlib.contextmanager
+def federation(base, ips, makeHome):
+    """
+    Start the lab on the addresses C{ips} (dns, home, gw1, gw2, peer1, peer2), the home
+    server being C{makeHome()}; yield C{{"home", "gateways"}} (gateways by component
+    JID, their links up); stop everything in reverse order.
+    """
+    started = []
+    try:
+        dns = TestDNS(base / "dns", ip=ips["dns"], fallback=False)
+        for name, ip in (("gw1.home.test", ips["gw1"]), ("gw2.home.test", ips["gw2"])):
+            dns.add_srv("_xmpp-server._tcp.home.test", name, 5269)
+            dns.add_host(name, ip)
+        dns.add_host("peer1.test", ips["peer1"])
+        dns.add_host("peer2.test", ips["peer2"])
+        dns.start()
+        started.append(dns)
+        home = makeHome()
+        peer1 = Prosody(base, "peer1", ips["peer1"], hosts=["peer1.test"],
+                        users=[("bob@peer1.test", "bobpw")], dns=dns)
+        peer2 = Prosody(base, "peer2", ips["peer2"], hosts=["peer2.test"],
+                        users=[("carol@peer2.test", "carolpw")], dns=dns)
+        for server in (home, peer1, peer2):
+            server.start()
+            started.append(server)
+        gateways = {}
+        for jid, ip, other in ((COMPONENTS[0], ips["gw1"], ips["gw2"]),
+                               (COMPONENTS[1], ips["gw2"], ips["gw1"])):
+            gw = GatewayProcess(base / jid, ip, gatewayConfig(ips, jid, other), dns)
+            gw.start()
+            started.append(gw)
+            gateways[jid] = gw
+        for gw in gateways.values():
+            gw.wait_link_up()
+        yield {"home": home, "gateways": gateways}
+    finally:
+        for proc in reversed(started):
+            proc.stop()
 
 
 def rendezvous(components, domain):
