@@ -44,6 +44,9 @@ NS_STREAMS = "http://etherx.jabber.org/streams"
 # Loopback plan (127.0.0.200-229)
 COMP_IP, GW_IP, SINK_IP, LOAD_IP = "127.0.0.200", "127.0.0.201", "127.0.0.202", "127.0.0.203"
 GWB_IP, COMPB_IP = "127.0.0.204", "127.0.0.205"      # the gateway section's "before" gateway
+# What the gateway section's "before" gateway changes (its patch module) and the row label.
+BEFORE_PATCH = "writethrough_patch"
+BEFORE_CHANGE = "TLS writes held one reactor turn (now, Twisted's default) vs written through (before)"
 # processes section: two raw XEP-0114 listeners, two gateways, one sink
 PROC_COMP = ("127.0.0.206", "127.0.0.207")
 PROC_GW = ("127.0.0.208", "127.0.0.209")
@@ -355,6 +358,71 @@ def latency_ms(samples, seq_min=0):
     return [(r - s) / 1e6 for seq, s, r in samples if seq >= seq_min]
 
 
+class KernelSends:
+    """When the bench's own socket sends handed each stanza to the kernel (``b<seq>.`` ids
+    in what ``writeSomeData`` sent): a stanza is stamped when it is made, then waits in the
+    bench's Twisted transport for its next writable event.  That wait is the bench's, not
+    the gateway's.  Installed for one measurement, then removed."""
+
+    SEQ = re.compile(rb"id='b(\d+)\.")
+
+    def __init__(self):
+        from twisted.internet import tcp
+        self.tcp, self.times = tcp, {}
+        self.original = tcp.Connection.writeSomeData
+
+    def __enter__(self):
+        original, times, seq = self.original, self.times, self.SEQ
+
+        def writeSomeData(conn, data):
+            sent = original(conn, data)
+            if isinstance(sent, int) and sent > 0:
+                t = time.monotonic_ns()
+                for k in seq.findall(bytes(data[:sent])):
+                    times.setdefault(k.decode(), t)
+            return sent
+        self.tcp.Connection.writeSomeData = writeSomeData
+        return self
+
+    def __exit__(self, *exc):
+        self.tcp.Connection.writeSomeData = self.original
+
+
+def hop_split(samples, probe, seq_min=0, kernel=None):
+    """Split each stanza's latency at the gateway's probe points (bench/tail_patch.py):
+    load side (sent by the bench → read by the gateway), gateway (read → plaintext into
+    OpenSSL), TLS out (→ the socket send after it), sink side (→ counted by the sink).
+    With ``kernel`` (L{KernelSends}.times) the load side is split in two: the bench's own
+    wait (made → handed to the kernel) and the wait before the gateway read it (kernel →
+    read: the gateway busy with earlier input, or not yet woken).
+    Pops the probe's raw ``hops``.  p50/p99 per hop in ms, and how many stanzas had all."""
+    hops = probe.pop("hops", None)
+    if not hops:
+        return None
+    t_in, t_tls, t_sent = hops["in"], hops["tls"], hops["sent"]
+    parts = {"load_side": [], "bench_send": [], "gateway_input_wait": [], "gateway": [],
+             "tls_out": [], "sink_side": [], "read_to_send": [], "kernel_to_send": []}
+    for seq, s, r in samples:
+        k = str(seq)
+        if seq < seq_min or k not in t_in or k not in t_tls or k not in t_sent:
+            continue
+        if kernel is not None and k not in kernel:
+            continue
+        a, b, c = t_in[k], t_tls[k], t_sent[k]
+        if kernel is not None:
+            parts["bench_send"].append((kernel[k] - s) / 1e6)
+            parts["gateway_input_wait"].append((a - kernel[k]) / 1e6)
+            parts["kernel_to_send"].append((c - kernel[k]) / 1e6)
+        parts["load_side"].append((a - s) / 1e6)
+        parts["gateway"].append((b - a) / 1e6)
+        parts["tls_out"].append((c - b) / 1e6)
+        parts["sink_side"].append((r - c) / 1e6)
+        parts["read_to_send"].append((c - a) / 1e6)
+    out = {name: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99)} for name, v in parts.items() if v}
+    out["stanzas"] = len(parts["gateway"])
+    return out
+
+
 # -- ceiling ----------------------------------------------------------------
 
 def feed_all(parser, header, data):
@@ -461,7 +529,7 @@ async def run_gateway(ctx, quick, profile):
     res = {}
     sink = Child(peers.sink_main, SINK_IP, 5269, "sink.test", str(sinkcert[0]), str(ca.cafile))
     variants = {"now": (COMP_IP, GW_IP, ()),
-                "before": (COMPB_IP, GWB_IP, ("writethrough_patch",))}
+                "before": (COMPB_IP, GWB_IP, (BEFORE_PATCH,))}
     if quick:
         del variants["before"]
     comps, ports, gws, links = {}, [], {}, {}
@@ -513,6 +581,8 @@ async def run_gateway(ctx, quick, profile):
         res["gateway_rss_kib"] = rss_kib(gw.pid)
         if profile:
             res["profile"] = await profile_gateway(gw, link, make, n, sink, wd)
+            res["profile_paced"] = await profile_gateway(gw, link, make, 60000, sink, wd,
+                                                         rate=res["max_per_s"] / 2)
 
         async def paced_latency(name, rate, dur):
             sink.call("reset")
@@ -520,28 +590,39 @@ async def run_gateway(ctx, quick, profile):
             g = gws[name]
             await g.tail()
             c0 = cpu_seconds(g.pid)
-            sent = await paced(links[name].transport.write, make, rate, dur)
-            await wait_until(lambda: sink.call("count")[0] >= sent, 30, what="paced stanzas")
+            with KernelSends() as kernel:
+                sent = await paced(links[name].transport.write, make, rate, dur)
+                await wait_until(lambda: sink.call("count")[0] >= sent, 30, what="paced stanzas")
             c1 = cpu_seconds(g.pid)
             probe = await g.tail()
-            lat = latency_ms(sink.call("report")["samples"], seq0)
+            samples = sink.call("report")["samples"]
+            lat = latency_ms(samples, seq0)
             return {"rate": rate, "cpu_share": (c1 - c0) / dur, "samples": len(lat),
                     "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat),
-                    "probe": probe}
+                    "hops": hop_split(samples, probe, seq0, kernel.times), "probe": probe}
 
-        # latency at half of the max rate (and the same rate on the before gateway)
+        # latency at half of the max rate, twice per gateway in the order now, before, before,
+        # now (an order effect shows as a difference between a gateway's two runs); the
+        # figure is the worse of now's two
         rate = res["max_per_s"] / 2
         dur = 3 if quick else 6
-        half = await paced_latency("now", rate, dur)
+        order = ["now", "before", "before", "now"] if "before" in variants else ["now", "now"]
+        halves = {name: [] for name in variants}
+        for name in order:
+            halves[name].append(await paced_latency(name, rate, dur))
+        half = max(halves["now"], key=lambda h: h["p99_ms"])
         res["half_rate_per_s"] = rate
         res["half_rate_cpu_share"] = half["cpu_share"]
         res["latency_samples"] = half["samples"]
         res["p50_ms"], res["p99_ms"], res["max_ms"] = half["p50_ms"], half["p99_ms"], half["max_ms"]
+        res["half_rate_p99_runs_ms"] = [h["p99_ms"] for h in halves["now"]]
         res["half_rate_probe"] = half["probe"]
+        res["half_rate_hops"] = half["hops"]
         if "before" in variants:
-            b_ = await paced_latency("before", rate, dur)
+            b_ = max(halves["before"], key=lambda h: h["p99_ms"])
+            b_["p99_runs_ms"] = [h["p99_ms"] for h in halves["before"]]
             res["before"] = {
-                "change": "trickle scan of every tag (before) vs of the last tag (now)",
+                "change": BEFORE_CHANGE,
                 "max_per_s": best["before"]["rate"],
                 "runs_per_s": [round(x["rate"]) for x in runs["before"]],
                 "cpu_s_per_10k": best["before"]["cpu"] / n * 10000,
@@ -697,19 +778,23 @@ async def run_processes(ctx, quick):
         sink.stop()
 
 
-async def profile_gateway(gw, link, make, n, sink, wd):
-    """py-spy the gateway while it forwards ``n`` stanzas; top self/inclusive frames."""
-    pyspy = shutil.which("py-spy")
+async def profile_gateway(gw, link, make, n, sink, wd, rate=None):
+    """py-spy the gateway while it forwards ``n`` stanzas (at once, or paced at ``rate``
+    per second); top self/inclusive frames."""
+    pyspy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if pyspy is None:
         return {"error": "py-spy not installed (pip install py-spy)"}
-    out = Path(wd) / "gateway-profile.txt"
+    out = Path(wd) / f"gateway-profile-{'paced' if rate else 'burst'}.txt"
     sink.call("reset")
-    payload = make(0, n)
+    payload = None if rate else make(0, n)
     prof = subprocess.Popen([pyspy, "record", "-p", str(gw.pid), "-r", "250", "-f", "raw",
                              "-o", str(out), "-d", "60", "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     await sleep(1.0)
-    link.transport.write(payload)
+    if rate:
+        n = await paced(link.transport.write, make, rate, n / rate)
+    else:
+        link.transport.write(payload)
     await wait_until(lambda: sink.call("count")[0] >= n, 120, 0.01, what="profiled run")
     prof.send_signal(2)  # SIGINT: py-spy writes what it has
     await sleep(0.1)
@@ -863,6 +948,7 @@ async def run_e2e(ctx, quick):
             res[f"{name}_others_cores"] = cpu["others_cpu_s"] / cpu["wall_s"]
             if name == "gateway":
                 probe = res["gateway_probe"] = await gw.tail()
+                probe.pop("hops", None)
                 res["gateway_stanzas_per_turn"] = counter.count / max(1, probe["turns"])
         rate = min(res["gateway_per_s"], res["native_per_s"]) / 2
         res["latency_rate_per_s"] = rate
@@ -1219,6 +1305,20 @@ def probe_rows(section, name, p):
              f"{gcs}, {gcmax:.2f} ms", "", "")]
 
 
+def hop_rows(section, name, h):
+    """The latency split of a half-load run (bench/run.py hop_split)."""
+    if not h:
+        return []
+    names = (("bench_send", "bench made → kernel"),
+             ("gateway_input_wait", "kernel → gateway read"),
+             ("gateway", "gateway read → OpenSSL"), ("tls_out", "OpenSSL → socket send"),
+             ("read_to_send", "gateway read → send"),
+             ("kernel_to_send", "kernel → gateway send"), ("sink_side", "sink side"))
+    return [(section, f"{name}: p50 / p99 of each hop at half load ({h['stanzas']:,} stanzas)",
+             "; ".join(f"{label} {fmt(h[k]['p50_ms'], '', 2)} / {fmt(h[k]['p99_ms'], ' ms', 2)}"
+                       for k, label in names if k in h), "", "")]
+
+
 def table(results):
     rows = []
     c, g, pr, e, s, mx, sc = (results.get(k) for k in SECTIONS)
@@ -1243,10 +1343,12 @@ def table(results):
                        f"{fmt(v['p50_ms'], ' ms', 2)} / {fmt(v['p99_ms'], ' ms', 2)}", "", "")
                       for k, v in g.get("latency_sweep", {}).items()]
         rows += probe_rows("gateway", "now", g.get("half_rate_probe"))
+        rows += hop_rows("gateway", "now", g.get("half_rate_hops"))
         b = g.get("before")
         if b:
             h = b["half_rate"]
-            rows += [("gateway", "before → now: max throughput (trickle scan: every tag → last)",
+            rows += [("gateway", f"before → now: {b['change']}", "", "", ""),
+                     ("gateway", "before → now: max throughput",
                       f"{fmt(b['max_per_s'], '/s')} → {fmt(g['max_per_s'], '/s')} "
                       f"= {g['max_per_s'] / b['max_per_s']:.2f}×", "", ""),
                      ("gateway", "before → now: CPU s per 10 000 stanzas",
@@ -1255,8 +1357,12 @@ def table(results):
                      ("gateway", f"before → now: p50 / p99 at {g['half_rate_per_s']:,.0f}/s",
                       f"{fmt(h['p50_ms'], ' ms', 2)} / {fmt(h['p99_ms'], ' ms', 2)} → "
                       f"{fmt(g['p50_ms'], ' ms', 2)} / {fmt(g['p99_ms'], ' ms', 2)} "
-                      f"(p99 {g['p99_ms'] / h['p99_ms']:.2f}×)", "", "")]
+                      f"(p99 {g['p99_ms'] / h['p99_ms']:.2f}×); p99 of each run: before "
+                      f"{', '.join(fmt(x, '', 2) for x in h.get('p99_runs_ms', []))}, now "
+                      f"{', '.join(fmt(x, '', 2) for x in g.get('half_rate_p99_runs_ms', []))}",
+                      "", "")]
             rows += probe_rows("gateway", "before", h.get("probe"))
+            rows += hop_rows("gateway", "before", h.get("hops"))
     if pr and "ratio" in pr:
         one, two = pr["one"], pr["two"]
         rows += [("procs", "max throughput: one process (8 remote domains)",
@@ -1416,14 +1522,15 @@ async def main(args):
     for k in SECTIONS:
         if isinstance(results.get(k), dict) and "error" in results[k]:
             print(f"\n{k}: ERROR {results[k]['error']}")
-    prof = (results.get("gateway") or {}).get("profile")
-    if prof and "self" in prof:
-        print(f"\ngateway profile ({prof['busy_samples']} busy samples), top self time:")
-        for f, p in prof["self"]:
-            print(f"  {p:5.1f}%  {f}")
-        print("top inclusive:")
-        for f, p in prof["inclusive"]:
-            print(f"  {p:5.1f}%  {f}")
+    for key, what in (("profile", "burst"), ("profile_paced", "paced at half load")):
+        prof = (results.get("gateway") or {}).get(key)
+        if prof and "self" in prof:
+            print(f"\ngateway profile, {what} ({prof['busy_samples']} busy samples), top self time:")
+            for f, p in prof["self"]:
+                print(f"  {p:5.1f}%  {f}")
+            print("top inclusive:")
+            for f, p in prof["inclusive"]:
+                print(f"  {p:5.1f}%  {f}")
     out = Path(args.output)
     out.write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwritten {out}")

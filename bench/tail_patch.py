@@ -10,14 +10,21 @@ afresh.
 A turn whose wall time is far above its CPU time waited for a core (another process ran):
 the scheduler's share of a tail.  A turn with high CPU time is the gateway's own work; the
 GC records say how much of it was the collector.  Cost: three clock reads per turn.
+
+Hops: for every bench stanza (id ``b<seq>.<ns>``) the monotonic time its bytes were read
+from a socket (``in``), handed to OpenSSL as plaintext (``tls``) and the first socket send
+after that (``sent``), so bench/run.py can split a stanza's latency into the load side,
+the gateway and the sink side.  Cost: one regex over every chunk read and written.
 """
 import gc
 import json
 import os
+import re
 import signal
 import time
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
+from twisted.protocols import tls
 
 _wall = time.perf_counter
 _cpu = time.thread_time
@@ -78,6 +85,44 @@ def _install():
     reactor.runUntilCurrent = runUntilCurrent
 
 
+_SEQ = re.compile(rb"id='b(\d+)\.")
+_now = time.monotonic_ns
+_in, _tls, _sent = {}, {}, {}
+_unsent = []
+
+
+def _installHops():
+    received, written, send = (tcp.Connection._dataReceived, tls.TLSMemoryBIOProtocol._write,
+                               tcp.Connection.writeSomeData)
+
+    def dataReceived(self, data):
+        if data:
+            t = _now()
+            for seq in _SEQ.findall(data):
+                _in.setdefault(int(seq), t)
+        return received(self, data)
+
+    def write(self, data):
+        t = _now()
+        for seq in _SEQ.findall(data):
+            seq = int(seq)
+            _tls[seq] = t
+            _unsent.append(seq)
+        return written(self, data)
+
+    def writeSomeData(self, data):
+        if _unsent:
+            t = _now()
+            for seq in _unsent:
+                _sent[seq] = t
+            del _unsent[:]
+        return send(self, data)
+
+    tcp.Connection._dataReceived = dataReceived
+    tls.TLSMemoryBIOProtocol._write = write
+    tcp.Connection.writeSomeData = writeSomeData
+
+
 def _gcCallback(phase, info):
     if phase == "start":
         _gcStart[0] = _wall()
@@ -112,7 +157,11 @@ def _summary():
         "gc": {},
         "gc_thresholds": gc.get_threshold(),
         "gc_frozen": gc.get_freeze_count(),
+        "hops": {"in": dict(_in), "tls": dict(_tls), "sent": dict(_sent)},
     }
+    _in.clear()
+    _tls.clear()
+    _sent.clear()
     for gen in (0, 1, 2):
         d = [s * 1000 for g, s, _ in gcs if g == gen]
         out["gc"][str(gen)] = {"count": len(d), "total_ms": sum(d), "max_ms": max(d, default=0.0)}
@@ -127,4 +176,5 @@ def _dump(*_):
 
 gc.callbacks.append(_gcCallback)
 _install()
+_installHops()
 signal.signal(signal.SIGUSR1, _dump)
