@@ -19,6 +19,7 @@ not C{portable}: a stream then writes them rebuilt in its own scope.
 
 import re
 
+from s2sgate.xmpp.serialize import toXml
 from s2sgate.xmpp.stanzas import errorReply
 
 _NAME = re.compile(rb"<[^\s/>]*")
@@ -57,7 +58,7 @@ class RawStanza:
     @classmethod
     def fromElement(cls, element):
         """A stanza built here (a bounce, a reply): serialised once, self-contained."""
-        data = element.toXml(defaultUri=element.uri).encode("utf-8")
+        data = toXml(element, defaultUri=element.uri).encode("utf-8")
         attributes = {k: v for k, v in element.attributes.items() if isinstance(k, str)}
         return cls(element.name, element.uri, attributes, data)
 

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from s2sgate.xmpp.namespaces import NS_COMPONENT, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.namespaces import NS_STREAM_ERRORS as NS_STANZAS_STREAM
 from s2sgate.xmpp.parser import StreamError, StreamParser
+from s2sgate.xmpp.serialize import toXml
 from s2sgate.xmpp.stanzas import setNamespace
 
 __all__ = ["NS_COMPONENT", "NS_SERVER", "WriteBatch", "XmlStream", "newStreamId",
@@ -297,9 +298,9 @@ class XmlStream(Protocol):
             # Serialise in the stream's scope: no repeated default namespace,
             # and prefixes the header declared (some servers, ejabberd among
             # them, only understand dialback as "db:result").
-            return data.toXml(prefixes=self._prefixes(), defaultUri=self.namespace,
-                              prefixesInScope=["stream"] + [p for p, _ in self.extraNamespaces]
-                              ).encode("utf-8")
+            return toXml(data, prefixes=self._prefixes(), defaultUri=self.namespace,
+                         prefixesInScope=["stream"] + [p for p, _ in self.extraNamespaces]
+                         ).encode("utf-8")
         if isinstance(data, str):
             return data.encode("utf-8")
         return data
