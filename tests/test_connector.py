@@ -45,10 +45,18 @@ class FakeEndpoint:
         self.tried.append((self.ip, self.port, self.family, factory))
         out = self.outcomes.get(self.ip, error.ConnectionRefusedError())
         if isinstance(out, defer.Deferred):
-            return out
+            # Connects when the test fires it (with the transport, or None).
+            return out.addCallback(self._built, factory)
         if isinstance(out, BaseException):
             return defer.fail(out)
-        return defer.succeed(factory.buildProtocol(IPv4Address("TCP", self.ip, self.port)))
+        return defer.succeed(self._built(None, factory))
+
+    def _built(self, transport, factory):
+        """As a real endpoint: the protocol the factory builds, connected."""
+        protocol = factory.buildProtocol(IPv4Address("TCP", self.ip, self.port))
+        if transport is not None:
+            protocol.makeConnection(transport)
+        return protocol
 
 
 def setup(records, outcomes=None, **kw):
@@ -329,7 +337,7 @@ def test_earlier_attempt_can_still_win():
     clock, d, tried, attempts = race(dual_stack(), {"127.0.0.11": first, "::11": second})
     clock.advance(0.3)
     assert len(tried) == 2
-    first.callback(Protocol())
+    first.callback(None)
     got = []
     d.addCallback(got.append)
     assert got[0][2] == Address("127.0.0.11", 5269, 4)
@@ -383,9 +391,7 @@ def test_connection_made_after_the_race_is_decided_is_closed():
     late = StringTransport()
 
     def connectAnyway(d):
-        proto = Protocol()
-        proto.makeConnection(late)
-        d.callback(proto)
+        d.callback(late)
 
     clock, d, tried, attempts = race(
         dual_stack(), {"127.0.0.11": defer.Deferred(connectAnyway), "::11": "ok"})

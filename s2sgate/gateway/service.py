@@ -18,7 +18,6 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from s2sgate.config import ConfigError, load_config
@@ -29,6 +28,7 @@ from s2sgate.interfaces import IResolver
 from s2sgate.net.connector import Connector
 from s2sgate.net.dnssec import AuthenticatedLookup
 from s2sgate.net.resolver import S2SResolver
+from s2sgate.net.tls import StartTLSFactory, WriteThroughTLSFactory
 from s2sgate.ops.metrics import Metrics
 from s2sgate.s2s.failures import FailureLog
 from s2sgate.s2s.guard import LogLimiter
@@ -192,11 +192,11 @@ class GatewayService(service.MultiService):
                                  metrics=self.metrics, failures=self.failures)
         self.listeners = []
         for description in s.listen:
-            self._listen(description, self.inboundFactory())
+            self._listen(description, StartTLSFactory(self.inboundFactory(), isClient=False))
         for description in s.direct_tls_listen:
             # XEP-0368: TLS from the first byte, certificate chosen by SNI.
-            factory = TLSMemoryBIOFactory(_DirectTLSCreator(self.current), False,
-                                          self.inboundFactory(directTLS=True))
+            factory = WriteThroughTLSFactory(_DirectTLSCreator(self.current), False,
+                                             self.inboundFactory(directTLS=True))
             self._listen(description, factory)
 
         self.metrics.watch(self)

@@ -19,11 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from twisted.internet import defer, error
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -37,6 +33,7 @@ from s2sgate.net.resolver import (
     Target,
     TLSASet,
 )
+from s2sgate.net.tls import startTLSCapable, wrapClientTLS
 
 __all__ = ["ATTEMPT_DELAY", "Attempt", "ConnectFailed", "Connection", "Connector", "connect",
            "describeConnectError", "endpointFor", "interleave"]
@@ -355,8 +352,11 @@ class _Race:
 
     def _try(self, target: Target, address: Address) -> None:
         endpoint: Any = self.endpointFor(address.ip, address.port, address.family)
+        # Either way TLS writes through (s2sgate.net.tls).
         if target.direct_tls and self.directTLS is not None:
             endpoint = wrapClientTLS(self.directTLS(target), endpoint)
+        else:
+            endpoint = startTLSCapable(endpoint)
         # Name the host (or, for an override, the domain) next to the IP.
         where = f"{address} ({target.host if target.host != address.ip else self.domain})"
         if target.direct_tls:

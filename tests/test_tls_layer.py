@@ -1,0 +1,229 @@
+"""
+s2sgate.net.tls: the TLS layers that write through, over real loopback sockets.
+
+Each test connects two L{StartTLSLayer}s (or direct TLS) on 127.0.0.1 with a
+recording protocol on top, certificates from the test CA.
+"""
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from OpenSSL import SSL
+from twisted.internet import defer, protocol, reactor, ssl, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import implementer
+
+from s2sgate.net.tls import StartTLSLayer, WriteThroughTLSFactory, wrapClientTLS
+from tests.lab.certs import TestCA
+
+
+@pytest.fixture(scope="module")
+def creators(tmp_path_factory):
+    """(server creator, client creator) for layer.test, trusted by the test CA."""
+    ca = TestCA(tmp_path_factory.mktemp("tlslayer"))
+    certfile, keyfile = ca.issue("layer.test", dns=["layer.test"])
+    with open(certfile, "rb") as c, open(keyfile, "rb") as k:
+        server = ssl.PrivateCertificate.loadPEM(c.read() + k.read()).options()
+    with open(ca.cafile, "rb") as f:
+        trust = ssl.Certificate.loadPEM(f.read())
+    return server, ssl.optionsForClientTLS("layer.test", trustRoot=trust)
+
+
+@implementer(IHandshakeListener)
+class Recorder(protocol.Protocol):
+    """Records what the layer hands up."""
+
+    def __init__(self):
+        self.data = b""
+        self.arrived = []
+        self.handshake = defer.Deferred()
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+        waiting, self.arrived = self.arrived, []
+        for d in waiting:
+            d.callback(None)
+
+    def until(self, data):
+        """Fires once C{data} has arrived."""
+        async def wait():
+            while data not in self.data:
+                d = defer.Deferred()
+                self.arrived.append(d)
+                await d
+        return defer.ensureDeferred(wait())
+
+    def handshakeCompleted(self):
+        self.handshake.callback(self.transport.getHandle())
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.lost.callback(None)
+
+
+class Pair:
+    """A server and a client layer connected over loopback."""
+
+    async def open(self, serverOptions=None):
+        self.server = Recorder()
+        self.client = Recorder()
+        factory = protocol.Factory.forProtocol(lambda: StartTLSLayer(self.server, isClient=False))
+        if serverOptions is not None:
+            factory = WriteThroughTLSFactory(serverOptions, False, protocol.Factory.forProtocol(
+                lambda: self.server))
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
+        return self
+
+    async def connectLayer(self):
+        self.clientLayer = await self.endpoint.connect(protocol.Factory.forProtocol(
+            lambda: StartTLSLayer(self.client, isClient=True)))
+        while self.server.transport is None:   # the server side accepts in its own turn
+            await deferLater(0.01)
+        self.serverLayer = self.server.transport
+
+    async def close(self):
+        for side in (self.client, self.server):
+            if side.transport is not None and not side.lost.called:
+                side.transport.loseConnection()
+        for side in (self.client, self.server):
+            if side.transport is not None:
+                await withTimeout(side.lost)
+        await self.port.stopListening()
+
+
+def deferLater(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def withTimeout(d, seconds=10):
+    return d.addTimeout(seconds, reactor)
+
+
+async def tlsPair(creators):
+    pair = await Pair().open()
+    await pair.connectLayer()
+    server, client = creators
+    pair.serverLayer.startTLS(server)
+    pair.clientLayer.startTLS(client)
+    await withTimeout(pair.client.handshake)
+    await withTimeout(pair.server.handshake)
+    return pair
+
+
+@pytest_twisted.ensureDeferred
+async def test_before_starttls_bytes_pass_through_both_ways_in_plaintext():
+    pair = await Pair().open()
+    try:
+        await pair.connectLayer()
+        pair.client.transport.write(b"<stream:stream>")
+        await withTimeout(pair.server.until(b"<stream:stream>"))
+        pair.server.transport.writeSequence([b"<proceed", b"/>"])
+        await withTimeout(pair.client.until(b"<proceed/>"))
+        assert not ISSLTransport.providedBy(pair.clientLayer)
+        assert pair.clientLayer.getPeerCertificate() is None
+        assert pair.clientLayer.getPeer() == pair.serverLayer.getHost()
+    finally:
+        await pair.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_starttls_the_handshake_completes_and_data_is_encrypted(creators):
+    pair = await tlsPair(creators)
+    try:
+        pair.client.transport.write(b"<message/>")
+        await withTimeout(pair.server.until(b"<message/>"))
+        pair.server.transport.write(b"<presence/>")
+        await withTimeout(pair.client.until(b"<presence/>"))
+        assert ISSLTransport.providedBy(pair.clientLayer)
+        assert isinstance(pair.clientLayer.getHandle(), SSL.Connection)
+        assert pair.clientLayer.getHandle().get_protocol_version_name().startswith("TLS")
+        assert pair.clientLayer.getPeerCertificate() is not None
+    finally:
+        await pair.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_after_starttls_reaches_the_tcp_transport_in_the_same_call(creators):
+    """Write-through: no reactor turn between the stream's write and the TCP buffer
+    (Twisted's own startTLS holds it one turn)."""
+    pair = await tlsPair(creators)
+    try:
+        tcp = pair.clientLayer.transport
+        seen = []
+        original = tcp.write
+        tcp.write = lambda data: (seen.append(len(data)), original(data))
+        try:
+            pair.client.transport.write(b"<message>now</message>")
+            assert seen and seen[0] > len(b"<message>now</message>")   # a TLS record
+        finally:
+            del tcp.write
+        await withTimeout(pair.server.until(b"<message>now</message>"))
+    finally:
+        await pair.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lose_connection_after_starttls_closes_both_ends(creators):
+    pair = await tlsPair(creators)
+    pair.client.transport.loseConnection()
+    await withTimeout(pair.client.lost)
+    await withTimeout(pair.server.lost)
+    await pair.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_starttls_twice_is_refused(creators):
+    pair = await tlsPair(creators)
+    try:
+        with pytest.raises(RuntimeError):
+            pair.clientLayer.startTLS(creators[1])
+    finally:
+        await pair.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_producer_registered_on_the_layer_is_the_tcp_connection_s():
+    pair = await Pair().open()
+    try:
+        await pair.connectLayer()
+
+        @implementer(IPushProducer)
+        class Producer:
+            def pauseProducing(self):
+                pass
+
+            def resumeProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+        producer = Producer()
+        pair.clientLayer.registerProducer(producer, True)
+        assert pair.clientLayer.transport.producer is producer
+        pair.clientLayer.unregisterProducer()
+        assert pair.clientLayer.transport.producer is None
+    finally:
+        await pair.close()
+
+
+def test_direct_tls_factory_builds_the_unbuffered_protocol(creators):
+    factory = WriteThroughTLSFactory(creators[0], False, protocol.Factory.forProtocol(Recorder))
+    assert type(factory.buildProtocol(None)) is TLSMemoryBIOProtocol
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_tls_client_endpoint_connects_the_protocol_it_built(creators):
+    pair = await Pair().open(serverOptions=creators[0])
+    try:
+        built = await wrapClientTLS(creators[1], pair.endpoint).connect(
+            protocol.Factory.forProtocol(lambda: pair.client))
+        assert built is pair.client
+        await withTimeout(pair.client.handshake)
+        pair.client.transport.write(b"<iq/>")
+        await withTimeout(pair.server.until(b"<iq/>"))
+    finally:
+        await pair.close()
