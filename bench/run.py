@@ -45,8 +45,9 @@ NS_STREAMS = "http://etherx.jabber.org/streams"
 COMP_IP, GW_IP, SINK_IP, LOAD_IP = "127.0.0.200", "127.0.0.201", "127.0.0.202", "127.0.0.203"
 GWB_IP, COMPB_IP = "127.0.0.204", "127.0.0.205"      # the gateway section's "before" gateway
 # What the gateway section's "before" gateway changes (its patch module) and the row label.
-BEFORE_PATCH = "writethrough_patch"
-BEFORE_CHANGE = "TLS writes held one reactor turn (now, Twisted's default) vs written through (before)"
+BEFORE_PATCH = "buffered_patch"
+BEFORE_CHANGE = ("TLS writes: held one reactor turn by Twisted (before) → written through "
+                 "(now, s2sgate/net/tls.py)")
 # processes section: two raw XEP-0114 listeners, two gateways, one sink
 PROC_COMP = ("127.0.0.206", "127.0.0.207")
 PROC_GW = ("127.0.0.208", "127.0.0.209")
@@ -179,7 +180,6 @@ class Gateway:
 
     nodelay = False   # --nodelay: experiment with TCP_NODELAY (bench/nodelay_patch.py)
     tracemalloc = False   # --tracemalloc: Python allocation growth in the scale section
-    writethrough = False  # --writethrough: TLS writes without Twisted's one-turn aggregation
 
     def __init__(self, workdir, name, toml, probe=False, patches=()):
         self.probe = probe   # bench/tail_patch.py: per-turn and GC timings, on SIGUSR1
@@ -205,7 +205,7 @@ class Gateway:
         mods = [m for m, on in (("nodelay_patch", self.nodelay),
                                 ("tracemalloc_patch", self.tracemalloc),
                                 ("tail_patch", self.probe),
-                                ("writethrough_patch", self.writethrough)) if on] + list(self.patches)
+                                ) if on] + list(self.patches)
         patch = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import {', '.join(mods)}; "
                  if mods else "")
         return patch + "from twisted.scripts.twistd import run; run()"
@@ -1537,6 +1537,7 @@ async def main(args):
 
 
 def cli():
+    global BEFORE_PATCH, BEFORE_CHANGE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs, no 10 000-stream test")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
@@ -1545,8 +1546,9 @@ def cli():
                     help="py-spy the gateway during one throughput run (pip install py-spy)")
     ap.add_argument("--nodelay", action="store_true",
                     help="experiment: run the gateway with TCP_NODELAY on its streams")
-    ap.add_argument("--writethrough", action="store_true",
-                    help="experiment: TLS writes reach OpenSSL at once (bench/writethrough_patch.py)")
+    ap.add_argument("--before-patch", default=BEFORE_PATCH, metavar="MODULE",
+                    help="the patch module (bench/*_patch.py) of the gateway section's 'before' "
+                         f"gateway (default {BEFORE_PATCH})")
     ap.add_argument("--tracemalloc", action="store_true",
                     help="experiment: trace the gateway's Python allocations in the scale section")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -1554,7 +1556,9 @@ def cli():
     args = ap.parse_args()
     raise_nofile()
     Gateway.nodelay = args.nodelay
-    Gateway.writethrough = args.writethrough
+    if args.before_patch != BEFORE_PATCH:
+        BEFORE_PATCH = args.before_patch
+        BEFORE_CHANGE = f"as shipped (now) vs bench/{BEFORE_PATCH}.py (before)"
     Gateway.tracemalloc = args.tracemalloc
     task.react(lambda _: defer.ensureDeferred(main(args)))
 
