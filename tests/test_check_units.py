@@ -1,22 +1,27 @@
 """
 `s2sgate check` without real servers: the Checker against s2sgate's own inbound
-streams listening in this process on loopback (127.0.8.x), with real TLS and test
+streams listening in this process on loopback (NET.x below), with real TLS and test
 certificates, and an in-memory DNS.  Each peer is one way a remote server can be
 set up (good certificate, wrong name, expired, no STARTTLS, SRV "."), and each
 test reads the verdict of every step and the JSON.
 
-  good.test    127.0.8.1  STARTTLS, certificate DNS:good.test
-  wrong.test   127.0.8.2  STARTTLS, certificate DNS:other.test
-  expired.test 127.0.8.3  STARTTLS, expired certificate for expired.test
-  plain.test   127.0.8.4  no TLS at all (use_starttls = "false")
-  both.test    127.0.8.5  STARTTLS on 5269 and direct TLS on 5270, both in SRV
+  good.test    NET.1      STARTTLS, certificate DNS:good.test
+  wrong.test   NET.2      STARTTLS, certificate DNS:other.test
+  expired.test NET.3      STARTTLS, expired certificate for expired.test
+  plain.test   NET.4      no TLS at all (use_starttls = "false")
+  both.test    NET.5      STARTTLS on 5269 and direct TLS on 5270, both in SRV
   dot.test     SRV "."    (no service)
+
+NET is 127.N.8 with N from the id of the process that runs the test (net()), so that
+two test runs on one machine (two mutmut workers, forked from one process, or a
+mutation run beside a unit suite) do not both listen on NET.x:5269.
 
 Every peer's dialback secret (s2s.shared) is "shared-" + its domain: checking
 good.test as one of our own domains with that secret proves its listener is ours.
 """
 
 import dataclasses
+import os
 
 import pytest
 import pytest_twisted
@@ -34,11 +39,17 @@ from tests.lab.certs import TestCA
 from tests.s2sfakes import FakeVerifier, makeRouter
 from tests.test_resolver import FakeResolver, a, srv
 
-PEERS = {"good.test": ("127.0.8.1", {"dns": ["good.test"]}),
-         "wrong.test": ("127.0.8.2", {"dns": ["other.test"]}),
-         "expired.test": ("127.0.8.3", {"dns": ["expired.test"], "expired": True}),
-         "plain.test": ("127.0.8.4", None),
-         "both.test": ("127.0.8.5", {"dns": ["both.test"]})}
+
+def net():
+    return f"127.{8 + os.getpid() % 200}.8"
+
+
+def peers():
+    return {"good.test": (f"{net()}.1", {"dns": ["good.test"]}),
+            "wrong.test": (f"{net()}.2", {"dns": ["other.test"]}),
+            "expired.test": (f"{net()}.3", {"dns": ["expired.test"], "expired": True}),
+            "plain.test": (f"{net()}.4", None),
+            "both.test": (f"{net()}.5", {"dns": ["both.test"]})}
 
 
 def peerConfig(domain, certfile, cafile):
@@ -57,7 +68,7 @@ def lab(tmp_path_factory):
     ca = TestCA(tmp_path_factory.mktemp("check-units"))
     ports = []
     records = {("_xmpp-server._tcp.dot.test", 33): [srv("_xmpp-server._tcp.dot.test", ".")]}
-    for domain, (ip, cert) in PEERS.items():
+    for domain, (ip, cert) in peers().items():
         certfile = ca.issue(domain, **cert)[0] if cert is not None else None
         config = peerConfig(domain, certfile, ca.cafile)
         tls = TLSContexts(config.s2s, config.local_domains) if certfile else None
@@ -218,7 +229,7 @@ async def test_direct_tls_and_starttls_are_probed_separately(lab):
     assert steps["certificate"].status == "ok"
     # ... and STARTTLS on the _xmpp-server target gets its own step.
     other = steps["starttls"]
-    assert other.status == "ok" and other.title == "STARTTLS at 127.0.8.5:5269 (both.test)"
+    assert other.status == "ok" and other.title == f"STARTTLS at {net()}.5:5269 (both.test)"
     assert other.summary.startswith("STARTTLS: TLSv1.")
     assert [s["name"] for s in other.data["steps"]] == [
         "stream", "tls", "certificate", "authentication", "stream-features"]
@@ -273,15 +284,15 @@ async def test_our_presented_certificate_days_left(lab):
 async def test_an_s2s_address_override_is_probed_where_the_gateway_goes(lab):
     from s2sgate.config import AddressOverride
 
-    override = AddressOverride(host="nodns.test", ip_address="127.0.8.1", port=5269)
+    override = AddressOverride(host="nodns.test", ip_address=f"{net()}.1", port=5269)
     report, steps, doc = await run(lab, "nodns.test", address=(override,),
                                    use_starttls="optional")
     assert not steps["srv"].fatal
-    assert steps["tcp"].data["addresses"][0]["address"] == "127.0.8.1:5269"
+    assert steps["tcp"].data["addresses"][0]["address"] == f"{net()}.1:5269"
     # It reached good.test's server there, which rightly does not serve nodns.test.
-    assert steps["stream"].data["address"] == "127.0.8.1:5269"
+    assert steps["stream"].data["address"] == f"{net()}.1:5269"
     assert "host-unknown" in steps["stream"].summary
-    assert steps["name"].data["override"] == {"ip_address": "127.0.8.1", "port": 5269}
+    assert steps["name"].data["override"] == {"ip_address": f"{net()}.1", "port": 5269}
 
 
 @pytest_twisted.ensureDeferred
@@ -295,5 +306,5 @@ async def test_extra_checks_get_the_peers_chain(lab):
         return Step("tlsa", "TLSA", summary="seen")
 
     report = await checker(lab, "good.test", extraChecks=(tlsa,)).run()
-    assert seen == [("good.test", ["127.0.8.1:5269"], True)]
+    assert seen == [("good.test", [f"{net()}.1:5269"], True)]
     assert [s.name for s in report.steps][-2:] == ["stream-features", "tlsa"]
