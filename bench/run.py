@@ -46,8 +46,8 @@ COMP_IP, GW_IP, SINK_IP, LOAD_IP = "127.0.0.200", "127.0.0.201", "127.0.0.202", 
 GWB_IP, COMPB_IP = "127.0.0.204", "127.0.0.205"      # the gateway section's "before" gateway
 # What the gateway section's "before" gateway changes (its patch module) and the row label.
 BEFORE_PATCH = "buffered_patch"
-BEFORE_CHANGE = ("TLS writes: held one reactor turn by Twisted (before) → written through "
-                 "(now, s2sgate/net/tls.py)")
+BEFORE_CHANGE = ("writes: TLS held one reactor turn, sent at the next writable event "
+                 "(before, Twisted's) → written through and sent at once (now, s2sgate/net/tls.py)")
 # processes section: two raw XEP-0114 listeners, two gateways, one sink
 PROC_COMP = ("127.0.0.206", "127.0.0.207")
 PROC_GW = ("127.0.0.208", "127.0.0.209")
@@ -181,6 +181,8 @@ class Gateway:
     nodelay = False   # --nodelay: experiment with TCP_NODELAY (bench/nodelay_patch.py)
     tracemalloc = False   # --tracemalloc: Python allocation growth in the scale section
 
+    hops = False   # --hops: the probe also times each stanza's hops (costs the gateway CPU)
+
     def __init__(self, workdir, name, toml, probe=False, patches=()):
         self.probe = probe   # bench/tail_patch.py: per-turn and GC timings, on SIGUSR1
         self.patches = tuple(patches)   # more bench/*_patch.py modules (before/after runs)
@@ -190,7 +192,8 @@ class Gateway:
         self.config.write_text(toml)
         self.logfile = self.dir / "twistd.log"
         env = dict(os.environ, S2SGATE_BENCH_TRACEMALLOC=str(self.dir / "tracemalloc.txt"),
-                   S2SGATE_BENCH_TAIL=str(self.dir / "tail.json"))
+                   S2SGATE_BENCH_TAIL=str(self.dir / "tail.json"),
+                   S2SGATE_BENCH_HOPS="1" if self.hops else "0")
         self.proc = Proc(f"s2sgate-{name}", env=env, argv=
                          [sys.executable, "-c", self.bootstrap(), "-n", f"--logfile={self.logfile}",
                           "--pidfile=", "s2sgate", "--config", str(self.config)],
@@ -366,12 +369,14 @@ class KernelSends:
 
     SEQ = re.compile(rb"id='b(\d+)\.")
 
-    def __init__(self):
+    def __init__(self, enabled=True):
         from twisted.internet import tcp
-        self.tcp, self.times = tcp, {}
+        self.tcp, self.times, self.enabled = tcp, {}, enabled
         self.original = tcp.Connection.writeSomeData
 
     def __enter__(self):
+        if not self.enabled:
+            return self
         original, times, seq = self.original, self.times, self.SEQ
 
         def writeSomeData(conn, data):
@@ -418,6 +423,8 @@ def hop_split(samples, probe, seq_min=0, kernel=None):
         parts["tls_out"].append((c - b) / 1e6)
         parts["sink_side"].append((r - c) / 1e6)
         parts["read_to_send"].append((c - a) / 1e6)
+    if not parts["gateway"]:
+        return None
     out = {name: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99)} for name, v in parts.items() if v}
     out["stanzas"] = len(parts["gateway"])
     return out
@@ -590,7 +597,7 @@ async def run_gateway(ctx, quick, profile):
             g = gws[name]
             await g.tail()
             c0 = cpu_seconds(g.pid)
-            with KernelSends() as kernel:
+            with KernelSends(Gateway.hops) as kernel:
                 sent = await paced(links[name].transport.write, make, rate, dur)
                 await wait_until(lambda: sink.call("count")[0] >= sent, 30, what="paced stanzas")
             c1 = cpu_seconds(g.pid)
@@ -1546,6 +1553,9 @@ def cli():
                     help="py-spy the gateway during one throughput run (pip install py-spy)")
     ap.add_argument("--nodelay", action="store_true",
                     help="experiment: run the gateway with TCP_NODELAY on its streams")
+    ap.add_argument("--hops", action="store_true",
+                    help="the gateway section also splits each stanza's latency into hops "
+                         "(costs the gateway and the bench CPU, so the p99 rises)")
     ap.add_argument("--before-patch", default=BEFORE_PATCH, metavar="MODULE",
                     help="the patch module (bench/*_patch.py) of the gateway section's 'before' "
                          f"gateway (default {BEFORE_PATCH})")
@@ -1555,6 +1565,7 @@ def cli():
     ap.add_argument("--output", default=str(BENCH / "results.json"))
     args = ap.parse_args()
     raise_nofile()
+    Gateway.hops = args.hops
     Gateway.nodelay = args.nodelay
     if args.before_patch != BEFORE_PATCH:
         BEFORE_PATCH = args.before_patch

@@ -14,7 +14,8 @@ GC records say how much of it was the collector.  Cost: three clock reads per tu
 Hops: for every bench stanza (id ``b<seq>.<ns>``) the monotonic time its bytes were read
 from a socket (``in``), handed to OpenSSL as plaintext (``tls``) and the first socket send
 after that (``sent``), so bench/run.py can split a stanza's latency into the load side,
-the gateway and the sink side.  Cost: one regex over every chunk read and written.
+the gateway and the sink side.  Cost: one regex over every chunk read and written, so only with
+S2SGATE_BENCH_HOPS=1 (``bench/run.py --hops``).
 """
 import gc
 import json
@@ -176,5 +177,6 @@ def _dump(*_):
 
 gc.callbacks.append(_gcCallback)
 _install()
-_installHops()
+if os.environ.get("S2SGATE_BENCH_HOPS") == "1":
+    _installHops()
 signal.signal(signal.SIGUSR1, _dump)

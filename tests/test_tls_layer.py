@@ -11,11 +11,16 @@ import pytest_twisted
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, reactor, ssl, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IPushProducer,
+    ISSLTransport,
+    IWriteDescriptor,
+)
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from s2sgate.net.tls import StartTLSLayer, WriteThroughTLSFactory, wrapClientTLS
+from s2sgate.net.tls import StartTLSLayer, WriteThroughTLSFactory, sendNow, wrapClientTLS
 from tests.lab.certs import TestCA
 
 
@@ -166,6 +171,65 @@ async def test_a_write_after_starttls_reaches_the_tcp_transport_in_the_same_call
         await pair.close()
 
 
+def recordSends(tcp):
+    """The sizes of what the socket was given, as it is given it."""
+    sent = []
+    original = tcp.writeSomeData
+
+    def writeSomeData(data):
+        n = original(data)
+        sent.append(n)
+        return n
+    tcp.writeSomeData = writeSomeData
+    return sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plaintext_write_is_sent_before_the_call_returns():
+    """Not at the TCP connection's next writable event, after the next input was handled."""
+    pair = await Pair().open()
+    try:
+        await pair.connectLayer()
+        sent = recordSends(pair.clientLayer.transport)
+        pair.client.transport.write(b"<stream:stream>")
+        assert sent == [len(b"<stream:stream>")]
+        await withTimeout(pair.server.until(b"<stream:stream>"))
+    finally:
+        await pair.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_write_is_sent_before_the_call_returns(creators):
+    pair = await tlsPair(creators)
+    try:
+        sent = recordSends(pair.clientLayer.transport)
+        pair.client.transport.writeSequence([b"<message>", b"now</message>"])
+        assert len(sent) == 1 and sent[0] > len(b"<message>now</message>")
+        await withTimeout(pair.server.until(b"<message>now</message>"))
+    finally:
+        await pair.close()
+
+
+def test_send_now_leaves_a_closing_connection_to_the_reactor():
+    @implementer(IWriteDescriptor)
+    class Closing:
+        disconnecting = True
+        writes = 0
+
+        def doWrite(self):
+            self.writes += 1
+    closing = Closing()
+    sendNow(closing)
+    assert closing.writes == 0
+    closing.disconnecting = False
+    sendNow(closing)
+    assert closing.writes == 1
+
+
+def test_send_now_passes_over_a_transport_that_is_not_a_descriptor():
+    sendNow(object())   # an in-memory test transport: nothing to do
+
+
 @pytest_twisted.ensureDeferred
 async def test_lose_connection_after_starttls_closes_both_ends(creators):
     pair = await tlsPair(creators)
@@ -212,7 +276,8 @@ async def test_producer_registered_on_the_layer_is_the_tcp_connection_s():
 
 def test_direct_tls_factory_builds_the_unbuffered_protocol(creators):
     factory = WriteThroughTLSFactory(creators[0], False, protocol.Factory.forProtocol(Recorder))
-    assert type(factory.buildProtocol(None)) is TLSMemoryBIOProtocol
+    built = factory.buildProtocol(None)
+    assert isinstance(built, TLSMemoryBIOProtocol) and not isinstance(built, BufferingTLSTransport)
 
 
 @pytest_twisted.ensureDeferred

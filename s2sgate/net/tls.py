@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_tls_layer -*-
 """
-TLS for s2s streams, written through.
+TLS for s2s streams, written through and sent at once.
 
 Twisted's own TLS (``ITLSTransport.startTLS``, ``wrapClientTLS``) wraps a
 connection in C{BufferingTLSTransport}, which holds every write until the
@@ -11,6 +11,11 @@ that read it.  The extra turn only adds latency; under load it is where
 stanzas wait for the next chunk of input to be handled first (bench/README.md,
 "p99 at half load").  So the gateway's TLS layers are Twisted's
 unbuffered L{TLSMemoryBIOProtocol}:
+
+And Twisted's TCP transport sends nothing at C{write()}: it waits for its
+next writable event, and when that poll also returns the next chunk of
+input, the chunk is handled first.  So each write here ends with
+L{sendNow}: the TCP connection writes what it holds in the same turn.
 
   - L{WriteThroughTLSFactory}: a L{TLSMemoryBIOFactory} building it, for
     the direct TLS (XEP-0368) listeners;
@@ -34,18 +39,38 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     IStreamClientEndpoint,
     ITLSTransport,
+    IWriteDescriptor,
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
-__all__ = ["StartTLSFactory", "StartTLSLayer", "WriteThroughTLSFactory", "startTLSCapable",
-           "wrapClientTLS"]
+__all__ = ["StartTLSFactory", "StartTLSLayer", "WriteThroughTLSFactory", "sendNow",
+           "startTLSCapable", "wrapClientTLS"]
+
+
+def sendNow(transport) -> None:
+    """
+    Have the reactor's TCP connection C{transport} send what it holds now
+    (its L{IWriteDescriptor.doWrite}, as the reactor calls it when the
+    socket is writable); what the socket does not take waits for that event
+    as before.  Not once it is closing: the reactor must see the close.
+    """
+    if IWriteDescriptor.providedBy(transport) and not transport.disconnecting:
+        transport.doWrite()
+
+
+class _SendNowTLS(TLSMemoryBIOProtocol):
+    """Twisted's unbuffered TLS protocol; each write is sent at once (L{sendNow})."""
+
+    def write(self, data):   # writeSequence joins and calls this
+        TLSMemoryBIOProtocol.write(self, data)
+        sendNow(self.transport)
 
 
 class WriteThroughTLSFactory(TLSMemoryBIOFactory):
     """A L{TLSMemoryBIOFactory} whose connections write through (see the module)."""
 
-    protocol = TLSMemoryBIOProtocol
+    protocol = _SendNowTLS
 
 
 @implementer(IStreamClientEndpoint)
@@ -159,10 +184,18 @@ class StartTLSLayer:
         return self.tls if self.tls is not None else self.transport
 
     def write(self, data):
-        self._below().write(data)
+        if self.tls is not None:
+            self.tls.write(data)
+        else:
+            self.transport.write(data)
+            sendNow(self.transport)
 
     def writeSequence(self, data):
-        self._below().writeSequence(data)
+        if self.tls is not None:
+            self.tls.writeSequence(data)
+        else:
+            self.transport.writeSequence(data)
+            sendNow(self.transport)
 
     def loseConnection(self):
         self._below().loseConnection()
