@@ -32,6 +32,8 @@ L{ITLSTransport}, so the in-memory transports of the unit tests still work.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -55,8 +57,10 @@ def sendNow(transport) -> None:
     socket is writable); what the socket does not take waits for that event
     as before.  Not once it is closing: the reactor must see the close.
     """
-    if IWriteDescriptor.providedBy(transport) and not transport.disconnecting:
-        transport.doWrite()
+    if IWriteDescriptor.providedBy(transport):
+        connection: Any = transport   # a FileDescriptor: it says whether it is closing
+        if not connection.disconnecting:
+            connection.doWrite()
 
 
 class _SendNowTLS(TLSMemoryBIOProtocol):
