@@ -7,24 +7,21 @@ connection in C{BufferingTLSTransport}, which holds every write until the
 next reactor turn so that many small writes become one TLS record.  Our
 streams already do that: L{s2sgate.xmpp.stream.WriteBatch} joins what one
 chunk of input makes into one write per stream, at the end of the turn
-that read it.  The extra turn only adds latency; under load it is where
-stanzas wait for the next chunk of input to be handled first (bench/README.md,
-"p99 at half load").  So the gateway's TLS layers are Twisted's
-unbuffered L{TLSMemoryBIOProtocol}:
-
-And Twisted's TCP transport sends nothing at C{write()}: it waits for its
-next writable event, and when that poll also returns the next chunk of
-input, the chunk is handled first.  So each write here ends with
-L{sendNow}: the TCP connection writes what it holds in the same turn.
+that read it, so the extra turn only adds latency.  And Twisted's TCP
+transport sends nothing at C{write()}: it waits for its next writable
+event, and when that poll also returns the next chunk of input, the chunk
+is handled first.  Under load both are where stanzas wait (bench/README.md,
+"p99 at half load").  So the gateway's TLS is Twisted's unbuffered
+L{TLSMemoryBIOProtocol}, and each write ends with L{sendNow}:
 
   - L{WriteThroughTLSFactory}: a L{TLSMemoryBIOFactory} building it, for
     the direct TLS (XEP-0368) listeners;
   - L{wrapClientTLS}: the client endpoint of direct TLS, with that factory;
   - L{StartTLSLayer}: the transport of a STARTTLS-capable stream.  It is
-    plaintext until the stream calls C{startTLS}, then puts a
-    L{TLSMemoryBIOProtocol} between the TCP connection and the stream;
-    L{StartTLSFactory} (listeners) and L{startTLSCapable} (client endpoints)
-    give one to each stream.
+    plaintext until the stream calls C{startTLS}, then puts that protocol
+    between the TCP connection and the stream; L{StartTLSFactory}
+    (listeners) and L{startTLSCapable} (client endpoints) give one to each
+    stream.
 
 The streams do not know: they call C{transport.startTLS} as on any
 L{ITLSTransport}, so the in-memory transports of the unit tests still work.
