@@ -11,8 +11,8 @@ on its way through the gateway (found by tests/test_rawstanza.py).
 
 L{toXml} first gives each namespace declared in the tree one prefix of its
 own (the peer's where it is unambiguous, a fresh one where not; the
-prefixes the stream header declared stay theirs), and serialises with
-those.  Prefixes carry no meaning in XMPP, namespaces do: the tree read
+prefixes the stream suggests, such as ``db``, stay theirs), and serialises
+with those.  Prefixes carry no meaning in XMPP, namespaces do: the tree read
 back is the same.  The element itself is not changed.
 """
 
@@ -27,7 +27,7 @@ __all__ = ["toXml"]
 _GENERATED = re.compile(r"xn[0-9]+")
 
 
-def _renames(element, prefixes, prefixesInScope):
+def _renames(element, prefixes):
     """
     {id(element): its declarations with one prefix per namespace}, for the
     elements whose declarations need another prefix; empty when none does.
@@ -79,7 +79,7 @@ class _OnePrefixEach(domish.SerializerClass):
 
 def toXml(element, prefixes=None, defaultUri="", prefixesInScope=None) -> str:
     """C{element.toXml(...)}, with one prefix per namespace (see the module)."""
-    s = _OnePrefixEach(_renames(element, prefixes, prefixesInScope),
+    s = _OnePrefixEach(_renames(element, prefixes),
                        prefixes=prefixes, prefixesInScope=prefixesInScope)
     s.serialize(element, defaultUri=defaultUri)
     return s.getValue()
