@@ -11,6 +11,13 @@ table every reader shares, and the component link to the c2s server.
 from zope.interface import Attribute, Interface
 
 
+class ISendNow(Interface):
+    """A transport that can send what it holds in this reactor turn."""
+
+    def sendNow():
+        """Send what was written, now, not at the socket's next writable event."""
+
+
 class IResolver(Interface):
     """Where a remote domain's s2s service is (L{s2sgate.net.resolver.S2SResolver})."""
 

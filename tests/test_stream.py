@@ -232,6 +232,76 @@ def test_writes_inside_a_batch_become_one_write_per_stream():
     assert streams[0].transport.value().startswith(b"<message id='0'/><message id='2'/>")
 
 
+def sendNowTransport():
+    """A StringTransport that records writes and sendNow() calls in order."""
+    from twisted.internet.testing import StringTransport
+    from zope.interface import implementer
+
+    from s2sgate.interfaces import ISendNow
+
+    @implementer(ISendNow)
+    class SendNow(StringTransport):
+        def __init__(self):
+            StringTransport.__init__(self)
+            self.events = []
+
+        def write(self, data):
+            self.events.append(("write", len(data)))
+            StringTransport.write(self, data)
+
+        def sendNow(self):
+            self.events.append(("sendNow",))
+    return SendNow()
+
+
+def test_a_batch_ends_with_one_send_now_per_stream_after_its_write():
+    from twisted.internet import task
+
+    from s2sgate.xmpp.stream import WriteBatch, XmlStream
+
+    batch = WriteBatch()
+    stream = XmlStream(task.Clock(), batch=batch)
+    stream.makeConnection(sendNowTransport())
+    batch.enter()
+    stream.send("<message/>")
+    stream.send("<presence/>")
+    assert stream.transport.events == []
+    batch.exit()
+    assert stream.transport.events == [("write", len("<message/><presence/>")), ("sendNow",)]
+
+
+def test_a_full_record_inside_a_batch_is_written_but_sent_with_the_rest_at_its_end():
+    """One send per input chunk: what a 16 KiB flush wrote waits for the batch's end."""
+    from twisted.internet import task
+
+    from s2sgate.xmpp.stream import FLUSH_BYTES, WriteBatch, XmlStream
+
+    batch = WriteBatch()
+    stream = XmlStream(task.Clock(), batch=batch)
+    stream.makeConnection(sendNowTransport())
+    batch.enter()
+    stream.send(b"x" * FLUSH_BYTES)
+    stream.send(b"<message/>")
+    assert stream.transport.events == [("write", FLUSH_BYTES)]
+    batch.exit()
+    assert stream.transport.events == [("write", FLUSH_BYTES), ("write", 10), ("sendNow",)]
+
+
+def test_a_transport_that_cannot_send_now_just_gets_the_write():
+    from twisted.internet import task
+    from twisted.internet.testing import StringTransport
+
+    from s2sgate.xmpp.stream import WriteBatch, XmlStream
+
+    batch = WriteBatch()
+    stream = XmlStream(task.Clock(), batch=batch)
+    stream.makeConnection(StringTransport())
+    batch.enter()
+    stream.send("<message/>")
+    batch.exit()
+    assert stream.transport.value() == b"<message/>"
+
+
 def test_closing_inside_a_batch_writes_the_held_data_first():
     from twisted.internet import task
     from twisted.internet.testing import StringTransport

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from s2sgate.interfaces import ISendNow
 from s2sgate.net.tls import StartTLSLayer, WriteThroughTLSFactory, sendNow, wrapClientTLS
 from tests.lab.certs import TestCA
 
@@ -185,27 +186,51 @@ def recordSends(tcp):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_plaintext_write_is_sent_before_the_call_returns():
+async def test_plaintext_writes_are_sent_at_send_now_in_one_send():
     """Not at the TCP connection's next writable event, after the next input was handled."""
     pair = await Pair().open()
     try:
         await pair.connectLayer()
         sent = recordSends(pair.clientLayer.transport)
         pair.client.transport.write(b"<stream:stream>")
-        assert sent == [len(b"<stream:stream>")]
-        await withTimeout(pair.server.until(b"<stream:stream>"))
+        pair.client.transport.writeSequence([b"<a/>", b"<b/>"])
+        assert sent == []
+        pair.clientLayer.sendNow()
+        assert sent == [len(b"<stream:stream><a/><b/>")]
+        await withTimeout(pair.server.until(b"<stream:stream><a/><b/>"))
     finally:
         await pair.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_tls_write_is_sent_before_the_call_returns(creators):
+async def test_tls_writes_are_sent_at_send_now(creators):
     pair = await tlsPair(creators)
     try:
         sent = recordSends(pair.clientLayer.transport)
         pair.client.transport.writeSequence([b"<message>", b"now</message>"])
+        assert sent == []
+        pair.clientLayer.sendNow()
         assert len(sent) == 1 and sent[0] > len(b"<message>now</message>")
         await withTimeout(pair.server.until(b"<message>now</message>"))
+    finally:
+        await pair.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_tls_writes_are_sent_at_send_now(creators):
+    pair = await Pair().open(serverOptions=creators[0])
+    try:
+        await wrapClientTLS(creators[1], pair.endpoint).connect(
+            protocol.Factory.forProtocol(lambda: pair.client))
+        await withTimeout(pair.client.handshake)
+        tls = pair.client.transport
+        assert ISendNow.providedBy(tls)
+        sent = recordSends(tls.transport)
+        tls.write(b"<iq/>")
+        assert sent == []
+        tls.sendNow()
+        assert len(sent) == 1
+        await withTimeout(pair.server.until(b"<iq/>"))
     finally:
         await pair.close()
 

@@ -12,7 +12,10 @@ transport sends nothing at C{write()}: it waits for its next writable
 event, and when that poll also returns the next chunk of input, the chunk
 is handled first.  Under load both are where stanzas wait (bench/README.md,
 "p99 at half load").  So the gateway's TLS is Twisted's unbuffered
-L{TLSMemoryBIOProtocol}, and each write ends with L{sendNow}:
+L{TLSMemoryBIOProtocol}, and these transports are L{ISendNow}: a stream's
+L{WriteBatch} calls C{sendNow()} when the input chunk that made its writes
+is handled, and the TCP connection sends them in that turn (one send per
+chunk, as before, only sooner):
 
   - L{WriteThroughTLSFactory}: a L{TLSMemoryBIOFactory} building it, for
     the direct TLS (XEP-0368) listeners;
@@ -43,6 +46,8 @@ from twisted.internet.interfaces import (
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
+from s2sgate.interfaces import ISendNow
+
 __all__ = ["StartTLSFactory", "StartTLSLayer", "WriteThroughTLSFactory", "sendNow",
            "startTLSCapable", "wrapClientTLS"]
 
@@ -60,18 +65,18 @@ def sendNow(transport) -> None:
             connection.doWrite()
 
 
-class _SendNowTLS(TLSMemoryBIOProtocol):
-    """Twisted's unbuffered TLS protocol; each write is sent at once (L{sendNow})."""
+@implementer(ISendNow)
+class _WriteThroughTLS(TLSMemoryBIOProtocol):
+    """Twisted's unbuffered TLS protocol, an L{ISendNow} (direct TLS)."""
 
-    def write(self, data):   # writeSequence joins and calls this
-        TLSMemoryBIOProtocol.write(self, data)
+    def sendNow(self):
         sendNow(self.transport)
 
 
 class WriteThroughTLSFactory(TLSMemoryBIOFactory):
     """A L{TLSMemoryBIOFactory} whose connections write through (see the module)."""
 
-    protocol = _SendNowTLS
+    protocol = _WriteThroughTLS
 
 
 @implementer(IStreamClientEndpoint)
@@ -118,7 +123,7 @@ class _ToStream:
             self.stream.handshakeCompleted()
 
 
-@implementer(IProtocol, ITLSTransport)
+@implementer(IProtocol, ITLSTransport, ISendNow)
 class StartTLSLayer:
     """
     Between a TCP connection and one stream: the stream's transport.
@@ -146,7 +151,7 @@ class StartTLSLayer:
 
     def makeConnection(self, transport):
         directlyProvides(self, providedBy(transport))
-        alsoProvides(self, ITLSTransport)
+        alsoProvides(self, ITLSTransport, ISendNow)
         self.transport = transport
         self.connected = True
         self.stream.makeConnection(self)
@@ -185,18 +190,14 @@ class StartTLSLayer:
         return self.tls if self.tls is not None else self.transport
 
     def write(self, data):
-        if self.tls is not None:
-            self.tls.write(data)
-        else:
-            self.transport.write(data)
-            sendNow(self.transport)
+        self._below().write(data)
 
     def writeSequence(self, data):
-        if self.tls is not None:
-            self.tls.writeSequence(data)
-        else:
-            self.transport.writeSequence(data)
-            sendNow(self.transport)
+        self._below().writeSequence(data)
+
+    def sendNow(self):
+        """TLS or not, what was written is in the TCP connection by now."""
+        sendNow(self.transport)
 
     def loseConnection(self):
         self._below().loseConnection()

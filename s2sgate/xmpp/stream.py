@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from s2sgate.interfaces import ISendNow
 from s2sgate.xmpp.namespaces import NS_COMPONENT, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.namespaces import NS_STREAM_ERRORS as NS_STANZAS_STREAM
 from s2sgate.xmpp.parser import StreamError, StreamParser
@@ -92,8 +93,10 @@ class WriteBatch:
         if self.depth == 0:
             while self.pending:
                 pending, self.pending = self.pending, []
-                for stream in pending:
+                # A stream that flushed a full record is queued again.
+                for stream in dict.fromkeys(pending):
                     stream.flushPending()
+                    stream.sendNow()
 
 
 @implementer(IPushProducer)
@@ -366,6 +369,15 @@ class XmlStream(Protocol):
             self._pendingBytes = 0
             if self.transport is not None and not self.closed:
                 self.transport.write(data)
+
+    def sendNow(self):
+        """
+        The end of a batch: have a transport that can (L{ISendNow},
+        s2sgate.net.tls) send what it holds in this turn, not at the
+        socket's next writable event, after the next input is handled.
+        """
+        if ISendNow.providedBy(self.transport) and not self.closed:
+            self.transport.sendNow()
 
     def _prefixes(self):
         prefixes = {NS_STREAMS: "stream"}
