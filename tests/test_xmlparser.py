@@ -63,6 +63,15 @@ def test_doctype_and_processing_instruction_are_restricted(evil):
     assert e.value.condition == "restricted-xml"
 
 
+def test_a_doctype_without_declarations_is_restricted():
+    # RFC 6120 11.1: no DTD at all.  With an internal subset the entity
+    # declaration alone is refused too; a bare DOCTYPE only by its own handler.
+    r = Recorder()
+    with pytest.raises(StreamError) as e:
+        r.parser.feed(b"<!DOCTYPE stream:stream>" + HEADER)
+    assert e.value.condition == "restricted-xml"
+
+
 def test_comment_inside_stanza_is_restricted():
     r = Recorder()
     with pytest.raises(StreamError) as e:
