@@ -270,8 +270,9 @@ def test_a_batch_ends_with_one_send_now_per_stream_after_its_write():
     assert stream.transport.events == [("write", len("<message/><presence/>")), ("sendNow",)]
 
 
-def test_a_full_record_inside_a_batch_is_written_but_sent_with_the_rest_at_its_end():
-    """One send per input chunk: what a 16 KiB flush wrote waits for the batch's end."""
+def test_a_batch_of_full_records_is_left_to_the_socket_s_writable_event():
+    """A large chunk of input (a peer under load): no send now, so that the next turns'
+    writes join it in fewer, larger sends; the next small batch sends at once again."""
     from twisted.internet import task
 
     from s2sgate.xmpp.stream import FLUSH_BYTES, WriteBatch, XmlStream
@@ -284,7 +285,11 @@ def test_a_full_record_inside_a_batch_is_written_but_sent_with_the_rest_at_its_e
     stream.send(b"<message/>")
     assert stream.transport.events == [("write", FLUSH_BYTES)]
     batch.exit()
-    assert stream.transport.events == [("write", FLUSH_BYTES), ("write", 10), ("sendNow",)]
+    assert stream.transport.events == [("write", FLUSH_BYTES), ("write", 10)]
+    batch.enter()
+    stream.send(b"<message/>")
+    batch.exit()
+    assert stream.transport.events[2:] == [("write", 10), ("sendNow",)]
 
 
 def test_a_transport_that_cannot_send_now_just_gets_the_write():

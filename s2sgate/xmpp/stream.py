@@ -150,6 +150,7 @@ class XmlStream(Protocol):
         self.bytesOut = 0
         self._pending = []
         self._pendingBytes = 0
+        self._fullRecords = False   # this batch flushed a full record already
         self._blockedSince = None
         self._backlog = 0
         self.readingPaused = False
@@ -274,8 +275,10 @@ class XmlStream(Protocol):
             self._pending.append(data)
             self._pendingBytes += len(data)
             if self._pendingBytes >= FLUSH_BYTES:
-                # One full TLS record: send it now rather than hold the
-                # first stanza until the whole input chunk is handled.
+                # One full TLS record: to the transport now rather than
+                # hold the first stanza until the whole input chunk is
+                # handled.
+                self._fullRecords = True
                 self.flushPending()
         else:
             self.transport.write(data)
@@ -375,8 +378,12 @@ class XmlStream(Protocol):
         The end of a batch: have a transport that can (L{ISendNow},
         s2sgate.net.tls) send what it holds in this turn, not at the
         socket's next writable event, after the next input is handled.
+        Not after a batch of full records (a large chunk of input, a peer
+        under load): that waits for the writable event as before, which
+        joins what the next turns write into fewer, larger sends.
         """
-        if ISendNow.providedBy(self.transport) and not self.closed:
+        large, self._fullRecords = self._fullRecords, False
+        if not large and ISendNow.providedBy(self.transport) and not self.closed:
             self.transport.sendNow()
 
     def _prefixes(self):
