@@ -12,10 +12,10 @@ transport sends nothing at C{write()}: it waits for its next writable
 event, and when that poll also returns the next chunk of input, the chunk
 is handled first.  Under load both are where stanzas wait (bench/README.md,
 "p99 at half load").  So the gateway's TLS is Twisted's unbuffered
-L{TLSMemoryBIOProtocol}, and these transports are L{ISendNow}: a stream's
-L{WriteBatch} calls C{sendNow()} when the input chunk that made its writes
-is handled, and the TCP connection sends them in that turn (one send per
-chunk, as before, only sooner):
+L{TLSMemoryBIOProtocol}, and these transports are L{ISendNow}: when the
+input chunk that made a stream's writes is handled, the stream calls
+C{sendNow()} and the TCP connection sends them in that turn (not after a
+batch of full records: see L{s2sgate.xmpp.stream.XmlStream.sendNow}):
 
   - L{WriteThroughTLSFactory}: a L{TLSMemoryBIOFactory} building it, for
     the direct TLS (XEP-0368) listeners;
