@@ -99,6 +99,15 @@ def test_a_peer_without_stream_management_gets_no_enable_and_the_stream_is_untra
     assert (out["sm"], out["unacked"]) == (False, None)
 
 
+def test_an_inbound_stream_the_peer_never_enabled_acks_on_shows_no_stream_management():
+    network, a, b, clock = federation(smA=SM_OFF)
+    send(a, 3)
+    network.flush(clock)
+    assert bodies(b) == ["m0", "m1", "m2"]
+    [inb] = [s for s in b.sessions() if s["direction"] == "in"]
+    assert (inb["sm"], inb["unacked"]) == (False, None)
+
+
 def test_unacknowledged_stanzas_of_a_lost_stream_are_resent_once_on_the_next_stream():
     network, a, b, clock = federation()
     send(a, 2)
