@@ -9,7 +9,7 @@ namespace has one prefix; a peer's XML may rebind a prefix in a subtree
 and then domish wrote ``q:k`` for ``p:k``: the attribute changed namespace
 on its way through the gateway (found by tests/test_rawstanza.py).
 
-L{toXml} first gives each namespace declared in the tree one prefix of its
+L{toXml}, as it writes the tree, gives each namespace declared in it one prefix of its
 own (the peer's where it is unambiguous, a fresh one where not; the
 prefixes the stream suggests, such as ``db``, stay theirs), and serialises
 with those.  Prefixes carry no meaning in XMPP, namespaces do: the tree read
@@ -27,50 +27,42 @@ __all__ = ["toXml"]
 _GENERATED = re.compile(r"xn[0-9]+")
 
 
-def _renames(element, prefixes):
+class _OnePrefixEach(domish.SerializerClass):
     """
-    {id(element): its declarations with one prefix per namespace}, for the
-    elements whose declarations need another prefix; empty when none does.
+    domish's serializer; an element that declares prefixes is written with
+    one prefix per namespace (decided as the tree is written, top down, so a
+    tree without declarations costs one check per node).
     """
-    byUri = dict(prefixes or {})
-    byUri.update(domish.G_PREFIXES)
-    byPrefix = {p: u for u, p in byUri.items()}
-    renames = {}
-    fresh = 0
-    stack = [element]
-    while stack:
-        e = stack.pop()
-        if not isinstance(e, domish.Element):
-            continue
-        stack.extend(reversed(e.children))
-        if not e.localPrefixes:
-            continue
+
+    def __init__(self, prefixes=None, prefixesInScope=None):
+        super().__init__(prefixes=prefixes, prefixesInScope=prefixesInScope)
+        self.byUri = dict(prefixes or {})
+        self.byUri.update(domish.G_PREFIXES)
+        self.byPrefix = {p: u for u, p in self.byUri.items()}
+        self.fresh = 0
+
+    def _oneEach(self, theirs):
         declared = {}
-        for p, u in e.localPrefixes.items():
-            q = byUri.get(u)
+        for p, u in theirs.items():
+            q = self.byUri.get(u)
             if q is None:
                 q = p
                 # domish names the namespaces nobody declared xn0, xn1, ...
-                while (q in byPrefix and byPrefix[q] != u) or _GENERATED.fullmatch(q):
-                    q = f"ns{fresh}"
-                    fresh += 1
-                byUri[u], byPrefix[q] = q, u
+                while (q in self.byPrefix and self.byPrefix[q] != u) or _GENERATED.fullmatch(q):
+                    q = f"ns{self.fresh}"
+                    self.fresh += 1
+                self.byUri[u], self.byPrefix[q] = q, u
             declared[q] = u
-        if declared != e.localPrefixes:
-            renames[id(e)] = declared
-    return renames
-
-
-class _OnePrefixEach(domish.SerializerClass):
-    def __init__(self, renames, prefixes=None, prefixesInScope=None):
-        super().__init__(prefixes=prefixes, prefixesInScope=prefixesInScope)
-        self.renames = renames
+        return declared
 
     def serialize(self, elem, closeElement=1, defaultUri=""):
-        declared = self.renames.get(id(elem)) if isinstance(elem, domish.Element) else None
-        if declared is None:
+        if not (isinstance(elem, domish.Element) and elem.localPrefixes):
             return super().serialize(elem, closeElement, defaultUri)
-        theirs, elem.localPrefixes = elem.localPrefixes, declared
+        theirs = elem.localPrefixes
+        declared = self._oneEach(theirs)
+        if declared == theirs:
+            return super().serialize(elem, closeElement, defaultUri)
+        elem.localPrefixes = declared
         try:
             return super().serialize(elem, closeElement, defaultUri)
         finally:
@@ -79,7 +71,6 @@ class _OnePrefixEach(domish.SerializerClass):
 
 def toXml(element, prefixes=None, defaultUri="", prefixesInScope=None) -> str:
     """C{element.toXml(...)}, with one prefix per namespace (see the module)."""
-    s = _OnePrefixEach(_renames(element, prefixes),
-                       prefixes=prefixes, prefixesInScope=prefixesInScope)
+    s = _OnePrefixEach(prefixes=prefixes, prefixesInScope=prefixesInScope)
     s.serialize(element, defaultUri=defaultUri)
     return s.getValue()
