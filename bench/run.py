@@ -442,6 +442,7 @@ def feed_all(parser, header, data):
 
 def run_ceiling(quick):
     from s2sgate.xmpp.parser import StreamParser
+    from s2sgate.xmpp.serialize import toXml  # the gateway's serializer (XmlStream.serialize)
     n = 20000 if quick else 60000
     data = batch(0, n, to_bare="bob@sink.test", to_full="bob@sink.test/res",
                  frm="alice@home.test/bench")
@@ -463,8 +464,8 @@ def run_ceiling(quick):
         out = []
 
         def forward(e):
-            out.append(e.toXml(prefixes=prefixes, defaultUri="jabber:server",
-                               prefixesInScope=["stream", "db"]).encode("utf-8"))
+            out.append(toXml(e, prefixes=prefixes, defaultUri="jabber:server",
+                             prefixesInScope=["stream", "db"]).encode("utf-8"))
         t = feed_all(StreamParser(lambda h: None, forward, lambda: None), header, data)
         assert len(out) == n
         best["both"] = min(best.get("both", 1e9), t)
@@ -474,10 +475,10 @@ def run_ceiling(quick):
         feed_all(StreamParser(lambda h: None, elements.append, lambda: None), header, data)
         t0 = time.process_time()
         for e in elements:
-            e.toXml(prefixes=prefixes, defaultUri="jabber:server",
-                    prefixesInScope=["stream", "db"]).encode("utf-8")
+            toXml(e, prefixes=prefixes, defaultUri="jabber:server",
+                  prefixesInScope=["stream", "db"]).encode("utf-8")
         best["serialize"] = min(best.get("serialize", 1e9), time.process_time() - t0)
-        del elements, out
+        elements = out = []
     return {"stanzas": n, "bytes_per_stanza": round(len(data) / n),
             "parse_per_s": n / best["parse"], "serialize_per_s": n / best["serialize"],
             "stanzas_per_s": n / best["both"]}
@@ -982,6 +983,16 @@ async def run_e2e(ctx, quick):
             p.stop()
 
 
+async def first_delivery_ms(link, rx, frm, to, sid):
+    """A chat message written on the component link, in ms until client ``rx`` has it."""
+    d = rx.wait_for(lambda e: e.getAttribute("id") == sid, timeout=30)
+    t0 = time.monotonic()
+    link.transport.write(f"<message from='{frm}' to='{to}' type='chat' id='{sid}'>"
+                         f"<body>hello</body></message>".encode())
+    await d
+    return (time.monotonic() - t0) * 1000
+
+
 def prosody_pid(prosody):
     """Prosody's own pid (its pidfile; the lab may start it through unshare and sh)."""
     try:
@@ -1041,15 +1052,9 @@ async def run_setup(ctx, quick):
             clients.append(rx)
             times = []
             for i, local in enumerate(locals_):
-                sid = f"setup-{mode}-{i}"
-                d = rx.wait_for(lambda e, sid=sid: e.getAttribute("id") == sid, timeout=30)
-                t0 = time.monotonic()
-                link.transport.write(
-                    f"<message from='alice@{local}/bench' to='bob@{dom}/r' type='chat' "
-                    f"id='{sid}'><body>hello</body></message>".encode())
                 try:
-                    await d
-                    times.append((time.monotonic() - t0) * 1000)
+                    times.append(await first_delivery_ms(
+                        link, rx, f"alice@{local}/bench", f"bob@{dom}/r", f"setup-{mode}-{i}"))
                 except Exception as e:  # noqa: BLE001
                     res[f"{mode}_error"] = str(e)[:200]
                     break
@@ -1121,15 +1126,10 @@ async def _mux_round(wd, name, comp, rx, certfile, cafile, multiplex, domains):
         link = await comp.whenReady(30)
         times = []
         for i, local in enumerate(domains):
-            sid = f"{name}-{i}"
-            d = rx.wait_for(lambda e, sid=sid: e.getAttribute("id") == sid, timeout=30)
-            t0 = time.monotonic()
-            link.transport.write(
-                f"<message from='alice@{local}/bench' to='bob@{MUX_PEER}/r' type='chat' "
-                f"id='{sid}'><body>hello</body></message>".encode())
-            await d
+            ms = await first_delivery_ms(link, rx, f"alice@{local}/bench", f"bob@{MUX_PEER}/r",
+                                         f"{name}-{i}")
             if i:
-                times.append((time.monotonic() - t0) * 1000)
+                times.append(ms)
         text = gw.log_text()
         joined = sum(text.count(f"took {d} on the stream of home.test") for d in domains[1:])
         own = sum(text.count(f"connecting {d} -> {MUX_PEER}") for d in domains[1:])
