@@ -15,7 +15,6 @@ servers on loopback:
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -40,6 +39,7 @@ from s2sgate.net.connector import Attempt, ConnectFailed
 from s2sgate.ops.admin import AdminSite, sessionTotals
 from s2sgate.ops.metrics import Metrics
 from tests.lab import chat
+from tests.lab.browser import chromium
 from tests.lab.chat import conditionOf, isMessage, login, marker, message
 
 HOME_IP, GATEWAY_IP, SECURE_IP, PLAIN_IP, UNREACH_IP = (
@@ -657,23 +657,10 @@ async def runBrowser(browser, argv, env, timeout=90):
     return b"".join(collect.out), b"".join(collect.err), code
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 @servers
 @pytest_twisted.ensureDeferred
 async def test_status_page_in_headless_chromium_shows_the_links(lab):
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("S2SGATE_REQUIRE_SERVERS") == "1":
-            pytest.fail("S2SGATE_REQUIRE_SERVERS=1 but chromium is not installed: "
-                        "apt-get install chromium")
-        pytest.skip("chromium not installed: apt-get install chromium")
+    browser = chromium()
     await chatBothWays("bob@secure.test", "bobpw", SECURE_IP, "page-secure")
     await chatBothWays("pat@plain.test", "patpw", PLAIN_IP, "page-plain")
     await bounceFor("x@unreach.test", "page-unreach")

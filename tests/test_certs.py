@@ -23,6 +23,7 @@ from s2sgate.auth.certs import (
     verifyPeer,
 )
 from tests.lab.certs import TestCA
+from tests.lab.require import missing
 
 XMPP_ADDR = ObjectIdentifier("1.3.6.1.5.5.7.8.5")
 SRV_NAME = ObjectIdentifier("1.3.6.1.5.5.7.8.7")
@@ -495,10 +496,7 @@ def test_system_trust_store_has_anchors():
 
     bundle = certs._systemBundle()
     if bundle is None:
-        if os.environ.get("S2SGATE_REQUIRE_SERVERS") == "1":
-            pytest.fail("S2SGATE_REQUIRE_SERVERS=1 but no system CA bundle: "
-                        "apt-get install ca-certificates")
-        pytest.skip("no system CA bundle: apt-get install ca-certificates")
+        missing("no system CA bundle", "apt-get install ca-certificates")
     import warnings
 
     with warnings.catch_warnings():
@@ -602,8 +600,5 @@ def test_system_bundle_without_ssl_cert_file_is_the_default_one(monkeypatch):
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     default = ssl.get_default_verify_paths().cafile
     if default is None:
-        if os.environ.get("S2SGATE_REQUIRE_SERVERS") == "1":
-            pytest.fail("S2SGATE_REQUIRE_SERVERS=1 but no system CA bundle: "
-                        "apt-get install ca-certificates")
-        pytest.skip("no system CA bundle: apt-get install ca-certificates")
+        missing("no system CA bundle", "apt-get install ca-certificates")
     assert certs._systemBundle() == default

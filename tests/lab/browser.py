@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 
-import pytest
+from tests.lab.require import missing
 
 __all__ = ["chromium", "render", "BrowserError"]
 
@@ -37,10 +37,7 @@ def chromium():
         path = shutil.which(name)
         if path:
             return path
-    if os.environ.get("S2SGATE_REQUIRE_SERVERS") == "1":
-        pytest.fail("S2SGATE_REQUIRE_SERVERS=1 but chromium is not installed: "
-                    "apt-get install chromium")
-    pytest.skip("chromium not installed: apt-get install chromium")
+    missing("chromium is not installed", "apt-get install chromium")
 
 
 class _Pipe:
