@@ -44,3 +44,11 @@ def test_domainOf_never_raises_anything_but_InvalidDomain(text):
         domainOf(text)
     except InvalidDomain:
         pass
+
+
+def test_domainOf_refuses_a_bad_address_every_time_it_is_asked():
+    """Answers are cached; refusals are not, so a bad address never turns good."""
+    for _ in range(2):
+        with pytest.raises(InvalidDomain):
+            domainOf("@example.com")
+    assert domainOf("Alice@Example.COM/r") == domainOf("alice@example.com/r") == "example.com"

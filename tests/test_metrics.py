@@ -134,3 +134,29 @@ def test_null_metrics_take_every_report_that_metrics_take():
                m.failure("dns"), m.dnsTime(1), m.link(True), m.bytesIn.inc(10),
                m.bytesOut.inc(10)]
     assert reports == [None] * 9
+
+
+def test_the_per_stanza_counters_export_what_a_prometheus_counter_would():
+    """stanzas and bytes are plain integers read at scrape time (no lock per
+    stanza); a scrape shows the same families and samples as before."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import Counter as PromCounter
+    m = Metrics()
+    m.stanza("out", 2)
+    m.bytesIn.inc(7)
+    reference = CollectorRegistry()
+    for name, doc in (("s2sgate_stanzas", "Stanzas routed"),
+                      ("s2sgate_bytes", "Bytes on s2s streams")):
+        counter = PromCounter(name, doc, ["direction"], registry=reference)
+        counter.labels("in")
+        counter.labels("out")
+
+    def shape(registry, family):
+        return sorted((f.documentation, f.type, s.name, tuple(sorted(s.labels.items())))
+                      for f in registry.collect() if f.name == family for s in f.samples)
+
+    for family in ("s2sgate_stanzas", "s2sgate_bytes"):
+        assert shape(m.registry, family) == shape(reference, family)
+    assert sample(m, "s2sgate_stanzas_total", direction="out") == 2
+    assert sample(m, "s2sgate_bytes_total", direction="in") == 7
+    assert sample(m, "s2sgate_stanzas_created", direction="out") > 0

@@ -37,12 +37,15 @@ def normalize(domain: str) -> str:
     return ascii.lower()
 
 
+@lru_cache(maxsize=16384)
 def domainOf(jid: str) -> str:
     """
     Return the canonical domain part of a JID string, or raise L{InvalidDomain}.
 
     Only the domain is parsed: the local part and resource are left alone,
     which keeps routing cheap and free of Twisted's unbounded JID cache.
+    Every stanza asks twice, mostly for the same few addresses, so the
+    answers are kept in a bounded cache of their own (errors are not).
     """
     if not jid:
         raise InvalidDomain("empty address")
