@@ -49,6 +49,9 @@ class Bidi:
 class BidiOffer:
     """Offer bidi to a peer that has not authenticated yet; take its request."""
 
+    # One per stream: no instance dict.
+    __slots__ = ("enabled",)
+
     def __init__(self, runtime):
         self.enabled = runtime.config.s2s.bidi
 

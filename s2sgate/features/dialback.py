@@ -108,6 +108,9 @@ class DialbackOffer:
         verifier (the verify leg) come from it.
     """
 
+    # One per stream: no instance dict.
+    __slots__ = ("runtime", "pending")
+
     def __init__(self, runtime):
         self.runtime = runtime
         self.pending = {}          # (remote, local) -> Deferred of a verify

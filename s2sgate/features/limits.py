@@ -9,6 +9,9 @@ from s2sgate.xmpp.namespaces import NS_LIMITS
 
 @implementer(IOffer)
 class LimitsOffer:
+    # One per stream: no instance dict.
+    __slots__ = ("limits",)
+
     def __init__(self, runtime):
         self.limits = runtime.limits
 

@@ -54,6 +54,9 @@ class SaslExternal:
 class SaslExternalOffer:
     """Offer EXTERNAL to a peer whose certificate is valid for the domain it names."""
 
+    # One per stream: no instance dict.
+    __slots__ = ("done",)
+
     def __init__(self, runtime):
         # Built with the runtime as every offer is; the stream has all it asks.
         self.done = False

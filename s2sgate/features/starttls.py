@@ -105,6 +105,9 @@ class StartTLS:
 class StartTLSOffer:
     """Offer STARTTLS while the stream is plaintext and we hold a certificate for it."""
 
+    # One per stream: no instance dict.
+    __slots__ = ("runtime", "started")
+
     def __init__(self, runtime):
         self.runtime = runtime
         self.started = False

@@ -188,6 +188,9 @@ class StreamManagementOffer:
     handed to the router since C{<enable/>}.
     """
 
+    # One per stream: no instance dict.
+    __slots__ = ("enabled", "base")
+
     def __init__(self, runtime):
         self.enabled = runtime.config.s2s.stream_management.enabled
         self.base = None   # stream.stanzasIn when enabled

@@ -10,6 +10,7 @@ place; streams keep the runtime they started with.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from s2sgate import features
@@ -65,6 +66,17 @@ class Runtime:
 
     def offersForStream(self) -> list:
         return [offer(self) for offer in self.offers]
+
+    @cached_property
+    def offerIndex(self) -> dict:
+        """
+        C{{(namespace, name): i}}: which of L{offersForStream}'s offers handles
+        an element (C{name} None: all of a namespace; a later offer wins).
+        One table for every stream of this runtime, instead of a dict of
+        bound handlers in each of thousands of idle streams.
+        """
+        return {key: i for i, offer in enumerate(self.offersForStream())
+                for key in offer.handlers()}
 
 
 class Current:

@@ -80,9 +80,7 @@ class InboundStream(XmlStream):
         self.delivery = Untracked()
         self.since = clock.seconds()
         self.offers = runtime.offersForStream()
-        self.handlers = {}
-        for offer in self.offers:
-            self.handlers.update(offer.handlers())
+        self.offerIndex = runtime.offerIndex
         self._negotiationCall = None
 
     @property
@@ -327,8 +325,7 @@ class InboundStream(XmlStream):
             self.streamError("host-unknown", "this stream named no host in its header: "
                              "only <db:verify/> is accepted on it")
             return
-        handler = (self.handlers.get((element.uri, element.name))
-                   or self.handlers.get((element.uri, None)))
+        handler = self._handler(element.uri, element.name)
         if handler is not None:
             handler(self, element)
             return
@@ -343,13 +340,24 @@ class InboundStream(XmlStream):
             self.streamError("host-unknown", "this stream named no host in its header: "
                              "only <db:verify/> is accepted on it")
             return
-        handler = (self.handlers.get((stanza.uri, stanza.name))
-                   or self.handlers.get((stanza.uri, None)))
+        handler = self._handler(stanza.uri, stanza.name)
         if handler is not None:
             handler(self, stanza.element())
             return
         if self.requireTLS(self.remoteHeader):
             self._stanza(stanza)
+
+    def _handler(self, uri, name):
+        """The offer's handler for an element, or None (a stanza)."""
+        index = self.offerIndex
+        key = (uri, name)
+        i = index.get(key)
+        if i is None:
+            key = (uri, None)
+            i = index.get(key)
+            if i is None:
+                return None
+        return self.offers[i].handlers()[key]
 
     def stanzaAfterClose(self, stanza):
         # We closed (a shutdown, an idle stream): stanzas the peer sent

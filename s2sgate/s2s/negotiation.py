@@ -136,6 +136,7 @@ class Untracked:
     enabled = False
     acked = None
     unacked = None
+    __slots__ = ("sent",)
 
     def __init__(self):
         self.sent = 0
