@@ -120,7 +120,9 @@ class IOffer(Interface):
     def handlers():
         """
         C{{(namespace, name): handler(stream, element)}}; C{name} None
-        takes every element of the namespace.
+        takes every element of the namespace.  The keys may depend on the
+        runtime, not on the stream: one table per runtime says which offer
+        takes what (L{Runtime.offerIndex}).
         """
 
     def streamClosed(stream):
