@@ -52,3 +52,11 @@ def test_domainOf_refuses_a_bad_address_every_time_it_is_asked():
         with pytest.raises(InvalidDomain):
             domainOf("@example.com")
     assert domainOf("Alice@Example.COM/r") == domainOf("alice@example.com/r") == "example.com"
+
+
+def test_domainOf_reads_a_long_address_without_caching_it():
+    from s2sgate.xmpp.domain import _cachedDomainOf
+    before = _cachedDomainOf.cache_info().currsize
+    long = "a" * 1000 + "@example.com/" + "r" * 1000
+    assert domainOf(long) == "example.com"
+    assert _cachedDomainOf.cache_info().currsize == before

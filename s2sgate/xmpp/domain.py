@@ -37,7 +37,11 @@ def normalize(domain: str) -> str:
     return ascii.lower()
 
 
-@lru_cache(maxsize=16384)
+# Addresses up to this long have their domain cached: a peer sending long,
+# never repeated addresses cannot make the cache hold more than a few MiB.
+_CACHED_LENGTH = 320
+
+
 def domainOf(jid: str) -> str:
     """
     Return the canonical domain part of a JID string, or raise L{InvalidDomain}.
@@ -45,8 +49,15 @@ def domainOf(jid: str) -> str:
     Only the domain is parsed: the local part and resource are left alone,
     which keeps routing cheap and free of Twisted's unbounded JID cache.
     Every stanza asks twice, mostly for the same few addresses, so the
-    answers are kept in a bounded cache of their own (errors are not).
+    answers for addresses of ordinary length are kept in a bounded cache
+    of their own (errors are not).
     """
+    if jid and len(jid) <= _CACHED_LENGTH:
+        return _cachedDomainOf(jid)
+    return _domainOf(jid)
+
+
+def _domainOf(jid: str) -> str:
     if not jid:
         raise InvalidDomain("empty address")
     slash = jid.find("/")
@@ -59,6 +70,9 @@ def domainOf(jid: str) -> str:
     if slash >= 0 and slash == len(jid) - 1:
         raise InvalidDomain(f"{jid!r} has an empty resource")
     return normalize(bare)
+
+
+_cachedDomainOf = lru_cache(maxsize=8192)(_domainOf)
 
 
 @lru_cache(maxsize=4096)
