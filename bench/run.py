@@ -763,7 +763,9 @@ async def run_processes(ctx, quick):
         pids = {"gateway 1": gws[0].pid, "gateway 2": gws[1].pid, "sink": sink.p.pid,
                 "load (bench)": os.getpid()}
         runs = {"one": [], "two": []}
-        for _ in range(1 if quick else 2):
+        # one, two, one, two, …: the machine's speed moves from run to run; each mode's
+        # best is its max, and every pair's ratio is kept beside it
+        for _ in range(1 if quick else 3):
             for mode in ("one", "two"):
                 writes = payloads(n, mode == "two")
                 watch = CpuWatch(pids)
@@ -785,6 +787,7 @@ async def run_processes(ctx, quick):
                          "gateway_cpu_s_per_10k": sum(c for k, c in best["cpu"]["cpu_s"].items()
                                                       if k.startswith("gateway")) / n * 10000}
         res["ratio"] = res["two"]["max_per_s"] / res["one"]["max_per_s"]
+        res["pair_ratios"] = [t["rate"] / o["rate"] for o, t in zip(runs["one"], runs["two"])]
         res["bounced"] = sum(c.errors for c in comps)
         return res
     finally:
@@ -1407,6 +1410,11 @@ def table(results):
         rows.append(("procs", "gateway CPU s per 10 000 stanzas: one / two",
                      f"{fmt(one['gateway_cpu_s_per_10k'], ' s', 3)} / "
                      f"{fmt(two['gateway_cpu_s_per_10k'], ' s', 3)}", "", ""))
+        if pr.get("pair_ratios"):
+            rows.append(("procs", "two / one of each pair of runs (one, two, one, two, …)",
+                         ", ".join(f"{r:.2f}×" for r in pr["pair_ratios"]) +
+                         f"; rates one {pr['one']['runs_per_s']}, two {pr['two']['runs_per_s']}",
+                         "", ""))
     if e and "throughput_ratio" in e:
         rows += [("e2e", "throughput gateway / native",
                   f"{fmt(e['gateway_per_s'], '/s')} / {fmt(e['native_per_s'], '/s')} "
