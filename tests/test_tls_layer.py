@@ -317,3 +317,31 @@ async def test_direct_tls_client_endpoint_connects_the_protocol_it_built(creator
         await withTimeout(pair.server.until(b"<iq/>"))
     finally:
         await pair.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_on_a_plain_tcp_connection_sends_at_the_end_of_its_batch():
+    """The component link's stream has the reactor's TCP connection as its
+    transport, no layer: a batch still ends with its write sent."""
+    from s2sgate.xmpp.stream import WriteBatch, XmlStream
+
+    received = Recorder()
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(lambda: received),
+                             interface="127.0.0.1")
+    batch = WriteBatch()
+    try:
+        stream = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            protocol.Factory.forProtocol(lambda: XmlStream(reactor, batch=batch)))
+        assert IWriteDescriptor.providedBy(stream.transport)
+        sent = recordSends(stream.transport)
+        batch.enter()
+        stream.send(b"<message/>")
+        stream.send(b"<presence/>")
+        assert sent == []
+        batch.exit()
+        assert sent == [len(b"<message/><presence/>")]
+        await withTimeout(received.until(b"<message/><presence/>"))
+        stream.transport.loseConnection()
+        await withTimeout(received.lost)
+    finally:
+        await port.stopListening()

@@ -19,6 +19,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.interfaces import ISendNow
+from s2sgate.net import tls
 from s2sgate.xmpp.namespaces import NS_COMPONENT, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.namespaces import NS_STREAM_ERRORS as NS_STANZAS_STREAM
 from s2sgate.xmpp.parser import StreamError, StreamParser
@@ -375,16 +376,22 @@ class XmlStream(Protocol):
 
     def sendNow(self):
         """
-        The end of a batch: have a transport that can (L{ISendNow},
-        s2sgate.net.tls) send what it holds in this turn, not at the
-        socket's next writable event, after the next input is handled.
+        The end of a batch: have the transport (an L{ISendNow} layer of
+        s2sgate.net.tls, or the reactor's TCP connection itself) send what
+        it holds in this turn, not at the socket's next writable event,
+        after the next input is handled.
         Not after a batch of full records (a large chunk of input, a peer
         under load): that waits for the writable event as before, which
         joins what the next turns write into fewer, larger sends.
         """
         large, self._fullRecords = self._fullRecords, False
-        if not large and ISendNow.providedBy(self.transport) and not self.closed:
+        if large or self.closed:
+            return
+        if ISendNow.providedBy(self.transport):
             self.transport.sendNow()
+        else:
+            # A plain TCP connection of the reactor (the component link).
+            tls.sendNow(self.transport)
 
     def _prefixes(self):
         prefixes = {NS_STREAMS: "stream"}
