@@ -6,6 +6,8 @@
 - ``loadgen_main``: opens many inbound s2s streams to a gateway, each STARTTLS + SASL
   EXTERNAL with a wildcard client certificate (``*.load.test``; stream ``i`` comes from
   ``s<i>.load.test``), and keeps them open and idle.
+- ``sender_main``: one such stream (from ``s0.load.test``) that writes stanzas at once or
+  paced in 1 ms ticks, stamped at the moment they are written (the inbound section).
 
 Both are driven over a ``multiprocessing`` pipe by the parent.
 """
@@ -238,3 +240,53 @@ def loadgen_main(conn, ip, port, local, certfile, cafile, src_ip, concurrency=32
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     asyncio.run(_loadgen(conn, ip, port, local, certfile, cafile, src_ip, concurrency))
+
+
+# -- inbound sender -----------------------------------------------------------
+
+async def _sender(conn, ip, port, local, certfile, cafile, src_ip):
+    """One authenticated inbound stream (from s0.load.test) that writes what it is told."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.load_cert_chain(certfile)
+    loop = asyncio.get_running_loop()
+    try:
+        r, w = await asyncio.wait_for(_open_stream(0, ip, port, local, ctx, src_ip), 60)
+    except Exception as e:  # noqa: BLE001
+        conn.send(f"failed: {type(e).__name__}: {e}")
+        return
+    conn.send("ready")
+    templates = None
+    while True:
+        cmd = await loop.run_in_executor(None, conn.recv)
+        if cmd[0] == "templates":
+            # one period of the mix: (before the id value, after it) per seq % len
+            templates = cmd[1]
+            conn.send("ok")
+        elif cmd[0] == "burst":
+            w.write(cmd[1])
+            await w.drain()
+            conn.send("ok")
+        elif cmd[0] == "paced":
+            _, seq0, rate, duration = cmd
+            period = len(templates)
+            start = time.monotonic()
+            sent, total = 0, int(rate * duration)
+            while sent < total:
+                due = min(total, int(rate * (time.monotonic() - start)) + 1)
+                if due > sent:
+                    ns = time.monotonic_ns()
+                    w.write(b"".join(
+                        templates[(seq0 + k) % period][0] + b"b%d.%d" % (seq0 + k, ns)
+                        + templates[(seq0 + k) % period][1] for k in range(sent, due)))
+                    sent = due
+                await asyncio.sleep(0.001)
+            await w.drain()
+            conn.send(sent)
+        elif cmd[0] == "close":
+            w.close()
+            conn.send("ok")
+            return
+
+
+def sender_main(conn, ip, port, local, certfile, cafile, src_ip):
+    asyncio.run(_sender(conn, ip, port, local, certfile, cafile, src_ip))

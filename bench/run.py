@@ -37,7 +37,7 @@ from twisted.internet.protocol import Factory, Protocol  # noqa: E402
 from tests.lab.certs import TestCA  # noqa: E402
 from tests.lab.procs import Proc  # noqa: E402
 
-SECTIONS = ("ceiling", "gateway", "processes", "e2e", "setup", "multiplex", "scale")
+SECTIONS = ("ceiling", "gateway", "inbound", "processes", "e2e", "setup", "multiplex", "scale")
 SECRET = "bench-component-secret"
 NS_STREAMS = "http://etherx.jabber.org/streams"
 
@@ -48,6 +48,9 @@ GWB_IP, COMPB_IP = "127.0.0.204", "127.0.0.205"      # the gateway section's "be
 BEFORE_PATCH = "buffered_patch"
 BEFORE_CHANGE = ("writes: TLS held one reactor turn, sent at the next writable event "
                  "(before, Twisted's) → written through and sent at once (now, s2sgate/net/tls.py)")
+# What buffered_patch changes on the inbound path (the s2s side only reads there).
+INBOUND_CHANGE = ("component link writes: sent at the socket's next writable event (before, "
+                  "Twisted's) → at the end of each batch (now, XmlStream.sendNow)")
 # processes section: two raw XEP-0114 listeners, two gateways, one sink
 PROC_COMP = ("127.0.0.206", "127.0.0.207")
 PROC_GW = ("127.0.0.208", "127.0.0.209")
@@ -59,6 +62,9 @@ SETUP_PEERS = {"dialback": "127.0.0.220", "starttls+dialback": "127.0.0.221",
                "starttls+sasl": "127.0.0.222", "direct-tls": "127.0.0.223"}
 MUX_PEER_IP, MUX_PEER = "127.0.0.225", "p-mux.test"   # multiplex section: the peer
 DNS_IP = "127.0.0.229"
+# inbound section: (now, before) raw XEP-0114 listeners, gateways and senders
+INB_COMP, INB_GW, INB_SRC = (("127.0.0.216", "127.0.0.219"), ("127.0.0.217", "127.0.0.226"),
+                             ("127.0.0.218", "127.0.0.227"))
 
 TARGETS = {"gateway_vs_ceiling": 0.5, "e2e_ratio": 0.95, "kib_per_stream": 60, "p99_ms": 2.0,
            "processes_ratio": 1.7}
@@ -254,6 +260,7 @@ class ComponentServer(Protocol):
     def dataReceived(self, data):
         if self.ready:
             self.factory.errors += data.count(b"type='error'")
+            self.factory.counter.feed(data)
             return
         self.buf += data
         if not self.headerSent and b"<stream:stream" in self.buf:
@@ -281,6 +288,7 @@ class ComponentFactory(Factory):
         self.current = None
         self.waiters = []
         self.errors = 0
+        self.counter = peers.Counter()   # what the gateway delivers (the inbound section)
 
     def whenReady(self, timeout=20):
         if self.current is not None and self.current.ready:
@@ -672,6 +680,127 @@ async def run_gateway(ctx, quick, profile):
         except Exception:  # noqa: BLE001
             pass
         sink.stop()
+
+
+# -- the inbound direction ----------------------------------------------------
+
+def mix_templates(period=20, **kw):
+    """One period of the mix, each stanza cut around its id value: what the inbound
+    sender (bench/peers.py) fills with ``b<seq>.<time of writing>``."""
+    out = []
+    for k in range(period):
+        text = stanza(k, 0, **kw).encode()
+        i = text.index(b"id='b") + len(b"id='")
+        j = text.index(b"'", i)
+        out.append((text[:i], text[j:]))
+    return out
+
+
+async def run_inbound(ctx, quick):
+    """The other direction: a remote server's stream (STARTTLS, SASL EXTERNAL) → gateway →
+    component link → the c2s side (the bench).  Max throughput, CPU per stanza and latency
+    at half load, for ``now`` and the ``before`` gateway (BEFORE_PATCH) in one run."""
+    wd, ca = ctx["workdir"], ctx["ca"]
+    gwcert = ca.issue("home.test", dns=["home.test"])
+    loadcert = ca.issue("load.test", dns=["*.load.test"])
+    kw = dict(to_bare="bob@home.test", to_full="bob@home.test/res",
+              frm="alice@s0.load.test/bench")
+    variants = {"now": 0, "before": 1}
+    if quick:
+        del variants["before"]
+    comps, ports, gws, senders = {}, [], {}, {}
+    res = {}
+    try:
+        for name, i in variants.items():
+            comps[name] = ComponentFactory("s2s.home.test")
+            ports.append((reactor.listenTCP(5347, comps[name], interface=INB_COMP[i]),
+                          comps[name]))
+            gws[name] = Gateway(wd, f"inbound-{name}", gateway_toml(
+                ip=INB_GW[i], component_host=INB_COMP[i], local_domains=["home.test"],
+                certfile=gwcert[0], cafile=ca.cafile, use_starttls="required"),
+                patches=(BEFORE_PATCH,) if name == "before" else ()).start()
+        for name, i in variants.items():
+            await comps[name].whenReady(30)
+            senders[name] = Child(peers.sender_main, INB_GW[i], 5269, "home.test",
+                                  str(loadcert[0]), str(ca.cafile), INB_SRC[i])
+            if not senders[name].conn.poll(60) or (got := senders[name].conn.recv()) != "ready":
+                raise RuntimeError(f"inbound sender did not connect: {got}")
+            senders[name].call(("templates", mix_templates(**kw)))
+        seq = [0]
+
+        def payload(k):
+            b = batch(seq[0], k, **kw)
+            seq[0] += k
+            return b
+
+        async def delivered(name, expect, what):
+            counter = comps[name].counter
+            await wait_until(lambda: counter.count >= expect, 60, 0.01, what=what)
+
+        for name in variants:   # warm-up
+            comps[name].counter.reset()
+            await senders[name].acall(("burst", payload(2000)))
+            await delivered(name, 2000, "warm-up at the c2s side")
+        n = 30000 if quick else 100000
+        runs = {name: [] for name in variants}
+        for _ in range(1 if quick else 2):
+            for name in variants:
+                counter = comps[name].counter
+                counter.reset()
+                counter.timestamps = False
+                data = payload(n)
+                u0, s0 = cpu_split(gws[name].pid)
+                t0 = time.monotonic_ns()
+                await senders[name].acall(("burst", data))
+                await delivered(name, n, "the inbound burst")
+                u1, s1 = cpu_split(gws[name].pid)
+                runs[name].append({"rate": n / ((counter.last - t0) / 1e9),
+                                   "cpu": u1 + s1 - u0 - s0})
+                counter.timestamps = True
+        best = {name: max(v, key=lambda x: x["rate"]) for name, v in runs.items()}
+
+        async def paced_latency(name, rate, dur):
+            counter = comps[name].counter
+            counter.reset()
+            seq0 = seq[0]
+            c0 = cpu_seconds(gws[name].pid)
+            sent = await senders[name].acall(("paced", seq0, rate, dur))
+            seq[0] += sent
+            await delivered(name, sent, "paced inbound stanzas")
+            c1 = cpu_seconds(gws[name].pid)
+            lat = latency_ms(counter.samples, seq0)
+            return {"rate": rate, "cpu_share": (c1 - c0) / dur, "samples": len(lat),
+                    "cpu_s_per_10k": (c1 - c0) / sent * 10000,
+                    "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat)}
+
+        rate = best["now"]["rate"] / 2
+        dur = 3 if quick else 6
+        order = ["now", "before", "before", "now"] if "before" in variants else ["now", "now"]
+        halves = {name: [] for name in variants}
+        for name in order:
+            halves[name].append(await paced_latency(name, rate, dur))
+        for name in variants:
+            half = max(halves[name], key=lambda h: h["p99_ms"])
+            res[name] = {"max_per_s": best[name]["rate"],
+                         "runs_per_s": [round(x["rate"]) for x in runs[name]],
+                         "cpu_s_per_10k": best[name]["cpu"] / n * 10000,
+                         "half_rate": dict(half, p99_runs_ms=[h["p99_ms"] for h in halves[name]])}
+        res["stanzas"] = n
+        res["half_rate_per_s"] = rate
+        res["change"] = (INBOUND_CHANGE if BEFORE_PATCH == "buffered_patch" else BEFORE_CHANGE)
+        res["bounced"] = sum(c.errors for c in comps.values())
+        return res
+    finally:
+        for sender in senders.values():
+            try:
+                sender.call(("close",), timeout=5)
+            except Exception:  # noqa: BLE001
+                pass
+            sender.stop()
+        for g in gws.values():
+            g.stop()
+        for port, comp in ports:
+            await stop_listening(port, comp)
 
 
 # -- one process vs two ------------------------------------------------------
@@ -1344,7 +1473,8 @@ def hop_rows(section, name, h):
 
 def table(results):
     rows = []
-    c, g, pr, e, s, mx, sc = (results.get(k) for k in SECTIONS)
+    c, g, inb, pr, e, s, mx, sc = (results.get(k) for k in (
+        "ceiling", "gateway", "inbound", "processes", "e2e", "setup", "multiplex", "scale"))
     if c:
         rows += [("ceiling", "parse + serialize (one process)", fmt(c["stanzas_per_s"], "/s"), "", ""),
                  ("ceiling", "parse only / serialize only",
@@ -1393,6 +1523,32 @@ def table(results):
                       "", "")]
             rows += probe_rows("gateway", "before", h.get("probe"))
             rows += hop_rows("gateway", "before", h.get("hops"))
+    if inb and "now" in inb:
+        now = inb["now"]
+        h = now["half_rate"]
+        rows += [("inbound", "max throughput (TLS s2s → component)", fmt(now["max_per_s"], "/s"),
+                  "", ""),
+                 ("inbound", "CPU s per 10 000 stanzas: burst / paced at half load",
+                  f"{fmt(now['cpu_s_per_10k'], ' s', 3)} / {fmt(h['cpu_s_per_10k'], ' s', 3)}; "
+                  f"{fmt(h['cpu_share'], '', 2)} of a core busy at half load", "", ""),
+                 ("inbound", f"latency p50 / p99 at {inb['half_rate_per_s']:,.0f}/s (50%)",
+                  f"{fmt(h['p50_ms'], ' ms', 2)} / {fmt(h['p99_ms'], ' ms', 2)} (p99 of each run "
+                  f"{', '.join(fmt(x, '', 2) for x in h['p99_runs_ms'])})", "", "")]
+        b = inb.get("before")
+        if b:
+            hb = b["half_rate"]
+            rows += [("inbound", f"before → now: {inb['change']}", "", "", ""),
+                     ("inbound", "before → now: max throughput",
+                      f"{fmt(b['max_per_s'], '/s')} → {fmt(now['max_per_s'], '/s')} "
+                      f"= {now['max_per_s'] / b['max_per_s']:.2f}×", "", ""),
+                     ("inbound", "before → now: CPU s per 10 000 stanzas",
+                      f"{fmt(b['cpu_s_per_10k'], ' s', 3)} → {fmt(now['cpu_s_per_10k'], ' s', 3)} "
+                      f"= {now['cpu_s_per_10k'] / b['cpu_s_per_10k']:.2f}×", "", ""),
+                     ("inbound", f"before → now: p50 / p99 at {inb['half_rate_per_s']:,.0f}/s",
+                      f"{fmt(hb['p50_ms'], ' ms', 2)} / {fmt(hb['p99_ms'], ' ms', 2)} → "
+                      f"{fmt(h['p50_ms'], ' ms', 2)} / {fmt(h['p99_ms'], ' ms', 2)}; p99 of each "
+                      f"run: before {', '.join(fmt(x, '', 2) for x in hb['p99_runs_ms'])}, now "
+                      f"{', '.join(fmt(x, '', 2) for x in h['p99_runs_ms'])}", "", "")]
     if pr and "ratio" in pr:
         one, two = pr["one"], pr["two"]
         rows += [("procs", "max throughput: one process (8 remote domains)",
@@ -1528,6 +1684,8 @@ async def main(args):
                     results[section] = run_ceiling(args.quick)
                 elif section == "gateway":
                     results[section] = await run_gateway(ctx, args.quick, args.profile)
+                elif section == "inbound":
+                    results[section] = await run_inbound(ctx, args.quick)
                 elif section == "processes":
                     results[section] = await run_processes(ctx, args.quick)
                 elif section == "e2e":
