@@ -440,3 +440,39 @@ def test_stream_header_one_byte_over_the_size_limit_is_a_policy_violation(pieces
     assert b"<stream:error><policy-violation " in t.value()
     assert b">stream header larger than the limit of 1000 bytes</text>" in t.value()
     assert s.closing
+
+
+def test_a_large_chunk_of_input_leaves_its_output_to_the_socket_s_writable_event():
+    """A chunk of a full TLS record or more (a peer sending faster than we read): the
+    writes are made, but not sent now; a small chunk after it is sent at once again."""
+    from twisted.internet import task
+
+    from s2sgate.xmpp.stream import FLUSH_BYTES, WriteBatch, XmlStream
+
+    batch = WriteBatch()
+    stream = XmlStream(task.Clock(), batch=batch)
+    stream.makeConnection(sendNowTransport())
+    batch.enter(FLUSH_BYTES)
+    stream.send(b"<message/>")
+    batch.exit()
+    assert stream.transport.events == [("write", 10)]
+    batch.enter(FLUSH_BYTES - 1)
+    stream.send(b"<message/>")
+    batch.exit()
+    assert stream.transport.events[1:] == [("write", 10), ("sendNow",)]
+
+
+def test_the_input_of_a_batch_is_counted_from_every_chunk_inside_it():
+    from twisted.internet import task
+
+    from s2sgate.xmpp.stream import FLUSH_BYTES, WriteBatch, XmlStream
+
+    batch = WriteBatch()
+    stream = XmlStream(task.Clock(), batch=batch)
+    stream.makeConnection(sendNowTransport())
+    batch.enter(FLUSH_BYTES // 2)
+    batch.enter(FLUSH_BYTES // 2)
+    stream.send(b"<message/>")
+    batch.exit()
+    batch.exit()
+    assert stream.transport.events == [("write", 10)]

@@ -85,19 +85,29 @@ class WriteBatch:
     def __init__(self):
         self.depth = 0
         self.pending = []
+        self.inputBytes = 0
 
-    def enter(self):
+    def enter(self, size=0):
+        """A chunk of C{size} bytes of input is being handled."""
         self.depth += 1
+        self.inputBytes += size
 
     def exit(self):
         self.depth -= 1
         if self.depth == 0:
+            # A chunk of a full TLS record or more: the peer is sending
+            # faster than we read.  Its output is left to each socket's
+            # writable event, which joins what the next chunks write into
+            # fewer, larger sends; a small chunk is sent in this turn.
+            large = self.inputBytes >= FLUSH_BYTES
+            self.inputBytes = 0
             while self.pending:
                 pending, self.pending = self.pending, []
                 # A stream that flushed a full record is queued again.
                 for stream in dict.fromkeys(pending):
                     stream.flushPending()
-                    stream.sendNow()
+                    if not large:
+                        stream.sendNow()
 
 
 @implementer(IPushProducer)
@@ -190,7 +200,7 @@ class XmlStream(Protocol):
         self._touch()
         batch = self.batch
         if batch is not None:
-            batch.enter()
+            batch.enter(len(data))
         try:
             self.parser.feed(data)
         except StreamError as e:
