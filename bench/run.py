@@ -540,6 +540,15 @@ async def burst(links, sink, expect):
     return count / seconds, seconds
 
 
+PIN = False   # --pin: the gateway section's gateways on the last CPU, the bench and sink elsewhere
+
+
+def pin(pid, cpus):
+    """Every thread of process C{pid} onto C{cpus}."""
+    for task_id in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(task_id), cpus)
+
+
 async def run_gateway(ctx, quick, profile):
     """One gateway (``now``) and, in the same run, one with the parser's trickle scan as it
     was before (``before``, bench/oldscan_patch.py): throughput runs alternate between
@@ -566,6 +575,12 @@ async def run_gateway(ctx, quick, profile):
                 addresses=[("sink.test", SINK_IP, 5269)]), probe=True, patches=patches).start()
         for name in variants:
             links[name] = await comps[name].whenReady(30)
+        if PIN:
+            last = max(os.sched_getaffinity(0))
+            for g in gws.values():
+                pin(g.pid, {last})
+            for pid in (os.getpid(), sink.p.pid):
+                pin(pid, os.sched_getaffinity(0) - {last})
         gw, link = gws["now"], links["now"]
         kw = dict(to_bare="bob@sink.test", to_full="bob@sink.test/res",
                   frm="alice@home.test/bench")
@@ -1730,7 +1745,7 @@ async def main(args):
 
 
 def cli():
-    global BEFORE_PATCH, BEFORE_CHANGE
+    global BEFORE_PATCH, BEFORE_CHANGE, PIN
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs, no 10 000-stream test")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
@@ -1742,6 +1757,9 @@ def cli():
     ap.add_argument("--hops", action="store_true",
                     help="the gateway section also splits each stanza's latency into hops "
                          "(costs the gateway and the bench CPU, so the p99 rises)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the gateway section's gateways on the last CPU, the bench and the "
+                         "sink on the others (every thread of each process)")
     ap.add_argument("--before-patch", default=BEFORE_PATCH, metavar="MODULE",
                     help="the patch module (bench/*_patch.py) of the gateway section's 'before' "
                          f"gateway (default {BEFORE_PATCH})")
@@ -1752,6 +1770,7 @@ def cli():
     args = ap.parse_args()
     raise_nofile()
     Gateway.hops = args.hops
+    PIN = args.pin
     Gateway.nodelay = args.nodelay
     if args.before_patch != BEFORE_PATCH:
         BEFORE_PATCH = args.before_patch
