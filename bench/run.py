@@ -509,14 +509,23 @@ class CpuWatch:
     def start(self):
         self.t0 = time.monotonic()
         self.m0 = machine_busy()
+        self.st0 = machine_steal()
         self.c0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
 
     def stop(self):
         wall = time.monotonic() - self.t0
         used = {k: cpu_seconds(p) - self.c0[k] for k, p in self.pids.items()}
         machine = machine_busy() - self.m0
-        return {"wall_s": wall, "cpu_s": used, "machine_cpu_s": machine,
-                "others_cpu_s": max(0.0, machine - sum(used.values()))}
+        steal = machine_steal() - self.st0
+        return {"wall_s": wall, "cpu_s": used, "machine_cpu_s": machine, "steal_cpu_s": steal,
+                "others_cpu_s": max(0.0, machine - steal - sum(used.values()))}
+
+
+def machine_steal():
+    """CPU seconds the hypervisor gave other guests while ours wanted to run (/proc/stat
+    steal, all cores)."""
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) / CLK
 
 
 def machine_busy():
@@ -629,10 +638,12 @@ async def run_gateway(ctx, quick, profile):
             g = gws[name]
             await g.tail()
             u0, s0 = cpu_split(g.pid)
+            steal0, t0 = machine_steal(), time.monotonic()
             with KernelSends(Gateway.hops) as kernel:
                 sent = await paced(links[name].transport.write, make, rate, dur)
                 await wait_until(lambda: sink.call("count")[0] >= sent, 30, what="paced stanzas")
             u1, s1 = cpu_split(g.pid)
+            steal = (machine_steal() - steal0) / (time.monotonic() - t0)
             c0, c1 = u0 + s0, u1 + s1
             probe = await g.tail()
             samples = sink.call("report")["samples"]
@@ -640,6 +651,7 @@ async def run_gateway(ctx, quick, profile):
             return {"rate": rate, "cpu_share": (c1 - c0) / dur, "samples": len(lat),
                     "cpu_s_per_10k": (c1 - c0) / sent * 10000,
                     "system_share_of_cpu": (s1 - s0) / max(c1 - c0, 1e-9),
+                    "steal_cores": steal,
                     "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat),
                     "hops": hop_split(samples, probe, seq0, kernel.times), "probe": probe}
 
@@ -657,6 +669,7 @@ async def run_gateway(ctx, quick, profile):
         res["half_rate_cpu_share"] = half["cpu_share"]
         res["half_rate_cpu_s_per_10k"] = half["cpu_s_per_10k"]
         res["half_rate_system_share"] = half["system_share_of_cpu"]
+        res["half_rate_steal_cores"] = [h["steal_cores"] for h in halves["now"]]
         res["latency_samples"] = half["samples"]
         res["p50_ms"], res["p99_ms"], res["max_ms"] = half["p50_ms"], half["p99_ms"], half["max_ms"]
         res["half_rate_p99_runs_ms"] = [h["p99_ms"] for h in halves["now"]]
@@ -928,6 +941,7 @@ async def run_processes(ctx, quick):
                                    for k, c in best["cpu"]["cpu_s"].items()},
                          "machine_cores": best["cpu"]["machine_cpu_s"] / best["cpu"]["wall_s"],
                          "others_cores": best["cpu"]["others_cpu_s"] / best["cpu"]["wall_s"],
+                         "steal_cores": best["cpu"]["steal_cpu_s"] / best["cpu"]["wall_s"],
                          "gateway_cpu_s_per_10k": sum(c for k, c in best["cpu"]["cpu_s"].items()
                                                       if k.startswith("gateway")) / n * 10000}
         res["ratio"] = res["two"]["max_per_s"] / res["one"]["max_per_s"]
@@ -1511,6 +1525,8 @@ def table(results):
                   f"{fmt(100 * g.get('half_rate_system_share', 0), '%')}; "
                   f"{fmt(g.get('half_rate_cpu_share', 0), '', 2)} of a core busy at half load",
                   "", ""),
+                 ("gateway", "cores the hypervisor took (steal) during each half-load run of now",
+                  ", ".join(f"{x:.2f}" for x in g.get("half_rate_steal_cores", [])), "", ""),
                  ("gateway", f"latency p50 / p99 at {g['half_rate_per_s']:,.0f}/s (50%)",
                   f"{fmt(g['p50_ms'], ' ms', 2)} / {fmt(g['p99_ms'], ' ms', 2)}",
                   f"p99 ≤ {TARGETS['p99_ms']} ms", verdict(g["p99_ms"] <= TARGETS["p99_ms"])),
@@ -1576,7 +1592,8 @@ def table(results):
             cores = ", ".join(f"{k} {v:.2f}" for k, v in m["cores"].items()
                               if not (mode == "one" and k == "gateway 2"))
             rows.append(("procs", f"{mode}: cores used (of {os.cpu_count()})",
-                         f"{cores}, others {m['others_cores']:.2f}; "
+                         f"{cores}, others {m['others_cores']:.2f}, taken by the hypervisor "
+                         f"(steal) {m.get('steal_cores', 0):.2f}; "
                          f"machine {m['machine_cores']:.2f}", "", ""))
         rows.append(("procs", "gateway CPU s per 10 000 stanzas: one / two",
                      f"{fmt(one['gateway_cpu_s_per_10k'], ' s', 3)} / "
