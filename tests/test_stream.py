@@ -476,3 +476,21 @@ def test_the_input_of_a_batch_is_counted_from_every_chunk_inside_it():
     batch.exit()
     batch.exit()
     assert stream.transport.events == [("write", 10)]
+
+
+def test_a_small_batch_after_a_large_input_chunk_that_flushed_full_records_sends_at_once():
+    from twisted.internet import task
+
+    from s2sgate.xmpp.stream import FLUSH_BYTES, WriteBatch, XmlStream
+
+    batch = WriteBatch()
+    stream = XmlStream(task.Clock(), batch=batch)
+    stream.makeConnection(sendNowTransport())
+    batch.enter(FLUSH_BYTES)
+    stream.send(b"x" * FLUSH_BYTES)
+    batch.exit()
+    assert ("sendNow",) not in stream.transport.events
+    batch.enter(10)
+    stream.send(b"<message/>")
+    batch.exit()
+    assert stream.transport.events[-2:] == [("write", 10), ("sendNow",)]

@@ -106,8 +106,7 @@ class WriteBatch:
                 # A stream that flushed a full record is queued again.
                 for stream in dict.fromkeys(pending):
                     stream.flushPending()
-                    if not large:
-                        stream.sendNow()
+                    stream.sendNow(largeInput=large)
 
 
 @implementer(IPushProducer)
@@ -384,17 +383,18 @@ class XmlStream(Protocol):
             if self.transport is not None and not self.closed:
                 self.transport.write(data)
 
-    def sendNow(self):
+    def sendNow(self, largeInput=False):
         """
         The end of a batch: have the transport (an L{ISendNow} layer of
         s2sgate.net.tls, or the reactor's TCP connection itself) send what
         it holds in this turn, not at the socket's next writable event,
         after the next input is handled.
-        Not after a batch of full records (a large chunk of input, a peer
-        under load): that waits for the writable event as before, which
-        joins what the next turns write into fewer, larger sends.
+        Not after a large chunk of input (C{largeInput}, a peer under load)
+        or a batch that flushed full records: that waits for the writable
+        event as before, which joins what the next turns write into fewer,
+        larger sends.
         """
-        large, self._fullRecords = self._fullRecords, False
+        large, self._fullRecords = self._fullRecords or largeInput, False
         if large or self.closed:
             return
         if ISendNow.providedBy(self.transport):
