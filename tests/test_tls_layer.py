@@ -2,7 +2,8 @@
 s2sgate.net.tls: the TLS layers that write through, over real loopback sockets.
 
 Each test connects two L{StartTLSLayer}s (or direct TLS) on 127.0.0.1 with a
-recording protocol on top, certificates from the test CA.
+recording protocol on top, certificates from the test CA; the last one a stream
+on a plain TCP connection, as the component link's is.
 """
 from __future__ import annotations
 
