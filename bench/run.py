@@ -946,6 +946,16 @@ async def run_processes(ctx, quick):
                                                       if k.startswith("gateway")) / n * 10000}
         res["ratio"] = res["two"]["max_per_s"] / res["one"]["max_per_s"]
         res["pair_ratios"] = [t["rate"] / o["rate"] for o, t in zip(runs["one"], runs["two"])]
+        # every run: the gateways' cores and CPU per 10 000 stanzas, the steal
+        res["runs"] = {mode: [{"rate": round(x["rate"]),
+                               "gateway_cores": round(sum(c for k, c in x["cpu"]["cpu_s"].items()
+                                                          if k.startswith("gateway"))
+                                                      / x["cpu"]["wall_s"], 2),
+                               "gateway_cpu_s_per_10k": round(
+                                   sum(c for k, c in x["cpu"]["cpu_s"].items()
+                                       if k.startswith("gateway")) / n * 10000, 3),
+                               "steal_cores": round(x["cpu"]["steal_cpu_s"] / x["cpu"]["wall_s"], 2)}
+                              for x in v] for mode, v in runs.items()}
         res["bounced"] = sum(c.errors for c in comps)
         return res
     finally:
@@ -1598,6 +1608,11 @@ def table(results):
         rows.append(("procs", "gateway CPU s per 10 000 stanzas: one / two",
                      f"{fmt(one['gateway_cpu_s_per_10k'], ' s', 3)} / "
                      f"{fmt(two['gateway_cpu_s_per_10k'], ' s', 3)}", "", ""))
+        for mode, v in pr.get("runs", {}).items():
+            rows.append(("procs", f"{mode}: each run's rate / gateway cores / CPU s per 10 000 / steal",
+                         "; ".join(f"{x['rate']:,} / {x['gateway_cores']:.2f} / "
+                                   f"{x['gateway_cpu_s_per_10k']:.3f} / {x['steal_cores']:.2f}"
+                                   for x in v), "", ""))
         if pr.get("pair_ratios"):
             rows.append(("procs", "two / one of each pair of runs (one, two, one, two, …)",
                          ", ".join(f"{r:.2f}×" for r in pr["pair_ratios"]) +
