@@ -751,7 +751,8 @@ async def run_inbound(ctx, quick):
             await comps[name].whenReady(30)
             senders[name] = Child(peers.sender_main, INB_GW[i], 5269, "home.test",
                                   str(loadcert[0]), str(ca.cafile), INB_SRC[i])
-            if not senders[name].conn.poll(60) or (got := senders[name].conn.recv()) != "ready":
+            got = senders[name].conn.recv() if senders[name].conn.poll(60) else "no answer"
+            if got != "ready":
                 raise RuntimeError(f"inbound sender did not connect: {got}")
             senders[name].call(("templates", mix_templates(**kw)))
         seq = [0]
