@@ -254,7 +254,8 @@ def sendNowTransport():
     return SendNow()
 
 
-def test_a_batch_ends_with_one_send_now_per_stream_after_its_write():
+def batchedStream():
+    """A WriteBatch and one stream in it on a L{sendNowTransport}."""
     from twisted.internet import task
 
     from s2sgate.xmpp.stream import WriteBatch, XmlStream
@@ -262,6 +263,11 @@ def test_a_batch_ends_with_one_send_now_per_stream_after_its_write():
     batch = WriteBatch()
     stream = XmlStream(task.Clock(), batch=batch)
     stream.makeConnection(sendNowTransport())
+    return batch, stream
+
+
+def test_a_batch_ends_with_one_send_now_per_stream_after_its_write():
+    batch, stream = batchedStream()
     batch.enter()
     stream.send("<message/>")
     stream.send("<presence/>")
@@ -273,13 +279,9 @@ def test_a_batch_ends_with_one_send_now_per_stream_after_its_write():
 def test_a_batch_of_full_records_is_left_to_the_socket_s_writable_event():
     """A large chunk of input (a peer under load): no send now, so that the next turns'
     writes join it in fewer, larger sends; the next small batch sends at once again."""
-    from twisted.internet import task
+    from s2sgate.xmpp.stream import FLUSH_BYTES
 
-    from s2sgate.xmpp.stream import FLUSH_BYTES, WriteBatch, XmlStream
-
-    batch = WriteBatch()
-    stream = XmlStream(task.Clock(), batch=batch)
-    stream.makeConnection(sendNowTransport())
+    batch, stream = batchedStream()
     batch.enter()
     stream.send(b"x" * FLUSH_BYTES)
     stream.send(b"<message/>")
@@ -445,13 +447,9 @@ def test_stream_header_one_byte_over_the_size_limit_is_a_policy_violation(pieces
 def test_a_large_chunk_of_input_leaves_its_output_to_the_socket_s_writable_event():
     """A chunk of a full TLS record or more (a peer sending faster than we read): the
     writes are made, but not sent now; a small chunk after it is sent at once again."""
-    from twisted.internet import task
+    from s2sgate.xmpp.stream import FLUSH_BYTES
 
-    from s2sgate.xmpp.stream import FLUSH_BYTES, WriteBatch, XmlStream
-
-    batch = WriteBatch()
-    stream = XmlStream(task.Clock(), batch=batch)
-    stream.makeConnection(sendNowTransport())
+    batch, stream = batchedStream()
     batch.enter(FLUSH_BYTES)
     stream.send(b"<message/>")
     batch.exit()
@@ -463,13 +461,9 @@ def test_a_large_chunk_of_input_leaves_its_output_to_the_socket_s_writable_event
 
 
 def test_the_input_of_a_batch_is_counted_from_every_chunk_inside_it():
-    from twisted.internet import task
+    from s2sgate.xmpp.stream import FLUSH_BYTES
 
-    from s2sgate.xmpp.stream import FLUSH_BYTES, WriteBatch, XmlStream
-
-    batch = WriteBatch()
-    stream = XmlStream(task.Clock(), batch=batch)
-    stream.makeConnection(sendNowTransport())
+    batch, stream = batchedStream()
     batch.enter(FLUSH_BYTES // 2)
     batch.enter(FLUSH_BYTES // 2)
     stream.send(b"<message/>")
@@ -479,13 +473,9 @@ def test_the_input_of_a_batch_is_counted_from_every_chunk_inside_it():
 
 
 def test_a_small_batch_after_a_large_input_chunk_that_flushed_full_records_sends_at_once():
-    from twisted.internet import task
+    from s2sgate.xmpp.stream import FLUSH_BYTES
 
-    from s2sgate.xmpp.stream import FLUSH_BYTES, WriteBatch, XmlStream
-
-    batch = WriteBatch()
-    stream = XmlStream(task.Clock(), batch=batch)
-    stream.makeConnection(sendNowTransport())
+    batch, stream = batchedStream()
     batch.enter(FLUSH_BYTES)
     stream.send(b"x" * FLUSH_BYTES)
     batch.exit()
