@@ -1511,6 +1511,25 @@ def hop_rows(section, name, h):
                        for k, label in names if k in h), "", "")]
 
 
+def before_now_rows(section, change, rate, before, now):
+    """The before → now rows of a section: ``before`` and ``now`` each with max_per_s,
+    cpu_s_per_10k and the half-load p50_ms, p99_ms, p99_runs_ms."""
+    def runs(x):
+        return ", ".join(fmt(v, "", 2) for v in x.get("p99_runs_ms", []))
+    return [(section, f"before → now: {change}", "", "", ""),
+            (section, "before → now: max throughput",
+             f"{fmt(before['max_per_s'], '/s')} → {fmt(now['max_per_s'], '/s')} "
+             f"= {now['max_per_s'] / before['max_per_s']:.2f}×", "", ""),
+            (section, "before → now: CPU s per 10 000 stanzas",
+             f"{fmt(before['cpu_s_per_10k'], ' s', 3)} → {fmt(now['cpu_s_per_10k'], ' s', 3)} "
+             f"= {now['cpu_s_per_10k'] / before['cpu_s_per_10k']:.2f}×", "", ""),
+            (section, f"before → now: p50 / p99 at {rate:,.0f}/s",
+             f"{fmt(before['p50_ms'], ' ms', 2)} / {fmt(before['p99_ms'], ' ms', 2)} → "
+             f"{fmt(now['p50_ms'], ' ms', 2)} / {fmt(now['p99_ms'], ' ms', 2)} "
+             f"(p99 {now['p99_ms'] / before['p99_ms']:.2f}×); p99 of each run: before "
+             f"{runs(before)}, now {runs(now)}", "", "")]
+
+
 def table(results):
     rows = []
     c, g, inb, pr, e, s, mx, sc = (results.get(k) for k in (
@@ -1549,20 +1568,10 @@ def table(results):
         b = g.get("before")
         if b:
             h = b["half_rate"]
-            rows += [("gateway", f"before → now: {b['change']}", "", "", ""),
-                     ("gateway", "before → now: max throughput",
-                      f"{fmt(b['max_per_s'], '/s')} → {fmt(g['max_per_s'], '/s')} "
-                      f"= {g['max_per_s'] / b['max_per_s']:.2f}×", "", ""),
-                     ("gateway", "before → now: CPU s per 10 000 stanzas",
-                      f"{fmt(b['cpu_s_per_10k'], ' s', 3)} → {fmt(g['cpu_s_per_10k'], ' s', 3)} "
-                      f"= {g['cpu_s_per_10k'] / b['cpu_s_per_10k']:.2f}×", "", ""),
-                     ("gateway", f"before → now: p50 / p99 at {g['half_rate_per_s']:,.0f}/s",
-                      f"{fmt(h['p50_ms'], ' ms', 2)} / {fmt(h['p99_ms'], ' ms', 2)} → "
-                      f"{fmt(g['p50_ms'], ' ms', 2)} / {fmt(g['p99_ms'], ' ms', 2)} "
-                      f"(p99 {g['p99_ms'] / h['p99_ms']:.2f}×); p99 of each run: before "
-                      f"{', '.join(fmt(x, '', 2) for x in h.get('p99_runs_ms', []))}, now "
-                      f"{', '.join(fmt(x, '', 2) for x in g.get('half_rate_p99_runs_ms', []))}",
-                      "", "")]
+            rows += before_now_rows(
+                "gateway", b["change"], g["half_rate_per_s"],
+                dict(h, max_per_s=b["max_per_s"], cpu_s_per_10k=b["cpu_s_per_10k"]),
+                dict(g, p99_runs_ms=g.get("half_rate_p99_runs_ms", [])))
             rows += probe_rows("gateway", "before", h.get("probe"))
             rows += hop_rows("gateway", "before", h.get("hops"))
     if inb and "now" in inb:
@@ -1578,19 +1587,10 @@ def table(results):
                   f"{', '.join(fmt(x, '', 2) for x in h['p99_runs_ms'])})", "", "")]
         b = inb.get("before")
         if b:
-            hb = b["half_rate"]
-            rows += [("inbound", f"before → now: {inb['change']}", "", "", ""),
-                     ("inbound", "before → now: max throughput",
-                      f"{fmt(b['max_per_s'], '/s')} → {fmt(now['max_per_s'], '/s')} "
-                      f"= {now['max_per_s'] / b['max_per_s']:.2f}×", "", ""),
-                     ("inbound", "before → now: CPU s per 10 000 stanzas",
-                      f"{fmt(b['cpu_s_per_10k'], ' s', 3)} → {fmt(now['cpu_s_per_10k'], ' s', 3)} "
-                      f"= {now['cpu_s_per_10k'] / b['cpu_s_per_10k']:.2f}×", "", ""),
-                     ("inbound", f"before → now: p50 / p99 at {inb['half_rate_per_s']:,.0f}/s",
-                      f"{fmt(hb['p50_ms'], ' ms', 2)} / {fmt(hb['p99_ms'], ' ms', 2)} → "
-                      f"{fmt(h['p50_ms'], ' ms', 2)} / {fmt(h['p99_ms'], ' ms', 2)}; p99 of each "
-                      f"run: before {', '.join(fmt(x, '', 2) for x in hb['p99_runs_ms'])}, now "
-                      f"{', '.join(fmt(x, '', 2) for x in h['p99_runs_ms'])}", "", "")]
+            rows += before_now_rows(
+                "inbound", inb["change"], inb["half_rate_per_s"],
+                dict(b["half_rate"], max_per_s=b["max_per_s"], cpu_s_per_10k=b["cpu_s_per_10k"]),
+                dict(h, max_per_s=now["max_per_s"], cpu_s_per_10k=now["cpu_s_per_10k"]))
     if pr and "ratio" in pr:
         one, two = pr["one"], pr["two"]
         rows += [("procs", "max throughput: one process (8 remote domains)",
