@@ -356,6 +356,13 @@ async def wait_until(pred, timeout, step=0.02, what="condition"):
         await sleep(step)
 
 
+def abba(variants, r):
+    """The variants in round ``r``'s order: as given in even rounds, reversed in odd ones
+    (now, before, before, now), so neither gateway always runs first after the other."""
+    names = list(variants)
+    return names if r % 2 == 0 else names[::-1]
+
+
 async def paced(write, make, rate, duration):
     """Write ``rate`` stanzas/s for ``duration`` s in 1 ms ticks; returns how many."""
     start = time.monotonic()
@@ -552,6 +559,73 @@ async def burst(links, sink, expect):
 PIN = False   # --pin: the gateway section's gateways on the last CPU, the bench and sink elsewhere
 
 
+HALT_POLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+HALT_POLL_NS = None   # --halt-poll NS: the gateway section also measures half load with it
+
+
+def cpu_idle():
+    """How this machine's cores idle: the cpuidle driver, and for a guest's haltpoll driver
+    how long a core polls before it halts (0: it halts at once, and waking it goes through
+    the hypervisor)."""
+    try:
+        driver = Path("/sys/devices/system/cpu/cpuidle/current_driver").read_text().strip()
+    except OSError:
+        return "?"
+    try:
+        return f"{driver}, halt-poll {int(Path(HALT_POLL).read_text())} ns"
+    except (OSError, ValueError):
+        return driver
+
+
+class HaltPoll:
+    """``with HaltPoll(ns):`` a guest's cores poll ``ns`` before they halt, and the old value
+    comes back afterwards (root, haltpoll cpuidle driver)."""
+
+    def __init__(self, ns):
+        self.ns, self.old = ns, None
+
+    def __enter__(self):
+        self.old = Path(HALT_POLL).read_text().strip()
+        Path(HALT_POLL).write_text(str(self.ns))
+        return self
+
+    def __exit__(self, *exc):
+        Path(HALT_POLL).write_text(self.old)
+
+
+def check_halt_poll():
+    """Stop at once with one line if ``--halt-poll`` cannot be set here."""
+    try:
+        old = Path(HALT_POLL).read_text().strip()
+        Path(HALT_POLL).write_text(old)
+    except OSError as e:
+        raise SystemExit(f"bench/run.py: --halt-poll needs the haltpoll cpuidle driver and root "
+                         f"({HALT_POLL}: {e.strerror})")
+
+
+def late_shape(lat_by_send, over_ms=2.0, window_ns=100_000_000):
+    """How the stanzas later than ``over_ms`` spread over the run: ``[(sent_ns, ms)]`` →
+    their share, in how many of the run's 100 ms windows they fall, and the worst window
+    (its late stanzas and its longest latency).  A few windows with many: stalls; many
+    windows with a tick's worth each: the load's own queueing."""
+    if not lat_by_send:
+        return None
+    t0 = min(t for t, _ in lat_by_send)
+    windows = {}
+    late = 0
+    for t, ms in lat_by_send:
+        w = windows.setdefault((t - t0) // window_ns, [0, 0.0])
+        if ms > over_ms:
+            late += 1
+            w[0] += 1
+            w[1] = max(w[1], ms)
+    hit = [w for w in windows.values() if w[0]]
+    worst = max(hit, default=[0, 0.0])
+    return {"over_ms": over_ms, "share": late / len(lat_by_send), "windows": len(windows),
+            "windows_late": len(hit), "worst_window_late": worst[0],
+            "worst_window_max_ms": worst[1]}
+
+
 def pin(pid, cpus):
     """Every thread of process C{pid} onto C{cpus}."""
     for task_id in os.listdir(f"/proc/{pid}/task"):
@@ -612,7 +686,7 @@ async def run_gateway(ctx, quick, profile):
         runs = {name: [] for name in variants}
         sink.call(("timestamps", False))
         for r in range(1 if quick else 2):
-            for name in variants:
+            for name in abba(variants, r):
                 payload = make(0, n)
                 u0, s0 = cpu_split(gws[name].pid)
                 rate, _ = await burst([(links[name].transport, payload)], sink, n)
@@ -653,6 +727,7 @@ async def run_gateway(ctx, quick, profile):
                     "system_share_of_cpu": (s1 - s0) / max(c1 - c0, 1e-9),
                     "steal_cores": steal,
                     "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat),
+                    "late": late_shape([(t, (r - t) / 1e6) for q, t, r in samples if q >= seq0]),
                     "hops": hop_split(samples, probe, seq0, kernel.times), "probe": probe}
 
         # latency at half of the max rate, twice per gateway in the order now, before, before,
@@ -675,6 +750,23 @@ async def run_gateway(ctx, quick, profile):
         res["half_rate_p99_runs_ms"] = [h["p99_ms"] for h in halves["now"]]
         res["half_rate_probe"] = half["probe"]
         res["half_rate_hops"] = half["hops"]
+        res["half_rate_late"] = half["late"]
+        if HALT_POLL_NS is not None:
+            # the same half load with the cores polling before they halt, alternating with
+            # the machine as it is, in the order poll, as is, as is, poll
+            idle = {"poll": [], "as is": []}
+            for setting in ("poll", "as is", "as is", "poll"):
+                if setting == "poll":
+                    with HaltPoll(HALT_POLL_NS):
+                        idle[setting].append(await paced_latency("now", rate, dur))
+                else:
+                    idle[setting].append(await paced_latency("now", rate, dur))
+            res["halt_poll"] = {"ns": HALT_POLL_NS, "machine": cpu_idle(), "runs": {
+                k: [{f: h[f] for f in ("p50_ms", "p99_ms", "cpu_s_per_10k", "cpu_share",
+                                       "steal_cores", "late")}
+                    | {"turns_over_1ms": h["probe"]["turns_over_1ms"],
+                       "turns": h["probe"]["turns"]} for h in v]
+                for k, v in idle.items()}}
         if "before" in variants:
             b_ = max(halves["before"], key=lambda h: h["p99_ms"])
             b_["p99_runs_ms"] = [h["p99_ms"] for h in halves["before"]]
@@ -772,8 +864,8 @@ async def run_inbound(ctx, quick):
             await delivered(name, 2000, "warm-up at the c2s side")
         n = 30000 if quick else 100000
         runs = {name: [] for name in variants}
-        for _ in range(1 if quick else 2):
-            for name in variants:
+        for r in range(1 if quick else 2):
+            for name in abba(variants, r):
                 counter = comps[name].counter
                 counter.reset()
                 counter.timestamps = False
@@ -1466,7 +1558,8 @@ def machine():
     except Exception:  # noqa: BLE001
         prosody = "?"
     return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "twisted": twisted.__version__, "prosody": prosody, "kernel": platform.release()}
+            "twisted": twisted.__version__, "prosody": prosody, "kernel": platform.release(),
+            "idle": cpu_idle()}
 
 
 def fmt(v, unit="", digits=0):
@@ -1509,6 +1602,33 @@ def hop_rows(section, name, h):
     return [(section, f"{name}: p50 / p99 of each hop at half load ({h['stanzas']:,} stanzas)",
              "; ".join(f"{label} {fmt(h[k]['p50_ms'], '', 2)} / {fmt(h[k]['p99_ms'], ' ms', 2)}"
                        for k, label in names if k in h), "", "")]
+
+
+def late_rows(section, name, late):
+    """How the late stanzas of a half-load run spread over it (late_shape)."""
+    if not late:
+        return []
+    return [(section, f"{name}: stanzas over {late['over_ms']:g} ms at half load, and where",
+             f"{100 * late['share']:.2f} %, in {late['windows_late']} of {late['windows']} "
+             f"windows of 100 ms; the worst window {late['worst_window_late']} stanzas, up to "
+             f"{late['worst_window_max_ms']:.1f} ms", "", "")]
+
+
+def halt_poll_rows(section, hp):
+    """The half-load runs with the cores polling before they halt, beside the machine as
+    it is (``--halt-poll``)."""
+    if not hp:
+        return []
+    rows = [(section, f"half load with cores polling {hp['ns']:,} ns before they halt "
+             "(poll) against the machine as it is", f"as it is: {hp['machine']}", "", "")]
+    for setting in ("poll", "as is"):
+        runs = hp["runs"][setting]
+        rows.append((section, f"{setting}: p99; CPU s per 10 000; turns > 1 ms; steal; late",
+                     "; ".join(f"{fmt(h['p99_ms'], ' ms', 2)}, {fmt(h['cpu_s_per_10k'], ' s', 3)}, "
+                               f"{h['turns_over_1ms']} of {h['turns']}, {h['steal_cores']:.2f}, "
+                               f"{100 * h['late']['share']:.1f} % in {h['late']['windows_late']} "
+                               "windows" for h in runs), "", ""))
+    return rows
 
 
 def before_now_rows(section, change, rate, before, now):
@@ -1564,7 +1684,9 @@ def table(results):
                        f"{fmt(v['p50_ms'], ' ms', 2)} / {fmt(v['p99_ms'], ' ms', 2)}", "", "")
                       for k, v in g.get("latency_sweep", {}).items()]
         rows += probe_rows("gateway", "now", g.get("half_rate_probe"))
+        rows += late_rows("gateway", "now", g.get("half_rate_late"))
         rows += hop_rows("gateway", "now", g.get("half_rate_hops"))
+        rows += halt_poll_rows("gateway", g.get("halt_poll"))
         b = g.get("before")
         if b:
             h = b["half_rate"]
@@ -1573,6 +1695,7 @@ def table(results):
                 dict(h, max_per_s=b["max_per_s"], cpu_s_per_10k=b["cpu_s_per_10k"]),
                 dict(g, p99_runs_ms=g.get("half_rate_p99_runs_ms", [])))
             rows += probe_rows("gateway", "before", h.get("probe"))
+            rows += late_rows("gateway", "before", h.get("late"))
             rows += hop_rows("gateway", "before", h.get("hops"))
     if inb and "now" in inb:
         now = inb["now"]
@@ -1757,7 +1880,7 @@ async def main(args):
     results["seconds"] = round(time.monotonic() - started, 1)
     m = results["machine"]
     print(f"\ns2sgate benchmark ({'quick' if args.quick else 'full'}; {m['nproc']} × {m['cpu']}; "
-          f"Python {m['python']}, Twisted {m['twisted']}, {m['prosody']}; "
+          f"Python {m['python']}, Twisted {m['twisted']}, {m['prosody']}; idle {m['idle']}; "
           f"{results['seconds']} s)\n")
     print(table(results))
     for k in SECTIONS:
@@ -1778,7 +1901,7 @@ async def main(args):
 
 
 def cli():
-    global BEFORE_PATCH, BEFORE_CHANGE, PIN
+    global BEFORE_PATCH, BEFORE_CHANGE, PIN, HALT_POLL_NS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs, no 10 000-stream test")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
@@ -1793,6 +1916,10 @@ def cli():
     ap.add_argument("--pin", action="store_true",
                     help="the gateway section's gateways on the last CPU, the bench and the "
                          "sink on the others (every thread of each process)")
+    ap.add_argument("--halt-poll", type=int, metavar="NS",
+                    help="experiment: the gateway section also measures half load with the "
+                         "cores polling NS before they halt (a guest's haltpoll cpuidle driver; "
+                         "root), alternating with the machine as it is")
     ap.add_argument("--before-patch", default=BEFORE_PATCH, metavar="MODULE",
                     help="the patch module (bench/*_patch.py) of the gateway section's 'before' "
                          f"gateway (default {BEFORE_PATCH})")
@@ -1804,6 +1931,9 @@ def cli():
     raise_nofile()
     Gateway.hops = args.hops
     PIN = args.pin
+    if args.halt_poll is not None:
+        check_halt_poll()
+        HALT_POLL_NS = args.halt_poll
     Gateway.nodelay = args.nodelay
     if args.before_patch != BEFORE_PATCH:
         BEFORE_PATCH = args.before_patch
