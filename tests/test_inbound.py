@@ -24,6 +24,7 @@ from tests.s2sfakes import (
     makeGateway,
     stanza,
 )
+from tests.test_inbound_tls import DirectTLSTransport
 
 NS_DB_DECL = f"xmlns:db='{NS_DB}'"
 
@@ -1045,15 +1046,18 @@ def test_a_connection_refused_over_the_total_is_counted_under_unauthenticated_to
 
 
 def test_a_connection_that_is_tls_from_its_first_byte_is_secure():
-    from twisted.internet.interfaces import ISSLTransport
-    from twisted.internet.testing import StringTransport
-    from zope.interface import directlyProvides
     gw = makeGateway()
     stream = inbound(gw)
-    transport = StringTransport()
-    directlyProvides(transport, ISSLTransport)
-    stream.makeConnection(transport)
+    stream.makeConnection(DirectTLSTransport())
     assert stream.secure
+
+
+def test_a_stream_turns_nagle_off_on_a_tls_connection_from_its_first_byte():
+    gw = makeGateway()
+    stream = inbound(gw)
+    transport = DirectTLSTransport()
+    stream.makeConnection(transport)
+    assert transport.noDelay
 
 
 def test_an_authenticated_inbound_stream_idle_for_the_idle_timeout_is_closed():

@@ -3,7 +3,9 @@
 import base64
 import dataclasses
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
+from zope.interface import implementer
 
 from s2sgate.auth.certs import PeerCertificate
 from s2sgate.auth.dialback import NS_DB, NS_DB_FEATURE
@@ -80,6 +82,20 @@ class TLSTransport(StringTransport):
 
     def getHandle(self):
         return self.handle
+
+
+@implementer(ISSLTransport)
+class DirectTLSTransport(TLSTransport):
+    """
+    A connection that is TLS from its first byte (XEP-0368).  Like
+    Twisted's TLS protocol on a TCP connection it is an L{ITCPTransport}
+    too, so it has the TCP methods a stream calls.
+    """
+
+    noDelay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.noDelay = enabled
 
 
 def tlsGateway(mode="required", secure_auth=False, secure_domains=(), insecure_domains=(),

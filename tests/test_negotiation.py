@@ -4,7 +4,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from zope.interface import implementer
@@ -26,7 +25,7 @@ from s2sgate.s2s.negotiation import (
 from s2sgate.xmpp.namespaces import NS_STREAMS
 from s2sgate.xmpp.stream import WriteBatch
 from tests.s2sfakes import LOCAL, REMOTE, Output, makeConfig
-from tests.test_inbound_tls import FakeTLS, TLSTransport
+from tests.test_inbound_tls import DirectTLSTransport, FakeTLS, TLSTransport
 
 HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
           f"from='{REMOTE}' to='{LOCAL}' id='s1' version='1.0'>").encode()
@@ -106,11 +105,6 @@ class RecordingTLS(FakeTLS):
     def describe(self, conn):
         self.described.append(conn)
         return super().describe(conn)
-
-
-@implementer(ISSLTransport)
-class DirectTLSTransport(TLSTransport):
-    """A connection that is TLS from its first byte (XEP-0368)."""
 
 
 @implementer(IStep)

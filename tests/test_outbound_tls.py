@@ -1,6 +1,5 @@
 """OutboundStream security: STARTTLS, downgrade refusal, certificate policy, SASL EXTERNAL."""
 
-from twisted.internet.interfaces import ISSLTransport
 from zope.interface import implementer
 
 from s2sgate.auth.dialback import NS_DB
@@ -13,7 +12,14 @@ from s2sgate.s2s.negotiation import InitiatingStream
 from s2sgate.s2s.outbound import OutboundPool
 from s2sgate.xmpp.parser import NS_STREAMS
 from tests.s2sfakes import LOCAL, REMOTE, Output
-from tests.test_inbound_tls import TLSTransport, fresh, selfSigned, tlsGateway, valid
+from tests.test_inbound_tls import (
+    DirectTLSTransport,
+    TLSTransport,
+    fresh,
+    selfSigned,
+    tlsGateway,
+    valid,
+)
 
 
 def peerHeader(streamId="peer-1"):
@@ -243,11 +249,6 @@ def test_accepted_certificate_trace_names_its_status_and_reason():
 
 
 # direct TLS (XEP-0368): TLS from the first byte, no STARTTLS
-
-
-@implementer(ISSLTransport)
-class DirectTLSTransport(TLSTransport):
-    """A connection that is TLS from its first byte."""
 
 
 def directStream(**kw):

@@ -2,10 +2,13 @@
 s2sgate.net.tls: the TLS layers that write through, over real loopback sockets.
 
 Each test connects two L{StartTLSLayer}s (or direct TLS) on 127.0.0.1 with a
-recording protocol on top, certificates from the test CA; the last one a stream
-on a plain TCP connection, as the component link's is.
+recording protocol on top, certificates from the test CA; then a stream on a
+plain TCP connection, as the component link's is, and whether a stream turns
+Nagle's delay off on each kind of connection.
 """
 from __future__ import annotations
+
+import socket
 
 import pytest
 import pytest_twisted
@@ -346,3 +349,49 @@ async def test_a_stream_on_a_plain_tcp_connection_sends_at_the_end_of_its_batch(
         await withTimeout(received.lost)
     finally:
         await port.stopListening()
+
+
+def nagleOff(tcp):
+    """Whether the socket of the reactor's TCP connection C{tcp} has TCP_NODELAY."""
+    return tcp.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+async def streamOn(pair, connect):
+    """An XmlStream connected by C{connect(factory)} to the pair's server, accepted."""
+    from s2sgate.xmpp.stream import XmlStream
+
+    stream = await connect(protocol.Factory.forProtocol(lambda: XmlStream(reactor)))
+    while pair.server.transport is None:
+        await deferLater(0.01)
+    return stream
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_turns_nagle_off_on_a_plain_tcp_connection():
+    pair = await Pair().open()
+    try:
+        stream = await streamOn(pair, pair.endpoint.connect)
+        assert nagleOff(stream.transport)
+    finally:
+        await pair.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_turns_nagle_off_under_a_starttls_layer():
+    pair = await Pair().open()
+    try:
+        layer = await streamOn(pair, lambda f: pair.endpoint.connect(
+            protocol.Factory.forProtocol(lambda: StartTLSLayer(f.buildProtocol(None), True))))
+        assert nagleOff(layer.transport)
+    finally:
+        await pair.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_turns_nagle_off_under_direct_tls(creators):
+    pair = await Pair().open(serverOptions=creators[0])
+    try:
+        stream = await streamOn(pair, wrapClientTLS(creators[1], pair.endpoint).connect)
+        assert nagleOff(stream.transport.transport)
+    finally:
+        await pair.close()

@@ -124,5 +124,4 @@ def _abort(legs):
         transport = stream.transport
         if transport is not None and not stream.closed:
             stream.closing = True
-            abort = getattr(transport, "abortConnection", None)
-            (abort or transport.loseConnection)()
+            transport.abortConnection()

@@ -12,7 +12,7 @@ L{streamEnded}.
 import secrets
 from xml.sax.saxutils import escape, quoteattr
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.words.xish import domish
@@ -168,22 +168,18 @@ class XmlStream(Protocol):
     # transport events
 
     def connectionMade(self):
+        transport = self.transport
         # The transport tells us (pause/resume) when the peer stops reading.
-        register = getattr(self.transport, "registerProducer", None)
-        if register is not None:
+        if IConsumer.providedBy(transport):
             try:
-                register(self, True)
+                transport.registerProducer(self, True)
             except RuntimeError:
                 pass
-        # Stanzas are small and latency matters: no Nagle delay.
-        transport = self.transport
-        if not hasattr(transport, "setTcpNoDelay"):
-            # direct TLS: the TCP connection is under the TLS layer
-            transport = getattr(transport, "transport", None)
-        setNoDelay = getattr(transport, "setTcpNoDelay", None)
-        if setNoDelay is not None:
+        # Stanzas are small and latency matters: no Nagle delay.  A TLS layer
+        # provides the interfaces of the TCP connection under it.
+        if ITCPTransport.providedBy(transport):
             try:
-                setNoDelay(True)
+                transport.setTcpNoDelay(True)
             except OSError:
                 pass
         self._touch()
@@ -369,8 +365,7 @@ class XmlStream(Protocol):
             self._ending("dropped by us: the peer stopped reading", clean=False)
             self.closing = True
             self.errorSent = True
-            abort = getattr(self.transport, "abortConnection", None)
-            (abort or self.transport.loseConnection)()
+            self.transport.abortConnection()
 
     def flushPending(self):
         """
@@ -440,8 +435,7 @@ class XmlStream(Protocol):
         # must not keep the socket (loseConnection would wait for it).
         self._closeCall = None
         if self.transport is not None and not self.closed:
-            abort = getattr(self.transport, "abortConnection", None)
-            (abort or self.transport.loseConnection)()
+            self.transport.abortConnection()
 
     # timers
 
