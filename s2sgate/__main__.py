@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli -*-
 """Run the s2sgate command line: C{python -m s2sgate ...}."""
 
 import sys

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_plugin_feature -*-
 """
 The negotiation features, one module each, and the lines that register them.
 

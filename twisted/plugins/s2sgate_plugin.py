@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tap -*-
 """The C{twistd s2sgate} plugin; the work is in L{s2sgate.tap}."""
 
 from twisted.application.service import ServiceMaker
