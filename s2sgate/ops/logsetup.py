@@ -59,7 +59,7 @@ def withMilliseconds(publisher=globalLogPublisher):
 def _fileObservers(publisher):
     for observer in list(publisher._observers):
         # Ours are wrapped in a level filter (see _filtered).
-        inner = getattr(observer, "_s2sgateInner", observer)
+        inner = observer.inner if isinstance(observer, _LevelFilter) else observer
         if isinstance(inner, FileLogObserver):
             yield inner
 
@@ -68,11 +68,10 @@ def applyLevel(level, publisher=globalLogPublisher):
     """Filter every observer of C{publisher} below C{level}; return how many were wrapped."""
     observers = []
     for observer in list(publisher._observers):
-        predicate = getattr(observer, "_s2sgatePredicate", None)
-        if predicate is not None:
+        if isinstance(observer, _LevelFilter):
             # Already ours (a reload): change its level in place.
-            predicate.defaultLogLevel = LEVELS[level]
-            predicate.clearLogLevels()   # the default level lives under namespace ""
+            observer.predicate.defaultLogLevel = LEVELS[level]
+            observer.predicate.clearLogLevels()   # the default level lives under namespace ""
             continue
         observers.append(observer)
         publisher.removeObserver(observer)
@@ -80,12 +79,17 @@ def applyLevel(level, publisher=globalLogPublisher):
     return len(observers)
 
 
+class _LevelFilter(FilteringLogObserver):
+    """Our level filter around one observer: a reload finds it and changes its level."""
+
+    def __init__(self, observer, predicate):
+        super().__init__(observer, [predicate])
+        self.inner = observer
+        self.predicate = predicate
+
+
 def _filtered(observer, level):
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
-    wrapped = FilteringLogObserver(observer, [predicate])
-    wrapped._s2sgatePredicate = predicate
-    wrapped._s2sgateInner = observer
-    return wrapped
+    return _LevelFilter(observer, LogLevelFilterPredicate(defaultLogLevel=LEVELS[level]))
 
 
 def useJSON(level, out=None, publisher=globalLogPublisher):
