@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"s2sgate {__version__}"
     )
+    parser.set_defaults(func=None)   # no command given: the usage
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     config = commands.add_parser("config", help="work with configuration files")
@@ -88,11 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version and usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    func = getattr(args, "func", None)
-    if func is None:
+    if args.func is None:
         return _usage(parser)
     try:
-        return func(args)
+        return args.func(args)
     except BrokenPipeError:
         # `s2sgate sessions --json | head`: the reader is gone; say nothing more.
         try:

@@ -24,6 +24,8 @@ class Options(usage.Options):
         ["config", "c", DEFAULT_CONFIG, "The TOML configuration file."],
         ["log-format", None, None, "Log format, overriding [log] format: text or json."],
     ]
+    # twistd's own options, which set this when they run us as a subcommand
+    parent: usage.Options | None = None
 
     def postOptions(self):
         try:
@@ -35,9 +37,8 @@ class Options(usage.Options):
                 self["parsed"] = dataclasses.replace(
                     self["parsed"], log=dataclasses.replace(self["parsed"].log,
                                                             format=self["log-format"]))
-            parent = getattr(self, "parent", None)
-            if (self["parsed"].log.format == "json" and parent is not None
-                    and not parent.get("nodaemon")):
+            if (self["parsed"].log.format == "json" and self.parent is not None
+                    and not self.parent.get("nodaemon")):
                 raise ConfigError(self["config"], "log.format",
                                   "JSON logs go to standard output, which a daemonised twistd "
                                   "discards", 'run "twistd --nodaemon" (-n), as the systemd '
