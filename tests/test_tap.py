@@ -1,6 +1,7 @@
 """`twistd s2sgate` and the `s2sgate` command, run as an operator would: from outside the source tree."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,18 @@ def test_bad_config_stops_twistd_with_one_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert str(config) in lines[0] and "s2s.use_starttls" in lines[0] and "allowed" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_json_logs_with_a_daemonised_twistd_stop_start_up_with_one_line(tmp_path, example_config):
+    pidfile = tmp_path / "twistd.pid"
+    result = run(["twistd", f"--pidfile={pidfile}", f"--logfile={tmp_path / 'twistd.log'}",
+                  "s2sgate", "--config", str(example_config), "--log-format", "json"], tmp_path)
+    if result.returncode == 0 and untilSync(pidfile.exists, timeout=10):
+        os.kill(int(pidfile.read_text()), signal.SIGTERM)   # it daemonised: stop it
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(example_config) in lines[0] and "log.format" in lines[0] and "-n" in lines[0]
 
 
 def test_config_check_of_the_shipped_example(tmp_path, example_config):
