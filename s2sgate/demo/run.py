@@ -44,6 +44,7 @@ from s2sgate.config import load_config
 from s2sgate.demo.c2s import C2SStandIn
 from s2sgate.demo.narrate import Narrator, sessionTable
 from s2sgate.demo.pki import DemoCA
+from s2sgate.timers import cancel
 
 __all__ = ["DemoOptions", "DemoFailed", "Demo", "EXIT_OK", "EXIT_FAILED"]
 
@@ -410,8 +411,7 @@ class Demo:
             await self._table()
             self.phase = "running the burst"
             await self._burst()
-            if self._timeoutCall is not None and self._timeoutCall.active():
-                self._timeoutCall.cancel()
+            cancel(self._timeoutCall)
             self._timeoutCall = None
             self.write("")
             self.write("ok: every message was delivered exactly once")
@@ -433,8 +433,7 @@ class Demo:
                             + ("" if self.options.verbose else " (--verbose shows the traceback)"))
             return EXIT_FAILED
         finally:
-            if self._timeoutCall is not None and self._timeoutCall.active():
-                self._timeoutCall.cancel()
+            cancel(self._timeoutCall)
             if not self.options.verbose:
                 # Links going down during the clean-up are no news.
                 globalLogPublisher.removeObserver(self.narrator)

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from s2sgate.interfaces import IDeliveryTracker, IOffer, IStep
 from s2sgate.s2s.negotiation import Skip, Track
+from s2sgate.timers import cancel
 from s2sgate.xmpp.namespaces import NS_SM, NS_STANZA_ERRORS
 
 log = Logger()
@@ -146,8 +147,7 @@ class AckWindow:
         return window
 
     def streamGone(self):
-        if self._burstCall is not None and self._burstCall.active():
-            self._burstCall.cancel()
+        cancel(self._burstCall)
         self._burstCall = None
         drains, self._drains = self._drains, []
         for d in drains:

@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from s2sgate.interfaces import IComponentLink
 from s2sgate.ops.metrics import NullMetrics
+from s2sgate.timers import cancel
 from s2sgate.xmpp.stanzas import STANZA_NAMES, shouldBounce
 from s2sgate.xmpp.stream import NS_COMPONENT, XmlStream
 
@@ -169,8 +170,7 @@ class ComponentStream(XmlStream):
 
     def takeUnconfirmed(self):
         """C{(element, resent)} written but never confirmed (the link is going down)."""
-        if self._probeCall is not None and self._probeCall.active():
-            self._probeCall.cancel()
+        cancel(self._probeCall)
         self._probeCall = None
         unconfirmed, self.unconfirmed = list(self.unconfirmed), collections.deque()
         return unconfirmed
@@ -235,8 +235,7 @@ class ComponentStream(XmlStream):
         if self.state == "handshake":
             if element.name == "handshake":
                 self.state = "ready"
-                if self._handshakeCall is not None and self._handshakeCall.active():
-                    self._handshakeCall.cancel()
+                cancel(self._handshakeCall)
                 self._handshakeCall = None
                 self.link._linkUp(self)
             else:
@@ -249,8 +248,7 @@ class ComponentStream(XmlStream):
             self.failure = ("network", f"stream error {condition}" + (f" ({text})" if text else ""))
 
     def streamClosed(self, reason):
-        if self._handshakeCall is not None and self._handshakeCall.active():
-            self._handshakeCall.cancel()
+        cancel(self._handshakeCall)
         self._handshakeCall = None
         self.link._linkDown(self, reason)
 
@@ -332,11 +330,10 @@ class ComponentLink(service.Service):
         if not self.running:
             return None
         service.Service.stopService(self)
-        for name in ("_retryCall", "_expiryCall"):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(self, name, None)
+        cancel(self._retryCall)
+        self._retryCall = None
+        cancel(self._expiryCall)
+        self._expiryCall = None
         if self._connecting is not None:
             self._connecting.cancel()
         while self.buffer:

@@ -34,6 +34,7 @@ from s2sgate.net.resolver import (
     TLSASet,
 )
 from s2sgate.net.tls import startTLSCapable, wrapClientTLS
+from s2sgate.timers import cancel
 
 __all__ = ["ATTEMPT_DELAY", "Attempt", "ConnectFailed", "Connection", "Connector", "connect",
            "describeConnectError", "endpointFor", "interleave"]
@@ -277,8 +278,7 @@ class _Race:
     def _stop(self) -> None:
         """Cancel the timer, the lookup and every attempt in flight."""
         self.over = True
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        cancel(self.timer)
         self.timer = None
         lookup, self.lookup = self.lookup, None
         if lookup is not None:
@@ -334,8 +334,7 @@ class _Race:
         """Start the next attempt, looking up the next target's addresses first if needed."""
         if self.over or self.lookup is not None:
             return     # a lookup in progress starts the attempt when it ends
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        cancel(self.timer)
         self.timer = None
         if self.queue:
             self._try(*self.queue.popleft())

@@ -67,6 +67,7 @@ from s2sgate.net.resolver import (
     Target,
 )
 from s2sgate.s2s.negotiation import PEER_REFUSALS, Finished, InitiatingStream, StreamLimits
+from s2sgate.timers import cancel
 from s2sgate.xmpp.domain import InvalidDomain, normalize
 from s2sgate.xmpp.features import StreamFeatures
 from s2sgate.xmpp.namespaces import NS_DB_FEATURE, NS_LIMITS
@@ -815,8 +816,8 @@ class Checker:
         idle: list = []
 
         def restartTimer():
-            if idle and idle[0].active():
-                idle[0].cancel()
+            if idle:
+                cancel(idle[0])
             idle[:] = [self.reactor.callLater(timeout, expire)]
 
         def expire():
@@ -843,8 +844,8 @@ class Checker:
         except ConnectFailed as e:
             failed = e
         finally:
-            if idle and idle[0].active():
-                idle[0].cancel()
+            if idle:
+                cancel(idle[0])
             probe.closeStream(wait=1)
         return recorder, failed
 

@@ -19,6 +19,7 @@ from s2sgate.s2s.addressing import checkedPair
 from s2sgate.s2s.guard import LogLimiter
 from s2sgate.s2s.negotiation import Untracked
 from s2sgate.s2s.streamlog import logStreamEnd
+from s2sgate.timers import cancel
 from s2sgate.xmpp.domain import InvalidDomain, normalize
 from s2sgate.xmpp.namespaces import NS_DB, NS_LIMITS, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.stanzas import STANZA_NAMES
@@ -384,8 +385,7 @@ class InboundStream(XmlStream):
             self.streamError("connection-timeout", "no authentication in time")
 
     def _cancelNegotiationTimer(self):
-        if self._negotiationCall is not None and self._negotiationCall.active():
-            self._negotiationCall.cancel()
+        cancel(self._negotiationCall)
         self._negotiationCall = None
 
     def streamClosed(self, reason):

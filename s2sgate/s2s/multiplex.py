@@ -32,6 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from s2sgate.auth.dialback import dbElement, dbErrorReason
+from s2sgate.timers import cancel
 from s2sgate.xmpp.namespaces import NS_DB
 
 
@@ -127,8 +128,7 @@ class ExtraPairs:
 
     def _forget(self, local):
         d, call = self._pending.pop(local, (None, None))
-        if call is not None and call.active():
-            call.cancel()
+        cancel(call)
         return d
 
     def _answer(self, local, answer):

@@ -35,6 +35,7 @@ from zope.interface import implementer
 from s2sgate.interfaces import IDeliveryTracker, INegotiationObserver, IOutcome
 from s2sgate.net.connector import Attempt, ConnectFailed
 from s2sgate.s2s.streamlog import logStreamEnd
+from s2sgate.timers import cancel
 from s2sgate.xmpp.features import StreamFeatures
 from s2sgate.xmpp.namespaces import NS_DB, NS_STREAMS
 from s2sgate.xmpp.stream import XmlStream
@@ -536,8 +537,7 @@ class InitiatingStream(XmlStream):
         self.streamError("connection-timeout", "negotiation took too long")
 
     def _cancelNegotiationTimer(self):
-        if self._negotiationCall is not None and self._negotiationCall.active():
-            self._negotiationCall.cancel()
+        cancel(self._negotiationCall)
         self._negotiationCall = None
 
     def streamErrorReceived(self, condition, text):

@@ -24,6 +24,7 @@ from s2sgate.s2s.dial import dial
 from s2sgate.s2s.failures import FailureLog
 from s2sgate.s2s.multiplex import ExtraPairs, Multiplexer, PeerMemory
 from s2sgate.s2s.negotiation import InitiatingStream
+from s2sgate.timers import cancel
 from s2sgate.xmpp.domain import InvalidDomain, domainOf
 from s2sgate.xmpp.namespaces import NS_SERVER
 from s2sgate.xmpp.stanzas import STANZA_NAMES
@@ -261,8 +262,7 @@ class OutboundLink:
         Stop connecting; bounce what waits for a stream and what the stream
         has not had acknowledged (C{text}); returns how many.
         """
-        if self._retryCall is not None and self._retryCall.active():
-            self._retryCall.cancel()
+        cancel(self._retryCall)
         self._retryCall = None
         left = list(self.resend) + list(self.queue)
         self.resend.clear()
@@ -285,8 +285,7 @@ class OutboundLink:
         C{stopping}: the gateway is, so nothing connects for this pair again.
         """
         self.closed = stopping
-        if self._retryCall is not None and self._retryCall.active():
-            self._retryCall.cancel()
+        cancel(self._retryCall)
         self._retryCall = None
         dropped = len(self.queue) + len(self.resend)
         self.queue, self.resend = collections.deque(), collections.deque()

@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from s2sgate.interfaces import ISendNow
 from s2sgate.net import tls
+from s2sgate.timers import cancel
 from s2sgate.xmpp.namespaces import NS_COMPONENT, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.namespaces import NS_STREAM_ERRORS as NS_STANZAS_STREAM
 from s2sgate.xmpp.parser import StreamError, StreamParser
@@ -206,11 +207,12 @@ class XmlStream(Protocol):
 
     def connectionLost(self, reason):
         self.closed = True
-        for name in ("_idleCall", "_keepaliveCall", "_closeCall"):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(self, name, None)
+        cancel(self._idleCall)
+        self._idleCall = None
+        cancel(self._keepaliveCall)
+        self._keepaliveCall = None
+        cancel(self._closeCall)
+        self._closeCall = None
         self.streamClosed(reason)
 
     # parser events
@@ -340,8 +342,7 @@ class XmlStream(Protocol):
             return
         self.readingPaused = True
         self.transport.pauseProducing()
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.cancel()
+        cancel(self._idleCall)
         self._idleCall = None
 
     def resumeReading(self):
