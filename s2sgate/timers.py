@@ -10,4 +10,3 @@ def cancel(call: IDelayedCall | None) -> None:
     """Cancel C{call} unless it ran or was cancelled already (Twisted raises for those)."""
     if call is not None and call.active():
         call.cancel()
-    return None
