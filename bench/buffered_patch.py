@@ -8,6 +8,7 @@ one reactor turn (``BufferingTLSTransport``, what ``ITLSTransport.startTLS`` and
 from twisted.protocols import tls
 
 from s2sgate.net import tls as ours
+from s2sgate.xmpp import stream as _stream
 
 ours.WriteThroughTLSFactory.protocol = tls.BufferingTLSTransport
-ours.sendNow = lambda transport: None
+ours.sendTCPNow = _stream.sendTCPNow = lambda transport: None

@@ -25,7 +25,8 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from s2sgate.interfaces import ISendNow
-from s2sgate.net.tls import StartTLSLayer, WriteThroughTLSFactory, sendNow, wrapClientTLS
+from s2sgate.net.tls import StartTLSLayer, WriteThroughTLSFactory, wrapClientTLS
+from s2sgate.xmpp.stream import sendTCPNow
 from tests.lab.certs import TestCA
 
 
@@ -248,15 +249,15 @@ def test_send_now_leaves_a_closing_connection_to_the_reactor():
         def doWrite(self):
             self.writes += 1
     closing = Closing()
-    sendNow(closing)
+    sendTCPNow(closing)
     assert closing.writes == 0
     closing.disconnecting = False
-    sendNow(closing)
+    sendTCPNow(closing)
     assert closing.writes == 1
 
 
 def test_send_now_passes_over_a_transport_that_is_not_a_descriptor():
-    sendNow(object())   # an in-memory test transport: nothing to do
+    sendTCPNow(object())   # an in-memory test transport: nothing to do
 
 
 @pytest_twisted.ensureDeferred

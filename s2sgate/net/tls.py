@@ -32,8 +32,6 @@ L{ITLSTransport}, so the in-memory transports of the unit tests still work.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -41,28 +39,15 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     IStreamClientEndpoint,
     ITLSTransport,
-    IWriteDescriptor,
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
 from s2sgate.interfaces import ISendNow
+from s2sgate.xmpp.stream import sendTCPNow
 
-__all__ = ["StartTLSFactory", "StartTLSLayer", "WriteThroughTLSFactory", "sendNow",
-           "startTLSCapable", "wrapClientTLS"]
-
-
-def sendNow(transport) -> None:
-    """
-    Have the reactor's TCP connection C{transport} send what it holds now
-    (its L{IWriteDescriptor.doWrite}, as the reactor calls it when the
-    socket is writable); what the socket does not take waits for that event
-    as before.  Not once it is closing: the reactor must see the close.
-    """
-    if IWriteDescriptor.providedBy(transport):
-        connection: Any = transport   # a FileDescriptor: it says whether it is closing
-        if not connection.disconnecting:
-            connection.doWrite()
+__all__ = ["StartTLSFactory", "StartTLSLayer", "WriteThroughTLSFactory", "startTLSCapable",
+           "wrapClientTLS"]
 
 
 @implementer(ISendNow)
@@ -70,7 +55,7 @@ class _WriteThroughTLS(TLSMemoryBIOProtocol):
     """Twisted's unbuffered TLS protocol, an L{ISendNow} (direct TLS)."""
 
     def sendNow(self):
-        sendNow(self.transport)
+        sendTCPNow(self.transport)
 
 
 class WriteThroughTLSFactory(TLSMemoryBIOFactory):
@@ -197,7 +182,7 @@ class StartTLSLayer:
 
     def sendNow(self):
         """TLS or not, what was written is in the TCP connection by now."""
-        sendNow(self.transport)
+        sendTCPNow(self.transport)
 
     def loseConnection(self):
         self._below().loseConnection()

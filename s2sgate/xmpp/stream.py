@@ -10,16 +10,16 @@ L{streamEnded}.
 """
 
 import secrets
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport, IWriteDescriptor
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from s2sgate.interfaces import ISendNow
-from s2sgate.net import tls
 from s2sgate.timers import cancel
 from s2sgate.xmpp.namespaces import NS_COMPONENT, NS_SERVER, NS_STREAMS
 from s2sgate.xmpp.namespaces import NS_STREAM_ERRORS as NS_STANZAS_STREAM
@@ -66,6 +66,19 @@ def parseStreamError(element):
         else:
             condition = child.name
     return condition, text
+
+
+def sendTCPNow(transport) -> None:
+    """
+    Have the reactor's TCP connection C{transport} send what it holds now
+    (its L{IWriteDescriptor.doWrite}, as the reactor calls it when the
+    socket is writable); what the socket does not take waits for that event
+    as before.  Not once it is closing: the reactor must see the close.
+    """
+    if IWriteDescriptor.providedBy(transport):
+        connection: Any = transport   # a FileDescriptor: it says whether it is closing
+        if not connection.disconnecting:
+            connection.doWrite()
 
 
 # Hold at most this much per stream in a batch: the payload of one TLS record.
@@ -397,7 +410,7 @@ class XmlStream(Protocol):
             self.transport.sendNow()
         else:
             # A plain TCP connection of the reactor (the component link).
-            tls.sendNow(self.transport)
+            sendTCPNow(self.transport)
 
     def _prefixes(self):
         prefixes = {NS_STREAMS: "stream"}
